@@ -1,0 +1,45 @@
+"""The read API: ``GET /api/jobs/{job_id}`` and ``GET /api/jobs``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+from litestar import get
+from litestar.exceptions import NotFoundException, ValidationException
+from litestar.params import Parameter
+
+from gateway.kinds import kind_named
+from gateway.model import Job, JobPage, Status
+
+if TYPE_CHECKING:
+    from litestar.handlers import HTTPRouteHandler
+
+    from gateway.stores.base import JobStore
+
+__all__ = ("job_routes",)
+
+
+def job_routes(jobs: JobStore) -> list[HTTPRouteHandler]:
+    """The read routes over ``jobs``."""
+
+    @get("/api/jobs/{job_id:str}", tags=["jobs"], summary="Read a job with its full history")
+    async def read_job(job_id: str) -> Job:
+        job = await jobs.get(job_id)
+        if job is None:
+            raise NotFoundException(f"No job with id {job_id!r}")
+        return job
+
+    @get("/api/jobs", tags=["jobs"], summary="List jobs, newest first")
+    async def list_jobs(
+        kind: str | None = None,
+        status: Status | None = None,
+        limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
+        cursor: Annotated[str | None, Parameter(description="`next_cursor` of the previous page")] = None,
+    ) -> JobPage:
+        if kind is not None and kind_named(kind) is None:
+            raise ValidationException(f"Unknown kind {kind!r}")
+        if cursor is not None and not cursor.isdigit():
+            raise ValidationException("Invalid cursor: pass back the `next_cursor` of a previous page")
+        return await jobs.list_jobs(kind=kind, status=status, limit=limit, cursor=int(cursor) if cursor else None)
+
+    return [read_job, list_jobs]

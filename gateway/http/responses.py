@@ -1,0 +1,27 @@
+"""Response bodies shared by the routes, in the same shape as Litestar's own error responses."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import msgspec
+from litestar import Response
+
+__all__ = ("ErrorBody", "error_response", "json_response")
+
+_encode = msgspec.json.Encoder().encode
+
+
+class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
+    """Every 4xx/5xx body: the status code again, and a sentence saying what is wrong."""
+
+    status_code: int
+    detail: str
+
+
+def json_response(body: object, status_code: int = 200, headers: Mapping[str, str] | None = None) -> Response[bytes]:
+    return Response(_encode(body), status_code=status_code, media_type="application/json", headers=headers)
+
+
+def error_response(status_code: int, detail: str, headers: Mapping[str, str] | None = None) -> Response[bytes]:
+    return json_response(ErrorBody(status_code=status_code, detail=detail), status_code, headers)

@@ -1,0 +1,65 @@
+"""Stage 5: decode and validate the body into a normalised :class:`~gateway.model.JobEvent`.
+
+msgspec does the validation in one pass; its messages name the JSON path of the problem
+(``Expected `int` >= 0, got -1 - at `$.data.images[0].size_bytes```) and are passed to the sender as is.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from gateway.ingest.errors import Refusal, Rejection
+from gateway.model import JobEvent, Status
+from gateway.payloads import BlogCompleted, Failed, ImageCompleted, Payload
+
+if TYPE_CHECKING:
+    from gateway.kinds import JobKind
+
+__all__ = ("decode_event",)
+
+_encode = msgspec.json.Encoder().encode
+_STATUS_OF: dict[type[Payload], Status] = {}
+
+
+def decode_event(kind: JobKind, body: bytes, delivery_id: str | None, received_at: datetime) -> JobEvent:
+    """Validate ``body`` as a webhook of ``kind``; refuse it with 400 naming the field otherwise."""
+    try:
+        payload = kind.decoder.decode(body)
+    except msgspec.ValidationError as error:
+        raise Rejection(400, Refusal.INVALID, f"Invalid payload: {error}") from None
+    except msgspec.DecodeError as error:
+        raise Rejection(400, Refusal.INVALID, f"Malformed JSON: {error}") from None
+
+    timestamp = payload.timestamp
+    if timestamp.tzinfo is None:
+        timestamp = timestamp.replace(tzinfo=UTC)
+    result = None
+    error_message = None
+    data = getattr(payload, "data", None)
+    if isinstance(payload, ImageCompleted | BlogCompleted):
+        # The result is stored and served as sent (less unknown fields); metadata is kept apart.
+        result = msgspec.Raw(_encode(msgspec.structs.replace(payload.data, metadata=None)))
+    elif isinstance(payload, Failed):
+        error_message = payload.error_message
+    return JobEvent(
+        kind=kind.name,
+        job_id=payload.job_id,
+        status=_status_of(type(payload)),
+        timestamp=timestamp,
+        received_at=received_at,
+        delivery_id=delivery_id,
+        metadata=data.metadata if data is not None else None,
+        result=result,
+        error_message=error_message,
+    )
+
+
+def _status_of(payload_type: type[Payload]) -> Status:
+    """The status a payload Struct is tagged with (looked up once per Struct type)."""
+    status = _STATUS_OF.get(payload_type)
+    if status is None:
+        status = _STATUS_OF[payload_type] = Status(str(payload_type.__struct_config__.tag))
+    return status

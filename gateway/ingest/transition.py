@@ -1,0 +1,54 @@
+"""Stage 7: the rule that decides what an event does to its job's status.
+
+A job only moves forward: ``pending < initializing < generating < saving < completed | failed``, and a
+terminal status is final. This is a pure function; the job store calls it inside the transaction that
+records the event, so the decision and the write see the same state.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from gateway.model import Outcome, Status
+
+__all__ = ("Transition", "decide")
+
+
+class Transition(enum.Enum):
+    """What an event does to its job."""
+
+    CREATED = "created"
+    """The job's first event: creates the job with this status."""
+    ADVANCED = "advanced"
+    """Moves the job forward to this status."""
+    PROGRESSED = "progressed"
+    """Repeats the current non-terminal status with a new timestamp: a progress update, no transition."""
+    STALE = "stale"
+    """Behind the current status, or a repeat of the terminal one: recorded, status unchanged."""
+    CONTRADICTED = "contradicted"
+    """A different terminal status after a terminal one (``failed`` after ``completed``): recorded as
+    stale and logged as a warning, since it usually means a backend bug."""
+
+    @property
+    def outcome(self) -> Outcome:
+        return Outcome.STALE if self in (Transition.STALE, Transition.CONTRADICTED) else Outcome.APPLIED
+
+    @property
+    def moves(self) -> bool:
+        """Whether the job's status changes (the event is a status transition)."""
+        return self is Transition.CREATED or self is Transition.ADVANCED
+
+
+def decide(current: Status | None, incoming: Status) -> Transition:
+    """Decide what an ``incoming`` event does to a job currently at ``current`` (``None``: no job yet)."""
+    if current is None:
+        return Transition.CREATED
+    if current.terminal:
+        if incoming.terminal and incoming is not current:
+            return Transition.CONTRADICTED
+        return Transition.STALE
+    if incoming is current:
+        return Transition.PROGRESSED
+    if incoming.rank < current.rank:
+        return Transition.STALE
+    return Transition.ADVANCED

@@ -1,0 +1,131 @@
+"""The gateway's own data: statuses, normalised events, and jobs as the read API returns them.
+
+These are plain objects passed between the ingest pipeline and the stores; the wire formats of the
+backend live in :mod:`gateway.payloads`, validated at the edge and converted once into a :class:`JobEvent`.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+import msgspec
+
+from gateway.payloads import Metadata
+
+__all__ = ("Applied", "HistoryEntry", "Job", "JobEvent", "JobPage", "KindConflict", "Outcome", "Status")
+
+
+class Status(enum.StrEnum):
+    """A job's lifecycle, in order; ``completed`` and ``failed`` are terminal."""
+
+    PENDING = "pending"
+    INITIALIZING = "initializing"
+    GENERATING = "generating"
+    SAVING = "saving"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def rank(self) -> int:
+        """Position in the lifecycle; both terminal statuses share the last rank."""
+        return _RANK[self]
+
+    @property
+    def terminal(self) -> bool:
+        return self is Status.COMPLETED or self is Status.FAILED
+
+
+_RANK = {status: min(position, 4) for position, status in enumerate(Status)}
+
+
+class Outcome(enum.StrEnum):
+    """What a webhook did to its job, as answered to the sender."""
+
+    APPLIED = "applied"
+    """Recorded in history; moved the job forward or updated its progress."""
+    DUPLICATE = "duplicate"
+    """Seen before (same ``webhook-id``, or same job, status and timestamp): nothing changed."""
+    STALE = "stale"
+    """Recorded in history, but behind the job's status (or after a terminal one): the status stays."""
+
+
+class JobEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One webhook, normalised: what the deduplicator keys on and the job store records."""
+
+    kind: str
+    job_id: str
+    status: Status
+    timestamp: datetime
+    """The sender's timestamp for the event, always timezone-aware (UTC when the sender gave no zone)."""
+    received_at: datetime
+    delivery_id: str | None = None
+    """The Standard Webhooks ``webhook-id``, when the sender signed the request."""
+    metadata: Metadata | None = None
+    result: msgspec.Raw | None = None
+    """The result of a ``completed`` event as JSON (``{"images": [...]}`` or ``{"article": {...}}``)."""
+    error_message: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Identity of the event itself, so a retry re-signed with a new ``webhook-id`` is still a duplicate."""
+        micros = int(self.timestamp.timestamp() * 1_000_000)
+        return f"{self.kind}:{self.job_id}:{self.status}:{micros}"
+
+
+class Applied(msgspec.Struct, frozen=True, kw_only=True):
+    """The job store's answer to an event."""
+
+    outcome: Outcome
+    status: Status
+    """The job's status after the event."""
+    previous: Status | None = None
+    """The job's status before the event (``None`` when the event created the job)."""
+    event_id: int | None = None
+    """Store-assigned, globally increasing id of the recorded event (``None`` for a duplicate)."""
+
+
+class KindConflict(Exception):
+    """The job exists under another kind: its webhooks belong on that kind's route."""
+
+    def __init__(self, job_id: str, kind: str) -> None:
+        super().__init__(f"job {job_id!r} is a {kind!r} job")
+        self.job_id = job_id
+        self.kind = kind
+
+
+class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One distinct event received for a job, in the order received."""
+
+    id: int
+    status: Status
+    timestamp: datetime
+    received_at: datetime
+    outcome: Outcome
+    stale: bool
+    delivery_id: str | None = None
+    error_message: str | None = None
+    metadata: Metadata | None = None
+
+
+class Job(msgspec.Struct, frozen=True, kw_only=True):
+    """A job as the read API returns it."""
+
+    job_id: str
+    kind: str
+    status: Status
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None = None
+    result: msgspec.Raw | None = None
+    metadata: Metadata | None = None
+    error_message: str | None = None
+    history: list[HistoryEntry] | None = None
+    """Filled when a single job is read; absent in listings."""
+
+
+class JobPage(msgspec.Struct, frozen=True, kw_only=True):
+    """A page of jobs, newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
+
+    jobs: list[Job]
+    next_cursor: str | None = None

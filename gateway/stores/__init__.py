@@ -1,0 +1,1 @@
+"""Where state lives, behind small protocols (:mod:`gateway.stores.base`), one module per backend."""

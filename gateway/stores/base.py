@@ -1,0 +1,70 @@
+"""The store protocols the ingest pipeline and the read API depend on; backends implement them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from gateway.model import Applied, Job, JobEvent, JobPage, Status
+
+__all__ = ("IdempotencyStore", "JobStore", "StoreUnavailable")
+
+
+class StoreUnavailable(Exception):
+    """A store could not answer (unreachable, timed out, failing): the webhook is refused with 503, never
+    half-applied, so the sender's retry is safe."""
+
+    def __init__(self, store: str, operation: str) -> None:
+        super().__init__(f"{store} store failed during {operation}")
+        self.store = store
+        self.operation = operation
+
+
+class IdempotencyStore(Protocol):
+    """Remembers deliveries already processed: the fast path in front of the job store's constraint."""
+
+    async def claim(self, keys: Sequence[str]) -> bool:
+        """Atomically remember ``keys``; ``False`` (and nothing remembered) if any was already known."""
+        ...
+
+    async def release(self, keys: Sequence[str]) -> None:
+        """Forget a claim whose processing failed, so the sender's retry is not taken for a duplicate."""
+        ...
+
+    async def count(self) -> int:
+        """How many keys are remembered now."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise :class:`StoreUnavailable` unless the store answers."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class JobStore(Protocol):
+    """Jobs and their event history; the last guard of exactly-once (a unique constraint on event keys)."""
+
+    async def apply(self, event: JobEvent) -> Applied:
+        """Record ``event`` and apply its transition in one transaction.
+
+        Returns outcome ``duplicate`` when the event (its key or its ``delivery_id``) is already
+        recorded. Raises :class:`~gateway.model.KindConflict` when the job exists under another kind.
+        """
+        ...
+
+    async def status_of(self, job_id: str) -> Status | None: ...
+
+    async def get(self, job_id: str) -> Job | None:
+        """The job with its full history, or ``None``."""
+        ...
+
+    async def list_jobs(self, *, kind: str | None, status: Status | None, limit: int, cursor: int | None) -> JobPage:
+        """Jobs newest first, optionally filtered; ``cursor`` is the previous page's ``next_cursor``."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise :class:`StoreUnavailable` unless the store answers."""
+        ...
+
+    async def close(self) -> None: ...
