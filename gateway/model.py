@@ -13,7 +13,7 @@ import msgspec
 
 from gateway.payloads import Metadata
 
-__all__ = ("Applied", "HistoryEntry", "Job", "JobEvent", "JobPage", "KindConflict", "Outcome", "Status")
+__all__ = ("Applied", "HistoryEntry", "Job", "JobEvent", "JobPage", "JobSummary", "KindConflict", "Outcome", "Status")
 
 
 class Status(enum.StrEnum):
@@ -108,24 +108,32 @@ class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
     metadata: Metadata | None = None
 
 
-class Job(msgspec.Struct, frozen=True, kw_only=True):
-    """A job as the read API returns it."""
+class JobSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """A job as listings return it: its current state without the history."""
 
     job_id: str
     kind: str
     status: Status
     created_at: datetime
+    """When the gateway first heard of the job."""
     updated_at: datetime
+    """When an event last changed the job."""
     completed_at: datetime | None = None
+    """When the job reached a terminal status."""
     result: msgspec.Raw | None = None
+    """``{"images": [...]}`` or ``{"article": {...}}`` once completed."""
     metadata: Metadata | None = None
     error_message: str | None = None
-    history: list[HistoryEntry] | None = None
-    """Filled when a single job is read; absent in listings."""
+
+
+class Job(JobSummary, frozen=True, kw_only=True):
+    """A job as the read API returns it, with every distinct event received for it."""
+
+    history: list[HistoryEntry]
 
 
 class JobPage(msgspec.Struct, frozen=True, kw_only=True):
     """A page of jobs, newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
 
-    jobs: list[Job]
+    jobs: list[JobSummary]
     next_cursor: str | None = None

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from litestar import get
 from litestar.exceptions import NotFoundException, ValidationException
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, QueryParameter
 
 from gateway.kinds import kind_named
 from gateway.model import Job, JobPage, Status
@@ -23,7 +23,7 @@ def job_routes(jobs: JobStore) -> list[HTTPRouteHandler]:
     """The read routes over ``jobs``."""
 
     @get("/api/jobs/{job_id:str}", tags=["jobs"], summary="Read a job with its full history")
-    async def read_job(job_id: str) -> Job:
+    async def read_job(job_id: FromPath[str]) -> Job:
         job = await jobs.get(job_id)
         if job is None:
             raise NotFoundException(f"No job with id {job_id!r}")
@@ -31,10 +31,10 @@ def job_routes(jobs: JobStore) -> list[HTTPRouteHandler]:
 
     @get("/api/jobs", tags=["jobs"], summary="List jobs, newest first")
     async def list_jobs(
-        kind: str | None = None,
-        status: Status | None = None,
-        limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
-        cursor: Annotated[str | None, Parameter(description="`next_cursor` of the previous page")] = None,
+        kind: FromQuery[str | None] = None,
+        status: FromQuery[Status | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
+        cursor: Annotated[str | None, QueryParameter(description="`next_cursor` of the previous page")] = None,
     ) -> JobPage:
         if kind is not None and kind_named(kind) is None:
             raise ValidationException(f"Unknown kind {kind!r}")

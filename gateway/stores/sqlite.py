@@ -18,7 +18,17 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import msgspec
 
 from gateway.ingest.transition import Transition, decide
-from gateway.model import Applied, HistoryEntry, Job, JobEvent, JobPage, KindConflict, Outcome, Status
+from gateway.model import (
+    Applied,
+    HistoryEntry,
+    Job,
+    JobEvent,
+    JobPage,
+    JobSummary,
+    KindConflict,
+    Outcome,
+    Status,
+)
 from gateway.payloads import Metadata
 from gateway.stores import migrations
 from gateway.stores.base import StoreUnavailable
@@ -203,7 +213,7 @@ class SqliteJobStore:
             )
             for e in events
         ]
-        return _job(row, history)
+        return Job(**_job_fields(row), history=history)
 
     def _list(self, kind: str | None, status: Status | None, limit: int, cursor: int | None) -> JobPage:
         clauses, params = [], []
@@ -222,22 +232,23 @@ class SqliteJobStore:
         )
         more = len(rows) > limit
         rows = rows[:limit]
-        return JobPage(jobs=[_job(row, None) for row in rows], next_cursor=str(rows[-1][0]) if more else None)
+        return JobPage(
+            jobs=[JobSummary(**_job_fields(row)) for row in rows], next_cursor=str(rows[-1][0]) if more else None
+        )
 
 
-def _job(row: Any, history: list[HistoryEntry] | None) -> Job:
-    return Job(
-        job_id=row[1],
-        kind=row[2],
-        status=Status(row[3]),
-        result=msgspec.Raw(row[4].encode()) if row[4] is not None else None,
-        metadata=_metadata_decoder.decode(row[5]) if row[5] is not None else None,
-        error_message=row[6],
-        created_at=datetime.fromisoformat(row[7]),
-        updated_at=datetime.fromisoformat(row[8]),
-        completed_at=datetime.fromisoformat(row[9]) if row[9] is not None else None,
-        history=history,
-    )
+def _job_fields(row: Any) -> dict[str, Any]:
+    return {
+        "job_id": row[1],
+        "kind": row[2],
+        "status": Status(row[3]),
+        "result": msgspec.Raw(row[4].encode()) if row[4] is not None else None,
+        "metadata": _metadata_decoder.decode(row[5]) if row[5] is not None else None,
+        "error_message": row[6],
+        "created_at": datetime.fromisoformat(row[7]),
+        "updated_at": datetime.fromisoformat(row[8]),
+        "completed_at": datetime.fromisoformat(row[9]) if row[9] is not None else None,
+    }
 
 
 def _merge_metadata(stored: str | None, incoming: Metadata | None) -> str | None:

@@ -1,0 +1,142 @@
+"""Authentication: shared secret and Standard Webhooks signatures made by an independent implementation."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+from standardwebhooks import Webhook
+
+from gateway.config import Settings, SqliteDatabase
+from gateway.http.app import create_app
+from tests.conftest import JOB_ID, SECRET, completed_image
+
+IMAGE = "/api/webhooks/image-completion"
+OLD_KEY = "whsec_" + base64.b64encode(b"old-key-0123456789abcdef").decode()
+NEW_KEY = "whsec_" + base64.b64encode(b"new-key-0123456789abcdef").decode()
+OTHER_KEY = "whsec_" + base64.b64encode(b"someone-elses-key-012345").decode()
+
+
+def signed(body: str, key: str, msg_id: str = "msg_1", when: datetime | None = None) -> dict[str, str]:
+    when = when or datetime.now(UTC)
+    return {
+        "Content-Type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(when.timestamp())),
+        "webhook-signature": Webhook(key).sign(msg_id, when, body),
+    }
+
+
+@pytest.fixture
+async def signed_client(tmp_path: Path) -> AsyncIterator[AsyncTestClient[Any]]:
+    settings = Settings.from_env(
+        {
+            "WEBHOOK_SECRET": SECRET,
+            "WEBHOOK_SIGNING_KEYS": f"{OLD_KEY},{NEW_KEY}",
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'auth.db'}",
+        }
+    )
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        yield client
+
+
+BODY = json.dumps(completed_image())
+
+
+async def job_exists(client: AsyncTestClient[Any]) -> bool:
+    return (await client.get(f"/api/jobs/{JOB_ID}")).status_code == 200
+
+
+@pytest.mark.parametrize("key", [OLD_KEY, NEW_KEY])
+async def test_signature_from_either_rotated_key_is_accepted(signed_client: AsyncTestClient[Any], key: str) -> None:
+    response = await signed_client.post(IMAGE, content=BODY, headers=signed(BODY, key))
+    assert response.status_code == 200
+    assert response.json()["outcome"] == "applied"
+
+
+async def test_header_with_several_signatures_is_accepted(signed_client: AsyncTestClient[Any]) -> None:
+    headers = signed(BODY, NEW_KEY)
+    wrong = signed(BODY, OTHER_KEY)["webhook-signature"]
+    headers["webhook-signature"] = f"{wrong} v1a,ignoredasymmetric {headers['webhook-signature']}"
+    assert (await signed_client.post(IMAGE, content=BODY, headers=headers)).status_code == 200
+
+
+async def test_shared_secret_is_accepted(signed_client: AsyncTestClient[Any]) -> None:
+    response = await signed_client.post(IMAGE, json=completed_image(), headers={"X-Webhook-Secret": SECRET})
+    assert response.status_code == 200
+
+
+async def test_tampered_body_is_401(signed_client: AsyncTestClient[Any]) -> None:
+    headers = signed(BODY, NEW_KEY)
+    tampered = BODY.replace("gemini", "gemino")
+    response = await signed_client.post(IMAGE, content=tampered, headers=headers)
+    assert response.status_code == 401
+    assert not await job_exists(signed_client)
+
+
+async def test_wrong_key_is_401(signed_client: AsyncTestClient[Any]) -> None:
+    response = await signed_client.post(IMAGE, content=BODY, headers=signed(BODY, OTHER_KEY))
+    assert response.status_code == 401
+
+
+@pytest.mark.parametrize("offset", [timedelta(minutes=-6), timedelta(minutes=6)])
+async def test_timestamp_outside_tolerance_is_401(signed_client: AsyncTestClient[Any], offset: timedelta) -> None:
+    headers = signed(BODY, NEW_KEY, when=datetime.now(UTC) + offset)
+    response = await signed_client.post(IMAGE, content=BODY, headers=headers)
+    assert response.status_code == 401
+    assert not await job_exists(signed_client)
+
+
+async def test_timestamp_inside_tolerance_is_accepted(signed_client: AsyncTestClient[Any]) -> None:
+    headers = signed(BODY, NEW_KEY, when=datetime.now(UTC) - timedelta(minutes=4))
+    assert (await signed_client.post(IMAGE, content=BODY, headers=headers)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        {"webhook-signature": "v1"},
+        {"webhook-signature": "v1,"},
+        {"webhook-signature": "v1,!!!not-base64!!!"},
+        {"webhook-signature": "nocomma"},
+        {"webhook-signature": ""},
+        {"webhook-timestamp": "soon"},
+        {"webhook-timestamp": ""},
+        {"webhook-id": ""},
+    ],
+)
+async def test_malformed_signature_headers_are_401_not_500(
+    signed_client: AsyncTestClient[Any], mangle: dict[str, str]
+) -> None:
+    headers = signed(BODY, NEW_KEY) | mangle
+    response = await signed_client.post(IMAGE, content=BODY, headers=headers)
+    assert response.status_code == 401
+
+
+async def test_wrong_secret_is_401_with_a_body_that_does_not_say_why(signed_client: AsyncTestClient[Any]) -> None:
+    response = await signed_client.post(IMAGE, json=completed_image(), headers={"X-Webhook-Secret": "guess"})
+    assert response.status_code == 401
+    missing = await signed_client.post(IMAGE, json=completed_image())
+    assert missing.status_code == 401
+    assert response.json() == missing.json()
+    assert "guess" not in response.text
+
+
+async def test_signed_retry_with_a_new_id_is_a_duplicate(signed_client: AsyncTestClient[Any]) -> None:
+    first = await signed_client.post(IMAGE, content=BODY, headers=signed(BODY, NEW_KEY, msg_id="msg_a"))
+    retry = await signed_client.post(IMAGE, content=BODY, headers=signed(BODY, NEW_KEY, msg_id="msg_b"))
+    assert first.json()["outcome"] == "applied"
+    assert retry.json()["outcome"] == "duplicate"
+
+
+async def test_development_without_credentials_accepts_everyone(tmp_path: Path) -> None:
+    settings = Settings(database=SqliteDatabase(str(tmp_path / "open.db")))
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        response = await client.post(IMAGE, json=completed_image())
+    assert response.status_code == 200

@@ -1,0 +1,151 @@
+"""The ingest pipeline without HTTP: ordering properties, durability, the last guard and store failures."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from litestar.testing import AsyncTestClient
+
+from gateway.config import Settings, SqliteDatabase
+from gateway.http.app import create_app
+from gateway.ingest.errors import Rejection
+from gateway.ingest.pipeline import Pipeline
+from gateway.kinds import kind_named
+from gateway.model import Outcome, Status
+from gateway.stores.memory import MemoryIdempotencyStore
+from gateway.stores.sqlite import SqliteJobStore
+from tests.conftest import SECRET, completed_image, failed, progress
+
+IMAGE = kind_named("image")
+assert IMAGE is not None
+HEADERS = {"content-type": "application/json", "x-webhook-secret": SECRET}
+
+
+async def body(payload: Any) -> AsyncIterator[bytes]:
+    yield json.dumps(payload).encode()
+
+
+@pytest.fixture
+async def pipeline(tmp_path: Path) -> AsyncIterator[Pipeline]:
+    settings = Settings(webhook_secret=SECRET)
+    jobs = SqliteJobStore(str(tmp_path / "pipeline.db"))
+    await jobs.open()
+    yield Pipeline(settings, jobs, MemoryIdempotencyStore(ttl_seconds=3600, max_keys=10_000))
+    await jobs.close()
+
+
+def payload_for(status: str, job_id: str, minute: int) -> dict[str, Any]:
+    timestamp = f"2025-10-21T16:{minute:02d}:00Z"
+    if status == "completed":
+        return completed_image(job_id=job_id, timestamp=timestamp)
+    if status == "failed":
+        return failed(job_id=job_id, timestamp=timestamp)
+    return progress(status, job_id=job_id, timestamp=timestamp)
+
+
+EVENTS = st.lists(
+    st.tuples(st.sampled_from([s.value for s in Status]), st.integers(min_value=0, max_value=59)),
+    min_size=1,
+    max_size=12,
+)
+job_numbers = itertools.count()
+
+
+@hypothesis_settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=EVENTS)
+async def test_shuffled_deliveries_never_move_a_job_backwards(
+    pipeline: Pipeline, events: list[tuple[str, int]]
+) -> None:
+    job_id = f"job-{next(job_numbers)}"
+    statuses: list[Status] = []
+    first_terminal: Status | None = None
+    for status, minute in events:
+        accepted = await pipeline.ingest(IMAGE, HEADERS, body(payload_for(status, job_id, minute)))
+        statuses.append(accepted.status)
+        if first_terminal is None and accepted.outcome is Outcome.APPLIED and Status(status).terminal:
+            first_terminal = Status(status)
+    ranks = [status.rank for status in statuses]
+    assert ranks == sorted(ranks), statuses
+    if first_terminal is not None:
+        assert statuses[-1] is first_terminal
+    else:
+        assert statuses[-1].rank == max(Status(status).rank for status, _ in events)
+
+
+async def test_the_core_runs_without_http(pipeline: Pipeline) -> None:
+    accepted = await pipeline.ingest(IMAGE, HEADERS, body(completed_image()))
+    assert (accepted.status, accepted.outcome) == (Status.COMPLETED, Outcome.APPLIED)
+    with pytest.raises(Rejection) as refused:
+        await pipeline.ingest(IMAGE, {"content-type": "application/json"}, body(completed_image()))
+    assert refused.value.status_code == 401
+
+
+async def test_database_catches_a_duplicate_the_memory_store_evicted(tmp_path: Path) -> None:
+    settings = Settings(webhook_secret=SECRET, database=SqliteDatabase(str(tmp_path / "g.db")), idempotency_max_keys=1)
+    route = "/api/webhooks/image-completion"
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        client.headers["X-Webhook-Secret"] = SECRET
+        assert (await client.post(route, json=completed_image(job_id="a"))).json()["outcome"] == "applied"
+        assert (await client.post(route, json=completed_image(job_id="b"))).json()["outcome"] == "applied"
+        again = await client.post(route, json=completed_image(job_id="a"))
+        assert again.json() == {"received": True, "job_id": "a", "status": "completed", "outcome": "duplicate"}
+        assert len((await client.get("/api/jobs/a")).json()["history"]) == 1
+
+
+async def test_events_survive_a_restart_and_stay_deduplicated(settings: Settings) -> None:
+    route = "/api/webhooks/image-completion"
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        client.headers["X-Webhook-Secret"] = SECRET
+        await client.post(route, json=progress("generating"))
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        client.headers["X-Webhook-Secret"] = SECRET
+        assert (await client.post(route, json=progress("generating"))).json()["outcome"] == "duplicate"
+        completed = await client.post(route, json=completed_image())
+        assert completed.json()["outcome"] == "applied"
+        history = (await client.get(f"/api/jobs/{completed.json()['job_id']}")).json()["history"]
+    assert [entry["status"] for entry in history] == ["generating", "completed"]
+    assert history[0]["id"] < history[1]["id"]
+
+
+async def test_event_ids_increase_globally_in_the_order_recorded(client: AsyncTestClient[Any]) -> None:
+    route = "/api/webhooks/image-completion"
+    sent = [("x", "generating"), ("y", "generating"), ("x", "completed"), ("y", "failed")]
+    for job_id, status in sent:
+        assert (await client.post(route, json=payload_for(status, job_id, 1))).json()["outcome"] == "applied"
+    recorded = {
+        (job_id, entry["status"]): entry["id"]
+        for job_id in ("x", "y")
+        for entry in (await client.get(f"/api/jobs/{job_id}")).json()["history"]
+    }
+    ids = [recorded[event] for event in sent]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+
+
+async def test_locked_database_answers_503_and_the_retry_applies(settings: Settings) -> None:
+    """Another process holding the write lock past the busy timeout: refuse with 503, record nothing,
+    and accept the sender's retry once the lock is gone (the idempotency claim was released)."""
+    route = "/api/webhooks/image-completion"
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        client.headers["X-Webhook-Secret"] = SECRET
+        locker = sqlite3.connect(settings.database.path, isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        try:
+            refused = await client.post(route, json=completed_image())
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        assert refused.status_code == 503
+        assert refused.headers["Retry-After"].isdigit()
+        assert (await client.get("/readyz")).status_code == 200
+        retried = await client.post(route, json=completed_image())
+        assert retried.json()["outcome"] == "applied"
