@@ -1,0 +1,188 @@
+"""Every Prometheus metric the gateway exports, defined once, on an injected registry.
+
+Names and labels are a contract with the dashboards and alert rules in ``dashboards/``: change them
+there too. Every label comes from a closed set (kinds, outcomes, statuses, reasons, a bounded set of
+model names); a job id or a sender is never a label. Label children of the closed sets are resolved
+once here, so the hot path does a dictionary lookup instead of ``.labels()``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from gateway import __version__
+from gateway.ingest.authenticate import AuthFailure
+from gateway.ingest.errors import Refusal
+from gateway.model import Outcome, Status
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from prometheus_client import CollectorRegistry
+
+__all__ = ("OUTCOMES", "Metrics", "ModelLabels")
+
+OUTCOMES: tuple[str, ...] = (*(o.value for o in Outcome), *(r.value for r in Refusal))
+"""Every value of the ``outcome`` label: what the pipeline answered."""
+
+REQUEST_BUCKETS = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+GENERATION_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 180.0, 300.0, 450.0, 600.0)
+JOB_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0)
+SKEW_BUCKETS = (-300.0, -60.0, -10.0, -1.0, -0.1, 0.0, 0.1, 1.0, 10.0, 60.0, 300.0)
+
+UNKNOWN_MODEL = "unknown"
+OTHER_MODEL = "other"
+
+
+class ModelLabels:
+    """Bounds the ``model`` label: an allow-list, or the first ``limit`` distinct names, then ``other``.
+
+    Model names come from the payload, so without a bound a buggy or hostile sender could create an
+    unbounded number of time series.
+    """
+
+    __slots__ = ("_allowed", "_limit", "_seen")
+
+    def __init__(self, allowed: Iterable[str] = (), limit: int = 20) -> None:
+        self._allowed = frozenset(allowed)
+        self._limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, model: str | None) -> str:
+        if model is None:
+            return UNKNOWN_MODEL
+        if self._allowed:
+            return model if model in self._allowed else OTHER_MODEL
+        if model in self._seen:
+            return model
+        if len(self._seen) < self._limit:
+            self._seen.add(model)
+            return model
+        return OTHER_MODEL
+
+
+class Metrics:
+    """The gateway's metrics, registered on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry, kinds: Iterable[str], models: ModelLabels) -> None:
+        self.models = models
+        kinds = (*kinds, "unknown")
+        self.webhook_requests = Counter(
+            "gateway_webhook_requests",
+            "Webhooks received, by job kind and what the gateway answered.",
+            ["kind", "outcome"],
+            registry=registry,
+        )
+        self.webhook_request_duration = Histogram(
+            "gateway_webhook_request_duration_seconds",
+            "Time from a webhook's arrival to its answer, by job kind and outcome.",
+            ["kind", "outcome"],
+            buckets=REQUEST_BUCKETS,
+            registry=registry,
+        )
+        self.job_transitions = Counter(
+            "gateway_job_transitions",
+            "Applied status transitions (a job's first event included; progress updates excluded).",
+            ["kind", "status"],
+            registry=registry,
+        )
+        self.jobs_finished = Counter(
+            "gateway_jobs_finished",
+            "Jobs that reached a terminal status: the SLI of the failed-generation alerts.",
+            ["kind", "model", "result"],
+            registry=registry,
+        )
+        self.generation_duration = Histogram(
+            "gateway_generation_duration_seconds",
+            "generation_time_seconds reported by the backend when a job finished.",
+            ["kind", "model"],
+            buckets=GENERATION_BUCKETS,
+            registry=registry,
+        )
+        self.job_duration = Histogram(
+            "gateway_job_duration_seconds",
+            "Time from the first event the gateway saw for a job to its terminal event.",
+            ["kind", "result"],
+            buckets=JOB_BUCKETS,
+            registry=registry,
+        )
+        self.auth_failures = Counter(
+            "gateway_webhook_auth_failures",
+            "Webhooks refused with 401, by reason (the sender is only ever told 401).",
+            ["reason"],
+            registry=registry,
+        )
+        self.clock_skew = Histogram(
+            "gateway_webhook_clock_skew_seconds",
+            "Signed webhooks' webhook-timestamp minus the gateway's clock at arrival.",
+            buckets=SKEW_BUCKETS,
+            registry=registry,
+        )
+        self.jobs_in_progress = Gauge(
+            "gateway_jobs_in_progress",
+            "Jobs in a non-terminal status, from the job store (every replica reports the same value).",
+            ["kind", "status"],
+            registry=registry,
+        )
+        self.job_oldest_in_progress = Gauge(
+            "gateway_job_oldest_in_progress_seconds",
+            "Age of the oldest job still in a non-terminal status (0 when there is none).",
+            ["kind"],
+            registry=registry,
+        )
+        self.spans_dropped = Counter(
+            "gateway_spans_dropped",
+            "Trace spans dropped: the export queue was full or the exporter failed.",
+            registry=registry,
+        )
+        self.images = Counter(
+            "gateway_images",
+            "Images delivered by completed image jobs.",
+            ["model"],
+            registry=registry,
+        )
+        self.idempotency_keys = Gauge(
+            "gateway_idempotency_keys",
+            "Keys remembered by the idempotency store.",
+            registry=registry,
+        )
+        self.store_errors = Counter(
+            "gateway_store_errors",
+            "Failed store calls, by store and operation.",
+            ["store", "operation"],
+            registry=registry,
+        )
+        self.rate_limit_decisions = Counter(
+            "gateway_rate_limit_decisions",
+            "Rate limiter decisions: allowed, limited, or error (its store failed).",
+            ["result"],
+            registry=registry,
+        )
+        build_info = Gauge(
+            "gateway_build_info",
+            "Always 1; the gateway's version as a label.",
+            ["version"],
+            registry=registry,
+        )
+        build_info.labels(__version__).set(1)
+
+        # Children of closed label sets, resolved once (the hot path then skips .labels()).
+        self.request_children = {
+            (kind, outcome): (
+                self.webhook_requests.labels(kind, outcome),
+                self.webhook_request_duration.labels(kind, outcome),
+            )
+            for kind in kinds
+            for outcome in OUTCOMES
+        }
+        self.transition_children = {
+            (kind, status): self.job_transitions.labels(kind, status) for kind in kinds for status in Status
+        }
+        self.auth_failure_children = {reason: self.auth_failures.labels(reason) for reason in AuthFailure}
+        for kind in kinds:
+            for status in Status:
+                if not status.terminal:
+                    self.jobs_in_progress.labels(kind, status)
+            self.job_oldest_in_progress.labels(kind)

@@ -1,0 +1,119 @@
+"""The ``gateway`` command as an operator runs it: a real ``python -m gateway`` subprocess per test."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from gateway import __version__
+
+_OUR_VARIABLES = ("GATEWAY_", "WEBHOOK_", "DATABASE_URL")
+
+
+def run_gateway(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m gateway ARGS`` in ``cwd`` with none of the caller's gateway variables, plus ``env``.
+
+    A ``serve`` that wrongly starts would block: the timeout turns that into a test failure.
+    """
+    clean = {name: value for name, value in os.environ.items() if not name.startswith(_OUR_VARIABLES)}
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        cwd=cwd,
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def schema_of(path: Path) -> list[tuple[str, str, str]]:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT type, name, sql FROM sqlite_master ORDER BY type, name").fetchall()
+
+
+def migrations_of(path: Path) -> list[tuple[int, str, str]]:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT version, name, applied_at FROM schema_migrations ORDER BY version").fetchall()
+
+
+def test_help_lists_the_commands(tmp_path: Path) -> None:
+    """``gateway --help`` tells an operator which commands exist."""
+    result = run_gateway(tmp_path, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "serve" in result.stdout
+    assert "migrate" in result.stdout
+
+
+def test_serve_help_lists_its_options(tmp_path: Path) -> None:
+    """``gateway serve --help`` documents the bind address, the port and the worker count."""
+    result = run_gateway(tmp_path, "serve", "--help")
+    assert result.returncode == 0, result.stderr
+    for option in ("--host", "--port", "--workers"):
+        assert option in result.stdout
+
+
+def test_version_is_printed(tmp_path: Path) -> None:
+    result = run_gateway(tmp_path, "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"gateway {__version__}"
+
+
+def test_serve_refuses_several_workers(tmp_path: Path) -> None:
+    """The embedded stores belong to one process, so ``--workers 2`` stops with a reason instead of serving."""
+    result = run_gateway(tmp_path, "serve", "--workers", "2")
+    assert result.returncode == 2
+    assert "workers" in result.stderr
+
+
+def test_serve_with_a_bad_setting_exits_2_naming_it(tmp_path: Path) -> None:
+    """A typo in the environment stops start-up with the variable's name on stderr."""
+    result = run_gateway(tmp_path, "serve", env={"GATEWAY_PORT": "abc"})
+    assert result.returncode == 2
+    assert "GATEWAY_PORT" in result.stderr
+    assert "configuration error" in result.stderr
+
+
+def test_serve_in_production_without_credentials_exits_2(tmp_path: Path) -> None:
+    """Production refuses to run a gateway that would accept anyone's webhooks, and says what is missing."""
+    result = run_gateway(tmp_path, "serve", env={"GATEWAY_ENV": "production"})
+    assert result.returncode == 2
+    assert "production" in result.stderr
+    assert "WEBHOOK_SECRET" in result.stderr
+    assert "WEBHOOK_SIGNING_KEYS" in result.stderr
+    assert not (tmp_path / "gateway.db").exists()
+
+
+def test_migrate_creates_the_schema_then_is_a_no_op(tmp_path: Path) -> None:
+    """``gateway migrate`` sets up a fresh database once; running it again reports it up to date."""
+    database = tmp_path / "m.db"
+    env = {"DATABASE_URL": f"sqlite:///{database}"}
+    assert env["DATABASE_URL"].startswith("sqlite:////")
+
+    first = run_gateway(tmp_path, "migrate", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "applied migrations 1" in first.stdout
+    tables = {name for kind, name, _ in schema_of(database) if kind == "table"}
+    assert {"jobs", "job_events", "schema_migrations"} <= tables
+    recorded = migrations_of(database)
+    assert [version for version, _, _ in recorded] == [1]
+
+    schema = schema_of(database)
+    second = run_gateway(tmp_path, "migrate", env=env)
+    assert second.returncode == 0, second.stderr
+    assert "up to date" in second.stdout
+    assert "applied" not in second.stdout
+    assert schema_of(database) == schema
+    assert migrations_of(database) == recorded
+
+
+def test_migrate_into_a_missing_directory_exits_2(tmp_path: Path) -> None:
+    """A DATABASE_URL pointing into a directory that does not exist is refused before any file is created."""
+    missing = tmp_path / "no-such-dir" / "m.db"
+    result = run_gateway(tmp_path, "migrate", env={"DATABASE_URL": f"sqlite:///{missing}"})
+    assert result.returncode == 2
+    assert "DATABASE_URL" in result.stderr
+    assert not missing.parent.exists()

@@ -1,0 +1,153 @@
+"""The OpenAPI document a sender's developer reads: every route, body, header and answer of the webhooks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+WEBHOOK_ROUTES = ("/api/webhooks/image-completion", "/api/webhooks/blog-completion")
+STATUSES = {"pending", "initializing", "generating", "saving", "completed", "failed"}
+AUTH_HEADERS = {"X-Webhook-Secret", "webhook-id", "webhook-timestamp", "webhook-signature"}
+ERROR_CODES = {"400", "401", "409", "413", "415", "503"}
+
+
+@pytest.fixture
+async def openapi(client: AsyncTestClient[Any]) -> dict[str, Any]:
+    response = await client.get("/schema/openapi.json")
+    assert response.status_code == 200
+    document: dict[str, Any] = response.json()
+    return document
+
+
+def webhook_operation(openapi: dict[str, Any], route: str) -> dict[str, Any]:
+    operation: dict[str, Any] = openapi["paths"][route]["post"]
+    return operation
+
+
+def request_schema(openapi: dict[str, Any], route: str) -> dict[str, Any]:
+    body = webhook_operation(openapi, route)["requestBody"]
+    assert body["required"] is True
+    schema: dict[str, Any] = body["content"]["application/json"]["schema"]
+    return schema
+
+
+def variants(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """The alternatives of a union schema (or the schema itself if it is not one)."""
+    return list(schema.get("anyOf") or schema.get("oneOf") or [schema])
+
+
+def subschemas(node: Any) -> Iterator[dict[str, Any]]:
+    """Every object in a schema tree, depth first."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from subschemas(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from subschemas(item)
+
+
+def documented_statuses(schema: dict[str, Any]) -> set[str]:
+    statuses: set[str] = set()
+    for variant in variants(schema):
+        status = variant.get("properties", {}).get("status", {})
+        statuses.update(status.get("enum", []))
+        if "const" in status:
+            statuses.add(status["const"])
+    return statuses
+
+
+def completed_variant(schema: dict[str, Any]) -> dict[str, Any]:
+    matches = [variant for variant in variants(schema) if "completed" in documented_statuses(variant)]
+    assert len(matches) == 1
+    return matches[0]
+
+
+def resolve(openapi: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    ref = node.get("$ref")
+    if ref is None:
+        return node
+    assert ref.startswith("#/components/schemas/")
+    resolved: dict[str, Any] = openapi["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+    return resolved
+
+
+async def test_the_document_is_served(client: AsyncTestClient[Any]) -> None:
+    """``/schema/openapi.json`` answers with an OpenAPI 3 document."""
+    response = await client.get("/schema/openapi.json")
+    assert response.status_code == 200
+    assert response.json()["openapi"].startswith("3.")
+
+
+@pytest.mark.parametrize("route", WEBHOOK_ROUTES)
+def test_webhook_body_documents_every_status(openapi: dict[str, Any], route: str) -> None:
+    """The body is required JSON whose schema lists every status a sender may post."""
+    schema = request_schema(openapi, route)
+    assert documented_statuses(schema) == STATUSES
+    assert all("$ref" not in node for node in subschemas(schema)), "the body schema must be self-contained"
+    for variant in variants(schema):
+        assert {"job_id", "status", "timestamp"} <= set(variant["required"])
+
+
+def test_image_body_documents_the_images(openapi: dict[str, Any]) -> None:
+    """A completed image webhook is documented as carrying a non-empty ``data.images`` list with URLs."""
+    completed = completed_variant(request_schema(openapi, WEBHOOK_ROUTES[0]))
+    assert "data" in completed["required"]
+    data = completed["properties"]["data"]
+    assert "images" in data["required"]
+    images = data["properties"]["images"]
+    assert images["type"] == "array"
+    assert images["minItems"] == 1
+    assert "url" in images["items"]["required"]
+
+
+def test_blog_body_documents_the_article(openapi: dict[str, Any]) -> None:
+    """A completed blog webhook is documented as carrying ``data.article`` with a title."""
+    completed = completed_variant(request_schema(openapi, WEBHOOK_ROUTES[1]))
+    data = completed["properties"]["data"]
+    assert "article" in data["required"]
+    assert "title" in data["properties"]["article"]["required"]
+
+
+def test_failed_body_requires_an_error_message(openapi: dict[str, Any]) -> None:
+    """The docs say what the decoder enforces: a ``failed`` webhook needs ``error_message``."""
+    for route in WEBHOOK_ROUTES:
+        failed = [v for v in variants(request_schema(openapi, route)) if documented_statuses(v) == {"failed"}]
+        assert len(failed) == 1
+        assert "error_message" in failed[0]["required"]
+
+
+@pytest.mark.parametrize("route", WEBHOOK_ROUTES)
+def test_webhook_authentication_headers_are_documented(openapi: dict[str, Any], route: str) -> None:
+    """Both ways to authenticate (shared secret, Standard Webhooks signature) appear as optional headers."""
+    parameters = webhook_operation(openapi, route)["parameters"]
+    headers = {parameter["name"]: parameter for parameter in parameters if parameter["in"] == "header"}
+    assert AUTH_HEADERS <= set(headers)
+    for name in AUTH_HEADERS:
+        assert headers[name]["required"] is False
+        assert headers[name]["description"]
+
+
+@pytest.mark.parametrize("route", WEBHOOK_ROUTES)
+def test_webhook_answers_are_documented(openapi: dict[str, Any], route: str) -> None:
+    """Every status the route can answer is documented, errors with a ``detail`` string."""
+    responses = webhook_operation(openapi, route)["responses"]
+    assert {"200", *ERROR_CODES} <= set(responses)
+    accepted = resolve(openapi, responses["200"]["content"]["application/json"]["schema"])
+    assert {"job_id", "status", "outcome"} <= set(accepted["properties"])
+    for code in ERROR_CODES:
+        assert responses[code]["description"]
+        error = resolve(openapi, responses[code]["content"]["application/json"]["schema"])
+        assert "detail" in error["required"]
+        assert error["properties"]["detail"]["type"] == "string"
+
+
+def test_read_routes_are_documented(openapi: dict[str, Any]) -> None:
+    """The job read API is in the document next to the webhooks."""
+    assert "get" in openapi["paths"]["/api/jobs/{job_id}"]
+    assert "get" in openapi["paths"]["/api/jobs"]
+    list_parameters = {parameter["name"] for parameter in openapi["paths"]["/api/jobs"]["get"]["parameters"]}
+    assert {"kind", "status", "limit", "cursor"} <= list_parameters
