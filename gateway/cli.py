@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
 from gateway import __version__
 from gateway.config import ConfigError, Settings
+from gateway.telemetry.logs import configure_logging
 
 __all__ = ("main",)
 
@@ -21,7 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"gateway: configuration error: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     if args.command == "serve":
         return _serve(settings, args.host, args.port, args.workers)
     return _migrate(settings)
@@ -87,6 +87,7 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int)
         loop="auto",
         http="auto",
         log_level=settings.log_level.lower(),
+        log_config=None,  # the gateway's own handler (JSON or console) formats uvicorn's records too
         access_log=False,
         proxy_headers=False,
     )

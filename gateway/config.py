@@ -17,6 +17,7 @@ from typing import Literal
 __all__ = ("ConfigError", "Settings", "SqliteDatabase")
 
 Environment = Literal["development", "production"]
+LogFormat = Literal["json", "console"]
 
 _MIB = 1024 * 1024
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -61,6 +62,15 @@ class Settings:
     store's unique constraint still catches a duplicate whose key was evicted)."""
     log_level: str = "INFO"
     """``GATEWAY_LOG_LEVEL``: one of DEBUG, INFO, WARNING, ERROR, CRITICAL."""
+    log_format: LogFormat = "console"
+    """``GATEWAY_LOG_FORMAT``: ``json`` (one object per line) or ``console``; default ``json`` in
+    production, ``console`` in development."""
+    model_labels: tuple[str, ...] = ()
+    """``GATEWAY_MODEL_LABELS``: comma-separated model names allowed as the ``model`` metric label;
+    any other model is counted as ``other``."""
+    max_model_labels: int = 20
+    """``GATEWAY_MAX_MODEL_LABELS``: without an allow-list, the first N distinct model names become
+    labels and later ones ``other``, so a sender cannot create unbounded time series."""
 
     @property
     def authenticates(self) -> bool:
@@ -76,8 +86,9 @@ class Settings:
             value = env.get(name, "").strip()
             return value or None
 
+        environment = _environment(get("GATEWAY_ENV"))
         settings = cls(
-            env=_environment(get("GATEWAY_ENV")),
+            env=environment,
             host=get("GATEWAY_HOST") or cls.host,
             port=_integer("GATEWAY_PORT", get("GATEWAY_PORT"), cls.port, minimum=1, maximum=65535),
             webhook_secret=get("WEBHOOK_SECRET"),
@@ -102,6 +113,11 @@ class Settings:
                 minimum=1,
             ),
             log_level=_log_level(get("GATEWAY_LOG_LEVEL")),
+            log_format=_log_format(get("GATEWAY_LOG_FORMAT"), environment),
+            model_labels=tuple(name.strip() for name in (get("GATEWAY_MODEL_LABELS") or "").split(",") if name.strip()),
+            max_model_labels=_integer(
+                "GATEWAY_MAX_MODEL_LABELS", get("GATEWAY_MAX_MODEL_LABELS"), cls.max_model_labels, minimum=1
+            ),
         )
         if settings.env == "production" and not settings.authenticates:
             raise ConfigError(
@@ -180,3 +196,13 @@ def _log_level(value: str | None) -> str:
     if level not in _LOG_LEVELS:
         raise ConfigError(f"GATEWAY_LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}, got {value!r}")
     return level
+
+
+def _log_format(value: str | None, environment: Environment) -> LogFormat:
+    if value is None:
+        return "json" if environment == "production" else "console"
+    if value == "json":
+        return "json"
+    if value == "console":
+        return "console"
+    raise ConfigError(f"GATEWAY_LOG_FORMAT must be 'json' or 'console', got {value!r}")

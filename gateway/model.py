@@ -13,7 +13,18 @@ import msgspec
 
 from gateway.payloads import Metadata
 
-__all__ = ("Applied", "HistoryEntry", "Job", "JobEvent", "JobPage", "JobSummary", "KindConflict", "Outcome", "Status")
+__all__ = (
+    "Applied",
+    "HistoryEntry",
+    "InProgress",
+    "Job",
+    "JobEvent",
+    "JobPage",
+    "JobSummary",
+    "KindConflict",
+    "Outcome",
+    "Status",
+)
 
 
 class Status(enum.StrEnum):
@@ -65,6 +76,8 @@ class JobEvent(msgspec.Struct, frozen=True, kw_only=True):
     result: msgspec.Raw | None = None
     """The result of a ``completed`` event as JSON (``{"images": [...]}`` or ``{"article": {...}}``)."""
     error_message: str | None = None
+    images: int = 0
+    """How many images a ``completed`` image event delivered (for the images-per-minute metric)."""
 
     @property
     def key(self) -> str:
@@ -83,6 +96,12 @@ class Applied(msgspec.Struct, frozen=True, kw_only=True):
     """The job's status before the event (``None`` when the event created the job)."""
     event_id: int | None = None
     """Store-assigned, globally increasing id of the recorded event (``None`` for a duplicate)."""
+    moved: bool = False
+    """Whether the job's status changed (its first event, or a step forward)."""
+    model: str | None = None
+    """The job's model name after this event (from this event's metadata or an earlier one's)."""
+    first_seen_at: datetime | None = None
+    """When the gateway first heard of the job."""
 
 
 class KindConflict(Exception):
@@ -137,3 +156,12 @@ class JobPage(msgspec.Struct, frozen=True, kw_only=True):
 
     jobs: list[JobSummary]
     next_cursor: str | None = None
+
+
+class InProgress(msgspec.Struct, frozen=True, kw_only=True):
+    """How many jobs of a kind sit in a non-terminal status, and since when the oldest."""
+
+    kind: str
+    status: Status
+    count: int
+    oldest_created_at: datetime

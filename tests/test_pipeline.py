@@ -14,6 +14,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import CollectorRegistry
 
 from gateway.config import Settings, SqliteDatabase
 from gateway.http.app import create_app
@@ -23,6 +25,8 @@ from gateway.kinds import kind_named
 from gateway.model import Outcome, Status
 from gateway.stores.memory import MemoryIdempotencyStore
 from gateway.stores.sqlite import SqliteJobStore
+from gateway.telemetry.metrics import Metrics, ModelLabels
+from gateway.telemetry.recorder import Telemetry
 from tests.conftest import SECRET, completed_image, failed, progress
 
 IMAGE = kind_named("image")
@@ -39,7 +43,9 @@ async def pipeline(tmp_path: Path) -> AsyncIterator[Pipeline]:
     settings = Settings(webhook_secret=SECRET)
     jobs = SqliteJobStore(str(tmp_path / "pipeline.db"))
     await jobs.open()
-    yield Pipeline(settings, jobs, MemoryIdempotencyStore(ttl_seconds=3600, max_keys=10_000))
+    telemetry = Telemetry(Metrics(CollectorRegistry(), ["image", "blog"], ModelLabels()))
+    tracer = TracerProvider().get_tracer("test")
+    yield Pipeline(settings, jobs, MemoryIdempotencyStore(ttl_seconds=3600, max_keys=10_000), telemetry, tracer)
     await jobs.close()
 
 

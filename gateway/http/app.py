@@ -1,36 +1,68 @@
-"""The application factory: builds the stores from the settings and wires them into the routes."""
+"""The application factory: builds the stores and telemetry from the settings and wires the routes."""
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, Any
 
-from litestar import Litestar
+from litestar import Litestar, Request, Response
+from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from gateway import __version__
 from gateway.config import Settings
 from gateway.http.health import health_routes
 from gateway.http.jobs import job_routes
+from gateway.http.metrics import metrics_route
+from gateway.http.responses import error_response
+from gateway.http.tracing import server_spans
 from gateway.http.webhooks import webhook_route
 from gateway.ingest.pipeline import Pipeline
 from gateway.kinds import KINDS
+from gateway.stores.base import StoreUnavailable
 from gateway.stores.memory import MemoryIdempotencyStore
 from gateway.stores.sqlite import SqliteJobStore
+from gateway.telemetry.metrics import Metrics, ModelLabels
+from gateway.telemetry.recorder import Telemetry
+from gateway.telemetry.tracing import tracer_provider_from_env
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 __all__ = ("create_app",)
 
 logger = logging.getLogger("gateway")
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    registry: CollectorRegistry | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> Litestar:
     """Build the ASGI app; ``settings`` default to :meth:`Settings.from_env`.
 
-    Also the entry point servers call (``uvicorn --factory gateway.http.app:create_app``).
+    ``registry`` and ``tracer_provider`` are injectable so tests observe exactly one app's telemetry;
+    by default the app gets a registry of its own (with process metrics) and a tracer provider
+    configured by the ``OTEL_*`` variables. Also the entry point servers call
+    (``uvicorn --factory gateway.http.app:create_app``).
     """
     settings = settings or Settings.from_env()
+    if registry is None:
+        registry = CollectorRegistry()
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+    kinds = tuple(kind.name for kind in KINDS)
+    metrics = Metrics(registry, kinds, ModelLabels(settings.model_labels, settings.max_model_labels))
+    owns_tracer_provider = tracer_provider is None
+    provider = tracer_provider or tracer_provider_from_env(metrics.spans_dropped)
+    tracer = provider.get_tracer("gateway", __version__)
+    telemetry = Telemetry(metrics)
+
     jobs = SqliteJobStore(settings.database.path)
     idempotency = MemoryIdempotencyStore(settings.idempotency_ttl_seconds, settings.idempotency_max_keys)
-    pipeline = Pipeline(settings, jobs, idempotency)
+    pipeline = Pipeline(settings, jobs, idempotency, telemetry, tracer)
 
     async def start() -> None:
         await jobs.open()
@@ -43,15 +75,32 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def stop() -> None:
         await jobs.close()
         await idempotency.close()
+        if owns_tracer_provider:
+            provider.shutdown()
+
+    def store_unavailable(_: Request[Any, Any, Any], error: StoreUnavailable) -> Response[bytes]:
+        telemetry.store_failed(error)
+        return error_response(503, f"The {error.store} store is unavailable; retry later.", {"Retry-After": "5"})
 
     return Litestar(
         route_handlers=[
             *(webhook_route(kind, pipeline) for kind in KINDS),
             *job_routes(jobs),
             *health_routes(jobs, idempotency),
+            metrics_route(registry, metrics, telemetry, kinds, jobs, idempotency),
         ],
+        middleware=[server_spans(tracer)],
+        exception_handlers={StoreUnavailable: store_unavailable},
         on_startup=[start],
         on_shutdown=[stop],
+        # Litestar's records (unhandled exceptions included) go to the root logger, which the gateway
+        # configures (JSON or console); Litestar must not install its own root handler.
+        logging_config=LoggingConfig(
+            configure_root_logger=False,
+            handlers={},
+            loggers={"litestar": {"level": "INFO", "propagate": True}},
+            log_exceptions="always",
+        ),
         openapi_config=OpenAPIConfig(
             title="gateway",
             version=__version__,

@@ -26,7 +26,8 @@ def check_headers(headers: Mapping[str, str], max_body_bytes: int) -> None:
     if announced is not None:
         if not announced.isdigit():
             raise Rejection(400, Refusal.INVALID, "Content-Length must be a non-negative integer")
-        if int(announced) > max_body_bytes:
+        # Compare lengths first: int() of thousands of digits is slow, and refused past 4300 of them.
+        if len(announced.lstrip("0")) > len(str(max_body_bytes)) or int(announced) > max_body_bytes:
             raise _too_large(max_body_bytes)
 
 

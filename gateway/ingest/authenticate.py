@@ -14,8 +14,9 @@ import enum
 import hashlib
 import hmac
 from collections.abc import Mapping
+from typing import NamedTuple
 
-__all__ = ("AuthFailure", "Authenticator")
+__all__ = ("AuthFailure", "Authenticator", "Verdict")
 
 
 class AuthFailure(enum.StrEnum):
@@ -33,6 +34,19 @@ class AuthFailure(enum.StrEnum):
     """Signature headers incomplete or unparseable."""
 
 
+class Verdict(NamedTuple):
+    """The outcome of authentication."""
+
+    failure: AuthFailure | None
+    """``None`` when the request is authentic."""
+    clock_skew: float | None = None
+    """For a genuinely signed request (even an expired one): its timestamp minus our clock, in seconds."""
+
+
+_ACCEPTED = Verdict(None)
+_MAX_TIMESTAMP_DIGITS = 12  # seconds since the epoch: 12 digits last until the year 33658
+
+
 class Authenticator:
     """Checks a request's credentials against the configured secret and signing keys."""
 
@@ -48,31 +62,29 @@ class Authenticator:
         """False when nothing is configured: development mode accepts every webhook."""
         return self._secret is not None or bool(self._keys)
 
-    def verify(self, headers: Mapping[str, str], body: bytes, now: float) -> AuthFailure | None:
-        """Return ``None`` for an authentic request, else the reason it is not."""
+    def verify(self, headers: Mapping[str, str], body: bytes, now: float) -> Verdict:
+        """Whether the request is authentic, and if not, why."""
         if not self.enabled:
-            return None
+            return _ACCEPTED
         failure = AuthFailure.MISSING
         provided = headers.get("x-webhook-secret")
         if provided is not None and self._secret is not None:
             if hmac.compare_digest(provided.encode(), self._secret):
-                return None
+                return _ACCEPTED
             failure = AuthFailure.BAD_SECRET
         if "webhook-signature" in headers and self._keys:
-            signature_failure = self._verify_signature(headers, body, now)
-            if signature_failure is None:
-                return None
-            failure = signature_failure
-        return failure
+            # A presented signature decides (and says more about a failure than a bad secret does).
+            return self._verify_signature(headers, body, now)
+        return Verdict(failure)
 
-    def _verify_signature(self, headers: Mapping[str, str], body: bytes, now: float) -> AuthFailure | None:
+    def _verify_signature(self, headers: Mapping[str, str], body: bytes, now: float) -> Verdict:
         msg_id = headers.get("webhook-id")
         timestamp = headers.get("webhook-timestamp")
-        if not msg_id or not timestamp or not timestamp.isdigit():
-            return AuthFailure.MALFORMED
+        if not msg_id or not timestamp or len(timestamp) > _MAX_TIMESTAMP_DIGITS or not timestamp.isdigit():
+            return Verdict(AuthFailure.MALFORMED)
         signatures = _parse_signatures(headers["webhook-signature"])
         if not signatures:
-            return AuthFailure.MALFORMED
+            return Verdict(AuthFailure.MALFORMED)
         signed = b"".join((msg_id.encode(), b".", timestamp.encode(), b".", body))
         expected = [hmac.new(key, signed, hashlib.sha256).digest() for key in self._keys]
         # Compare every pair, without stopping early, so timing does not reveal which key matched.
@@ -81,10 +93,11 @@ class Authenticator:
             for digest in expected:
                 matched |= hmac.compare_digest(signature, digest)
         if not matched:
-            return AuthFailure.BAD_SIGNATURE
-        if abs(now - int(timestamp)) > self._tolerance:
-            return AuthFailure.EXPIRED
-        return None
+            return Verdict(AuthFailure.BAD_SIGNATURE)
+        skew = int(timestamp) - now
+        if abs(skew) > self._tolerance:
+            return Verdict(AuthFailure.EXPIRED, skew)
+        return Verdict(None, skew)
 
 
 def _parse_signatures(header: str) -> list[bytes]:

@@ -32,16 +32,26 @@ def decode_event(kind: JobKind, body: bytes, delivery_id: str | None, received_a
         raise Rejection(400, Refusal.INVALID, f"Invalid payload: {error}") from None
     except msgspec.DecodeError as error:
         raise Rejection(400, Refusal.INVALID, f"Malformed JSON: {error}") from None
+    except UnicodeDecodeError:
+        raise Rejection(400, Refusal.INVALID, "Malformed JSON: the body is not valid UTF-8") from None
+    except RecursionError:
+        # Unknown fields are skipped, but msgspec still walks them: absurd nesting ends up here.
+        raise Rejection(400, Refusal.INVALID, "Malformed JSON: nested too deeply") from None
 
     timestamp = payload.timestamp
-    if timestamp.tzinfo is None:
-        timestamp = timestamp.replace(tzinfo=UTC)
+    try:
+        timestamp = timestamp.replace(tzinfo=UTC) if timestamp.tzinfo is None else timestamp.astimezone(UTC)
+    except OverflowError:
+        raise Rejection(400, Refusal.INVALID, "Invalid payload: timestamp is out of range - at `$.timestamp`") from None
     result = None
     error_message = None
+    images = 0
     data = getattr(payload, "data", None)
     if isinstance(payload, ImageCompleted | BlogCompleted):
         # The result is stored and served as sent (less unknown fields); metadata is kept apart.
         result = msgspec.Raw(_encode(msgspec.structs.replace(payload.data, metadata=None)))
+        if isinstance(payload, ImageCompleted):
+            images = len(payload.data.images)
     elif isinstance(payload, Failed):
         error_message = payload.error_message
     return JobEvent(
@@ -54,6 +64,7 @@ def decode_event(kind: JobKind, body: bytes, delivery_id: str | None, received_a
         metadata=data.metadata if data is not None else None,
         result=result,
         error_message=error_message,
+        images=images,
     )
 
 

@@ -33,9 +33,11 @@ class Rejection(Exception):
         refusal: Refusal,
         detail: str,
         headers: Mapping[str, str] | None = None,
+        job_id: str | None = None,
     ) -> None:
         super().__init__(detail)
         self.status_code = status_code
         self.refusal = refusal
         self.detail = detail
         self.headers = headers or {}
+        self.job_id = job_id

@@ -1,4 +1,4 @@
-"""The ingest pipeline, every stage in order. Read this module top to bottom.
+"""The ingest pipeline, every stage in order. Read :meth:`Pipeline._stages` top to bottom.
 
 1. admission  -- content type and announced size checked from the headers alone (415, 413)
 2. body       -- the body read, cut off past the size limit (413)
@@ -7,6 +7,7 @@
 5. deduplicate -- a delivery seen before is acknowledged as ``duplicate`` and changes nothing
 6. transition + persist -- one job-store transaction decides the status change and records the event
    (409 for a job of another kind; 503 with ``Retry-After`` when a store fails, never half-applied)
+7. telemetry  -- metrics, span attributes and one log line for every answer, refusals included
 
 The transport (:mod:`gateway.http`) only turns a request into headers and body chunks and the result
 into a response, so the whole pipeline is testable without HTTP.
@@ -16,11 +17,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterable, Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import msgspec
+from opentelemetry import trace
 
 from gateway.ingest.admission import check_headers, read_body
 from gateway.ingest.authenticate import Authenticator
@@ -31,9 +33,13 @@ from gateway.model import KindConflict, Outcome, Status
 from gateway.stores.base import StoreUnavailable
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterable, Callable, Mapping
+
     from gateway.config import Settings
     from gateway.kinds import JobKind
+    from gateway.model import Applied, JobEvent
     from gateway.stores.base import IdempotencyStore, JobStore
+    from gateway.telemetry.recorder import Telemetry
 
 __all__ = ("Accepted", "Pipeline")
 
@@ -61,38 +67,76 @@ class Pipeline:
         settings: Settings,
         jobs: JobStore,
         idempotency: IdempotencyStore,
+        telemetry: Telemetry,
+        tracer: trace.Tracer,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._max_body_bytes = settings.max_body_bytes
         self._authenticator = Authenticator(settings.webhook_secret, settings.signing_keys, settings.tolerance_seconds)
         self._jobs = jobs
         self._idempotency = idempotency
+        self._telemetry = telemetry
+        self._tracer = tracer
         self._clock = clock
 
     async def ingest(self, kind: JobKind, headers: Mapping[str, str], chunks: AsyncIterable[bytes]) -> Accepted:
-        """Run every stage; raise :class:`Rejection` for a webhook that is refused.
+        """Run every stage and record the answer; raise :class:`Rejection` for a refused webhook.
 
         ``headers`` must be keyed by lower-case names (as ASGI servers deliver them).
         """
+        started = time.perf_counter()
+        try:
+            event, answer, applied = await self._stages(kind, headers, chunks)
+        except Rejection as rejection:
+            self._telemetry.refused(kind.name, rejection, time.perf_counter() - started)
+            raise
+        self._telemetry.accepted(kind.name, event, answer, applied, time.perf_counter() - started)
+        return answer
+
+    async def _stages(
+        self, kind: JobKind, headers: Mapping[str, str], chunks: AsyncIterable[bytes]
+    ) -> tuple[JobEvent, Accepted, Applied | None]:
         check_headers(headers, self._max_body_bytes)
         body = await read_body(chunks, self._max_body_bytes)
 
         now = self._clock()
-        if self._authenticator.verify(headers, body, now) is not None:
+        with self._stage("authenticate"):
+            verdict = self._authenticator.verify(headers, body, now)
+        if verdict.clock_skew is not None:
+            self._telemetry.clock_skew(verdict.clock_skew)
+        if verdict.failure is not None:
+            self._telemetry.auth_failed(verdict.failure)
             raise Rejection(401, Refusal.UNAUTHORIZED, "Missing or invalid webhook credentials")
 
-        delivery_id = headers.get("webhook-id")
+        # An empty webhook-id identifies nothing: treated as absent, or every such delivery would
+        # share one idempotency key and all but the first would be dropped as duplicates.
+        delivery_id = headers.get("webhook-id", "").strip() or None
         if delivery_id is not None and len(delivery_id) > _MAX_DELIVERY_ID:
             raise Rejection(400, Refusal.INVALID, f"webhook-id is longer than {_MAX_DELIVERY_ID} characters")
-        event = decode_event(kind, body, delivery_id, datetime.fromtimestamp(now, UTC))
+        with self._stage("decode"):
+            event = decode_event(kind, body, delivery_id, datetime.fromtimestamp(now, UTC))
 
         keys = idempotency_keys(event)
-        if not await self._claim(keys):
-            status = await self._status_of(event.job_id)
-            return Accepted(job_id=event.job_id, status=status or event.status, outcome=Outcome.DUPLICATE)
+        with self._stage("deduplicate"):
+            claimed = await self._claim(keys)
+        if not claimed:
+            status = await self._current_status(event)
+            return event, Accepted(job_id=event.job_id, status=status, outcome=Outcome.DUPLICATE), None
 
+        with self._stage("persist"):  # the transition is decided inside the persisting transaction
+            applied = await self._apply(event, keys)
+        return event, Accepted(job_id=event.job_id, status=applied.status, outcome=applied.outcome), applied
+
+    async def _claim(self, keys: tuple[str, ...]) -> bool:
         try:
-            applied = await self._jobs.apply(event)
+            return await self._idempotency.claim(keys)
+        except StoreUnavailable as error:
+            raise self._unavailable(error) from None
+
+    async def _apply(self, event: JobEvent, keys: tuple[str, ...]) -> Applied:
+        """Transition and persist in one job-store transaction; release the claim if that fails."""
+        try:
+            return await self._jobs.apply(event)
         except KindConflict as conflict:
             await self._release_quietly(keys)
             raise Rejection(
@@ -100,39 +144,43 @@ class Pipeline:
                 Refusal.CONFLICT,
                 f"Job {conflict.job_id!r} is a {conflict.kind!r} job: post its webhooks to "
                 f"/api/webhooks/{conflict.kind}-completion",
+                job_id=conflict.job_id,
             ) from None
-        except StoreUnavailable:
+        except StoreUnavailable as error:
             await self._release_quietly(keys)
-            raise _unavailable() from None
+            raise self._unavailable(error) from None
         except BaseException:
             # Cancelled (client gone, shutdown): the claim must not outlive the work it stood for.
             await self._release_quietly(keys)
             raise
-        return Accepted(job_id=event.job_id, status=applied.status, outcome=applied.outcome)
 
-    async def _claim(self, keys: tuple[str, ...]) -> bool:
+    async def _current_status(self, event: JobEvent) -> Status:
+        """A duplicate's answer: the job's status now (the event's own if the job is still being written)."""
         try:
-            return await self._idempotency.claim(keys)
-        except StoreUnavailable:
-            raise _unavailable() from None
-
-    async def _status_of(self, job_id: str) -> Status | None:
-        try:
-            return await self._jobs.status_of(job_id)
-        except StoreUnavailable:
-            raise _unavailable() from None
+            status = await self._jobs.status_of(event.job_id)
+        except StoreUnavailable as error:
+            self._telemetry.store_failed(error)
+            return event.status
+        return status or event.status
 
     async def _release_quietly(self, keys: tuple[str, ...]) -> None:
         try:
             await self._idempotency.release(keys)
-        except StoreUnavailable:
-            logger.exception("could not release idempotency keys after a failure")
+        except StoreUnavailable as error:
+            self._telemetry.store_failed(error)
+            logger.error("could not release idempotency keys after a failure: %s", error)
 
+    def _unavailable(self, error: StoreUnavailable) -> Rejection:
+        self._telemetry.store_failed(error)
+        return Rejection(
+            503,
+            Refusal.UNAVAILABLE,
+            "A store is unavailable; nothing was recorded. Retry later with the same request.",
+            headers={"Retry-After": _RETRY_AFTER_SECONDS},
+        )
 
-def _unavailable() -> Rejection:
-    return Rejection(
-        503,
-        Refusal.UNAVAILABLE,
-        "A store is unavailable; nothing was recorded. Retry later with the same request.",
-        headers={"Retry-After": _RETRY_AFTER_SECONDS},
-    )
+    def _stage(self, name: str) -> AbstractContextManager[object]:
+        """A child span for a stage, only when the request is sampled (otherwise nothing to pay for)."""
+        if trace.get_current_span().is_recording():
+            return self._tracer.start_as_current_span(name)
+        return nullcontext()

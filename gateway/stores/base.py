@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from gateway.model import Applied, Job, JobEvent, JobPage, Status
+from gateway.model import Applied, InProgress, Job, JobEvent, JobPage, Status
 
 __all__ = ("IdempotencyStore", "JobStore", "StoreUnavailable")
 
@@ -61,6 +61,10 @@ class JobStore(Protocol):
 
     async def list_jobs(self, *, kind: str | None, status: Status | None, limit: int, cursor: int | None) -> JobPage:
         """Jobs newest first, optionally filtered; ``cursor`` is the previous page's ``next_cursor``."""
+        ...
+
+    async def in_progress(self) -> list[InProgress]:
+        """Counts of jobs per kind and non-terminal status, with the oldest's creation time."""
         ...
 
     async def ping(self) -> None:

@@ -21,6 +21,7 @@ from gateway.ingest.transition import Transition, decide
 from gateway.model import (
     Applied,
     HistoryEntry,
+    InProgress,
     Job,
     JobEvent,
     JobPage,
@@ -80,6 +81,9 @@ class SqliteJobStore:
     async def get(self, job_id: str) -> Job | None:
         return await self._run("get", self._get, job_id)
 
+    async def in_progress(self) -> list[InProgress]:
+        return await self._run("in_progress", self._in_progress)
+
     async def list_jobs(self, *, kind: str | None, status: Status | None, limit: int, cursor: int | None) -> JobPage:
         return await self._run("list", self._list, kind, status, limit, cursor)
 
@@ -128,7 +132,9 @@ class SqliteJobStore:
         return applied
 
     def _apply_in_transaction(self, db: sqlite3.Connection, event: JobEvent) -> Applied:
-        row = db.execute("SELECT seq, kind, status, metadata FROM jobs WHERE job_id = ?", (event.job_id,)).fetchone()
+        row = db.execute(
+            "SELECT seq, kind, status, metadata, created_at FROM jobs WHERE job_id = ?", (event.job_id,)
+        ).fetchone()
         if row is not None and row[1] != event.kind:
             raise KindConflict(event.job_id, row[1])
         previous = Status(row[2]) if row is not None else None
@@ -137,7 +143,7 @@ class SqliteJobStore:
         completed = received if transition.moves and event.status.terminal else None
         result = bytes(event.result).decode() if event.result is not None else None
         if row is None:
-            metadata = _encode(event.metadata).decode() if event.metadata is not None else None
+            seq, metadata, first_seen = None, event.metadata, received
             seq = db.execute(
                 "INSERT INTO jobs (job_id, kind, status, result, metadata, error_message,"
                 " created_at, updated_at, completed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -146,7 +152,7 @@ class SqliteJobStore:
                     event.kind,
                     event.status,
                     result,
-                    metadata,
+                    _json(metadata),
                     event.error_message,
                     received,
                     received,
@@ -154,14 +160,15 @@ class SqliteJobStore:
                 ),
             ).lastrowid
         else:
-            seq = row[0]
+            seq, first_seen = row[0], row[4]
+            metadata = _metadata_decoder.decode(row[3]) if row[3] is not None else None
             if transition.outcome is Outcome.APPLIED:
-                metadata = _merge_metadata(row[3], event.metadata)
+                metadata = _merge_metadata(metadata, event.metadata)
                 db.execute(
                     "UPDATE jobs SET status = ?, updated_at = ?, metadata = ?,"
                     " result = coalesce(?, result), error_message = coalesce(?, error_message),"
                     " completed_at = coalesce(?, completed_at) WHERE seq = ?",
-                    (event.status, received, metadata, result, event.error_message, completed, seq),
+                    (event.status, received, _json(metadata), result, event.error_message, completed, seq),
                 )
         if transition is Transition.CONTRADICTED:
             logger.warning(
@@ -181,13 +188,35 @@ class SqliteJobStore:
                 transition.outcome,
                 event.key,
                 event.delivery_id,
-                _encode(event.metadata).decode() if event.metadata is not None else None,
+                _json(event.metadata),
                 event.error_message,
             ),
         ).lastrowid
         status = event.status if transition.outcome is Outcome.APPLIED else previous
         assert status is not None  # a job without a previous status is created by this event
-        return Applied(outcome=transition.outcome, status=status, previous=previous, event_id=event_id)
+        return Applied(
+            outcome=transition.outcome,
+            status=status,
+            previous=previous,
+            event_id=event_id,
+            moved=transition.moves,
+            model=metadata.model_name if metadata is not None else None,
+            first_seen_at=datetime.fromisoformat(first_seen),
+        )
+
+    def _in_progress(self) -> list[InProgress]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT kind, status, count(*), min(created_at) FROM jobs"
+                " WHERE status NOT IN ('completed', 'failed') GROUP BY kind, status"
+            )
+            .fetchall()
+        )
+        return [
+            InProgress(kind=kind, status=Status(status), count=count, oldest_created_at=datetime.fromisoformat(oldest))
+            for kind, status, count, oldest in rows
+        ]
 
     def _get(self, job_id: str) -> Job | None:
         db = self._conn()
@@ -251,15 +280,22 @@ def _job_fields(row: Any) -> dict[str, Any]:
     }
 
 
-def _merge_metadata(stored: str | None, incoming: Metadata | None) -> str | None:
+def _merge_metadata(stored: Metadata | None, incoming: Metadata | None) -> Metadata | None:
     """Fields the event carries override the stored ones; fields it leaves out are kept."""
-    if incoming is None:
-        return stored
-    if stored is None:
-        return _encode(incoming).decode()
-    merged = msgspec.structs.asdict(_metadata_decoder.decode(stored))
-    merged.update({k: v for k, v in msgspec.structs.asdict(incoming).items() if v is not None})
-    return _encode(Metadata(**merged)).decode()
+    if incoming is None or stored is None:
+        return incoming or stored
+    return Metadata(
+        model_name=incoming.model_name or stored.model_name,
+        generation_time_seconds=(
+            incoming.generation_time_seconds
+            if incoming.generation_time_seconds is not None
+            else stored.generation_time_seconds
+        ),
+    )
+
+
+def _json(value: object) -> str | None:
+    return _encode(value).decode() if value is not None else None
 
 
 def _iso(moment: datetime) -> str:

@@ -1,0 +1,72 @@
+"""``GET /metrics``: Prometheus text format, or OpenMetrics (with exemplars) when ``Accept`` asks for it.
+
+Gauges read from the stores (jobs in progress, the oldest one's age, remembered idempotency keys) are
+refreshed at scrape time, so they are exact when scraped and cost nothing between scrapes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from litestar import Request, Response, get
+from prometheus_client.exposition import choose_encoder
+
+from gateway.model import Status
+from gateway.stores.base import StoreUnavailable
+
+if TYPE_CHECKING:
+    from litestar.handlers import HTTPRouteHandler
+    from prometheus_client import CollectorRegistry
+
+    from gateway.stores.base import IdempotencyStore, JobStore
+    from gateway.telemetry.metrics import Metrics
+    from gateway.telemetry.recorder import Telemetry
+
+__all__ = ("metrics_route",)
+
+logger = logging.getLogger(__name__)
+
+_REFRESH_TIMEOUT_SECONDS = 2.0
+
+
+def metrics_route(
+    registry: CollectorRegistry,
+    metrics: Metrics,
+    telemetry: Telemetry,
+    kinds: tuple[str, ...],
+    jobs: JobStore,
+    idempotency: IdempotencyStore,
+) -> HTTPRouteHandler:
+    async def refresh() -> None:
+        in_progress = await jobs.in_progress()
+        now = time.time()
+        for kind in kinds:
+            for status in Status:
+                if not status.terminal:
+                    metrics.jobs_in_progress.labels(kind, status).set(0)
+            metrics.job_oldest_in_progress.labels(kind).set(0)
+        oldest: dict[str, float] = {}
+        for row in in_progress:
+            metrics.jobs_in_progress.labels(row.kind, row.status).set(row.count)
+            age = max(0.0, now - row.oldest_created_at.timestamp())
+            oldest[row.kind] = max(oldest.get(row.kind, 0.0), age)
+        for kind, age in oldest.items():
+            metrics.job_oldest_in_progress.labels(kind).set(age)
+        metrics.idempotency_keys.set(await idempotency.count())
+
+    @get("/metrics", tags=["telemetry"], summary="Prometheus metrics", include_in_schema=True)
+    async def scrape(request: Request[Any, Any, Any]) -> Response[bytes]:
+        try:
+            await asyncio.wait_for(refresh(), _REFRESH_TIMEOUT_SECONDS)
+        except StoreUnavailable as error:
+            telemetry.store_failed(error)
+            logger.warning("metrics: store gauges not refreshed: %s", error)
+        except TimeoutError:
+            logger.warning("metrics: store gauges not refreshed within %.0f s", _REFRESH_TIMEOUT_SECONDS)
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encoder(registry), media_type=content_type)
+
+    return scrape

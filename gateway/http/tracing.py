@@ -1,0 +1,65 @@
+"""A server span per request, continuing the sender's W3C ``traceparent``.
+
+A small ASGI middleware rather than the generic instrumentation: it does only what the gateway needs
+(one span, HTTP semantic-convention attributes, the route template as the name) and stays cheap on the
+hot path. Stage spans and the gateway's own attributes are added by the pipeline inside this span.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from litestar.enums import ScopeType
+from opentelemetry import propagate
+from opentelemetry.trace import SpanKind, StatusCode
+
+if TYPE_CHECKING:
+    from litestar.types import ASGIApp, Message, Receive, Scope, Send
+    from opentelemetry.trace import Tracer
+
+__all__ = ("server_spans",)
+
+_UNTRACED = frozenset({"/metrics", "/healthz", "/readyz"})
+
+
+def server_spans(tracer: Tracer) -> Any:
+    """Litestar middleware factory: wrap each routed request in a server span."""
+    fields = frozenset(field.encode() for field in propagate.get_global_textmap().fields)
+
+    def middleware(app: ASGIApp) -> ASGIApp:
+        async def traced(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != ScopeType.HTTP or scope["path"] in _UNTRACED:
+                await app(scope, receive, send)
+                return
+            carrier = {
+                name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"] if name in fields
+            }
+            parent = propagate.extract(carrier) if carrier else None
+            method = scope["method"]
+            route = scope.get("path_template") or scope["path"]
+            with tracer.start_as_current_span(
+                f"{method} {route}",
+                context=parent,
+                kind=SpanKind.SERVER,
+                attributes={
+                    "http.request.method": method,
+                    "http.route": route,
+                    "url.path": scope["path"],
+                    "url.scheme": scope.get("scheme", "http"),
+                    "network.protocol.version": scope.get("http_version", "1.1"),
+                },
+            ) as span:
+
+                async def send_traced(message: Message) -> None:
+                    if message["type"] == "http.response.start" and span.is_recording():
+                        status = message["status"]
+                        span.set_attribute("http.response.status_code", status)
+                        if status >= 500:
+                            span.set_status(StatusCode.ERROR)
+                    await send(message)
+
+                await app(scope, receive, send_traced)
+
+        return traced
+
+    return middleware

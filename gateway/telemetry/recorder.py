@@ -1,0 +1,106 @@
+"""Stage 9: record what happened to a webhook in metrics, on its span, and in one log line."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from opentelemetry import trace
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics import Counter, Histogram
+
+    from gateway.ingest.authenticate import AuthFailure
+    from gateway.ingest.errors import Rejection
+    from gateway.ingest.pipeline import Accepted
+    from gateway.model import Applied, JobEvent, Status
+    from gateway.stores.base import StoreUnavailable
+    from gateway.telemetry.metrics import Metrics
+
+__all__ = ("Telemetry",)
+
+logger = logging.getLogger("gateway.webhook")
+
+
+class Telemetry:
+    """Everything the pipeline reports, in one place, so the pipeline only says what happened."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._finished: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+
+    def auth_failed(self, reason: AuthFailure) -> None:
+        self._metrics.auth_failure_children[reason].inc()
+
+    def clock_skew(self, seconds: float) -> None:
+        self._metrics.clock_skew.observe(seconds)
+
+    def store_failed(self, error: StoreUnavailable) -> None:
+        self._metrics.store_errors.labels(error.store, error.operation).inc()
+
+    def refused(self, kind: str, rejection: Rejection, seconds: float) -> None:
+        self._answered(kind, rejection.refusal, seconds, rejection.job_id, None, rejection.status_code)
+
+    def accepted(self, kind: str, event: JobEvent, answer: Accepted, applied: Applied | None, seconds: float) -> None:
+        self._answered(kind, answer.outcome, seconds, event.job_id, answer.status, 200)
+        if applied is not None and applied.moved:
+            self._moved(event, applied)
+
+    def _answered(
+        self, kind: str, outcome: str, seconds: float, job_id: str | None, status: Status | None, http_status: int
+    ) -> None:
+        span = trace.get_current_span()
+        exemplar = None
+        if span.is_recording():
+            context = span.get_span_context()
+            exemplar = {"trace_id": format(context.trace_id, "032x")}
+            span.set_attribute("gateway.kind", kind)
+            span.set_attribute("gateway.outcome", outcome)
+            if job_id is not None:
+                span.set_attribute("gateway.job_id", job_id)
+            if status is not None:
+                span.set_attribute("gateway.status", status)
+        count, duration = self._metrics.request_children[(kind, outcome)]
+        count.inc()
+        duration.observe(seconds, exemplar)
+        logger.info(
+            "webhook %s",
+            outcome,
+            extra={
+                "kind": kind,
+                "job_id": job_id,
+                "status": status,
+                "outcome": outcome,
+                "http_status": http_status,
+                "duration_ms": round(seconds * 1000, 3),
+            },
+        )
+
+    def _moved(self, event: JobEvent, applied: Applied) -> None:
+        metrics = self._metrics
+        metrics.transition_children[(event.kind, applied.status)].inc()
+        if not applied.status.terminal:
+            return
+        model = metrics.models(applied.model)
+        result = applied.status.value
+        finished, job_duration = self._finished_children(event.kind, model, result)
+        finished.inc()
+        if applied.first_seen_at is not None:
+            job_duration.observe((event.received_at - applied.first_seen_at).total_seconds())
+        generation_time = event.metadata.generation_time_seconds if event.metadata is not None else None
+        if generation_time is not None:
+            span = trace.get_current_span()
+            exemplar = {"trace_id": format(span.get_span_context().trace_id, "032x")} if span.is_recording() else None
+            metrics.generation_duration.labels(event.kind, model).observe(generation_time, exemplar)
+        if event.images:
+            metrics.images.labels(model).inc(event.images)
+
+    def _finished_children(self, kind: str, model: str, result: str) -> tuple[Counter, Histogram]:
+        key = (kind, model, result)
+        children = self._finished.get(key)
+        if children is None:
+            children = self._finished[key] = (
+                self._metrics.jobs_finished.labels(kind, model, result),
+                self._metrics.job_duration.labels(kind, result),
+            )
+        return children

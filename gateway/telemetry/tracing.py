@@ -1,0 +1,131 @@
+"""OpenTelemetry tracing, configured only by the standard ``OTEL_*`` variables.
+
+- ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG``: read by the SDK (default
+  ``parentbased_always_on``: a sender's sampling decision is followed, a root request is sampled).
+- ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``..._TRACES_ENDPOINT``): where spans go over OTLP;
+  ``OTEL_EXPORTER_OTLP_PROTOCOL`` must be ``http/protobuf``. Unset: spans are made (trace ids reach logs
+  and exemplars) but nothing is exported. ``OTEL_TRACES_EXPORTER=none`` turns export off explicitly.
+- ``OTEL_BSP_*``: the batch processor's queue, batch size and delays, read by the SDK.
+
+Export runs on the batch processor's own thread: an exporter that is down or slow never delays a
+webhook. What it cannot take is dropped and counted in ``gateway_spans_dropped_total``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import TYPE_CHECKING
+
+from opentelemetry.environment_variables import OTEL_TRACES_EXPORTER
+from opentelemetry.sdk.environment_variables import (
+    OTEL_BSP_MAX_QUEUE_SIZE,
+    OTEL_EXPORTER_OTLP_ENDPOINT,
+    OTEL_EXPORTER_OTLP_PROTOCOL,
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+    OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+)
+from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+from gateway import __version__
+from gateway.config import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from opentelemetry.context import Context
+    from opentelemetry.sdk.trace import Span
+    from prometheus_client import Counter
+
+__all__ = ("DropCounter", "tracer_provider_from_env")
+
+_DEFAULT_QUEUE_SIZE = 2048
+
+
+def tracer_provider_from_env(spans_dropped: Counter, environ: Mapping[str, str] | None = None) -> TracerProvider:
+    """A tracer provider as the ``OTEL_*`` variables describe; raise :class:`ConfigError` on a bad one."""
+    env = os.environ if environ is None else environ
+    resource = Resource.create({SERVICE_VERSION: __version__})
+    if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: "gateway"}))
+    provider = TracerProvider(resource=resource)
+    exporter = _exporter(env)
+    if exporter is not None:
+        queue_size = int(env.get(OTEL_BSP_MAX_QUEUE_SIZE, _DEFAULT_QUEUE_SIZE))
+        counter = DropCounter(spans_dropped, queue_size)
+        provider.add_span_processor(counter)
+        provider.add_span_processor(BatchSpanProcessor(counter.watch(exporter)))
+    return provider
+
+
+def _exporter(env: Mapping[str, str]) -> SpanExporter | None:
+    if env.get(OTEL_TRACES_EXPORTER, "otlp").strip().lower() == "none":
+        return None
+    if not (env.get(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) or env.get(OTEL_EXPORTER_OTLP_ENDPOINT)):
+        return None
+    protocol = env.get(OTEL_EXPORTER_OTLP_TRACES_PROTOCOL) or env.get(OTEL_EXPORTER_OTLP_PROTOCOL) or "http/protobuf"
+    if protocol != "http/protobuf":
+        raise ConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL: only 'http/protobuf' is supported, got {protocol!r}")
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter()
+
+
+class DropCounter(SpanProcessor):
+    """Counts spans the batch processor drops, knowing only its documented behaviour.
+
+    The batch processor keeps at most ``OTEL_BSP_MAX_QUEUE_SIZE`` spans and drops one for every span
+    that arrives while it is full; an export that fails loses its whole batch. This processor, placed
+    before it, tracks how many spans wait in that queue and counts both kinds of loss.
+    """
+
+    def __init__(self, dropped: Counter, queue_size: int) -> None:
+        self._dropped = dropped
+        self._queue_size = queue_size
+        self._queued = 0
+        self._lock = threading.Lock()
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        return None
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if span.context is None or not span.context.trace_flags.sampled:
+            return
+        with self._lock:
+            if self._queued >= self._queue_size:
+                self._dropped.inc()
+            else:
+                self._queued += 1
+
+    def watch(self, exporter: SpanExporter) -> SpanExporter:
+        """Wrap ``exporter`` so that batches leaving the queue, and failed ones, are counted."""
+        return _WatchedExporter(exporter, self)
+
+    def _exported(self, count: int, ok: bool) -> None:
+        with self._lock:
+            self._queued = max(0, self._queued - count)
+        if not ok:
+            self._dropped.inc(count)
+
+
+class _WatchedExporter(SpanExporter):
+    def __init__(self, inner: SpanExporter, counter: DropCounter) -> None:
+        self._inner = inner
+        self._counter = counter
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self._inner.export(spans)
+        except Exception:
+            self._counter._exported(len(spans), ok=False)
+            raise
+        self._counter._exported(len(spans), ok=result is SpanExportResult.SUCCESS)
+        return result
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
