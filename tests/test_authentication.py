@@ -140,3 +140,16 @@ async def test_development_without_credentials_accepts_everyone(tmp_path: Path) 
     async with AsyncTestClient(app=create_app(settings)) as client:
         response = await client.post(IMAGE, json=completed_image())
     assert response.status_code == 200
+
+
+async def test_secret_with_accents_sent_as_utf8_is_accepted(tmp_path: Path) -> None:
+    settings = Settings(webhook_secret="clé-secrète-2025", database=SqliteDatabase(str(tmp_path / "utf8.db")))
+    async with AsyncTestClient(app=create_app(settings)) as client:
+        good = await client.post(
+            IMAGE, json=completed_image(), headers={"X-Webhook-Secret": "clé-secrète-2025".encode()}
+        )
+        bad = await client.post(
+            IMAGE, json=completed_image(), headers={"X-Webhook-Secret": "cle-secrete-2025".encode()}
+        )
+    assert good.status_code == 200
+    assert bad.status_code == 401

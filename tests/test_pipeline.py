@@ -14,7 +14,6 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient
-from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 from gateway.config import Settings, SqliteDatabase
@@ -44,8 +43,7 @@ async def pipeline(tmp_path: Path) -> AsyncIterator[Pipeline]:
     jobs = SqliteJobStore(str(tmp_path / "pipeline.db"))
     await jobs.open()
     telemetry = Telemetry(Metrics(CollectorRegistry(), ["image", "blog"], ModelLabels()))
-    tracer = TracerProvider().get_tracer("test")
-    yield Pipeline(settings, jobs, MemoryIdempotencyStore(ttl_seconds=3600, max_keys=10_000), telemetry, tracer)
+    yield Pipeline(settings, jobs, MemoryIdempotencyStore(ttl_seconds=3600, max_keys=10_000), telemetry)
     await jobs.close()
 
 

@@ -204,7 +204,7 @@ def signed_headers(body: str, msg_id: str) -> dict[str, str]:
     }
 
 
-async def test_server_span_continues_the_senders_trace_with_stage_spans(observed: Observed) -> None:
+async def test_server_span_continues_the_senders_trace_with_stage_events(observed: Observed) -> None:
     headers = {"traceparent": f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01"}
     response = await observed.client.post(IMAGE, json=completed_image(job_id="traced"), headers=headers)
     assert response.status_code == 200
@@ -221,11 +221,12 @@ async def test_server_span_continues_the_senders_trace_with_stage_spans(observed
     assert attributes["http.request.method"] == "POST"
     assert attributes["http.route"] == "/api/webhooks/image-completion"
     assert attributes["http.response.status_code"] == 200
-    children = {span.name: span for span in spans if span.parent and span.parent.span_id == server.context.span_id}
-    assert set(children) == {"authenticate", "decode", "deduplicate", "persist"}
+    stages = [event.name for event in server.events]
+    assert stages == ["authenticate", "decode", "deduplicate", "persist"]
+    assert all((event.attributes or {})["gateway.stage.duration_ms"] >= 0 for event in server.events)
 
 
-async def test_unsampled_sender_gets_no_stage_spans(observed: Observed) -> None:
+async def test_unsampled_sender_gets_no_spans(observed: Observed) -> None:
     headers = {"traceparent": f"00-{TRACE_ID}-{PARENT_SPAN_ID}-00"}
     assert (await observed.client.post(IMAGE, json=completed_image(), headers=headers)).status_code == 200
     assert observed.spans.get_finished_spans() == ()

@@ -62,7 +62,7 @@ def create_app(
 
     jobs = SqliteJobStore(settings.database.path)
     idempotency = MemoryIdempotencyStore(settings.idempotency_ttl_seconds, settings.idempotency_max_keys)
-    pipeline = Pipeline(settings, jobs, idempotency, telemetry, tracer)
+    pipeline = Pipeline(settings, jobs, idempotency, telemetry)
 
     async def start() -> None:
         await jobs.open()

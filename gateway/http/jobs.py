@@ -38,7 +38,7 @@ def job_routes(jobs: JobStore) -> list[HTTPRouteHandler]:
     ) -> JobPage:
         if kind is not None and kind_named(kind) is None:
             raise ValidationException(f"Unknown kind {kind!r}")
-        if cursor is not None and not cursor.isdigit():
+        if cursor is not None and not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 18):
             raise ValidationException("Invalid cursor: pass back the `next_cursor` of a previous page")
         return await jobs.list_jobs(kind=kind, status=status, limit=limit, cursor=int(cursor) if cursor else None)
 

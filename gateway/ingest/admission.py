@@ -24,7 +24,7 @@ def check_headers(headers: Mapping[str, str], max_body_bytes: int) -> None:
         )
     announced = headers.get("content-length")
     if announced is not None:
-        if not announced.isdigit():
+        if not (announced.isascii() and announced.isdigit()):
             raise Rejection(400, Refusal.INVALID, "Content-Length must be a non-negative integer")
         # Compare lengths first: int() of thousands of digits is slow, and refused past 4300 of them.
         if len(announced.lstrip("0")) > len(str(max_body_bytes)) or int(announced) > max_body_bytes:

@@ -69,7 +69,9 @@ class Authenticator:
         failure = AuthFailure.MISSING
         provided = headers.get("x-webhook-secret")
         if provided is not None and self._secret is not None:
-            if hmac.compare_digest(provided.encode(), self._secret):
+            # Header values arrive decoded as Latin-1: re-encoding so recovers the bytes the sender sent
+            # (a UTF-8 secret with accents then matches).
+            if hmac.compare_digest(provided.encode("latin-1", "replace"), self._secret):
                 return _ACCEPTED
             failure = AuthFailure.BAD_SECRET
         if "webhook-signature" in headers and self._keys:
@@ -80,7 +82,12 @@ class Authenticator:
     def _verify_signature(self, headers: Mapping[str, str], body: bytes, now: float) -> Verdict:
         msg_id = headers.get("webhook-id")
         timestamp = headers.get("webhook-timestamp")
-        if not msg_id or not timestamp or len(timestamp) > _MAX_TIMESTAMP_DIGITS or not timestamp.isdigit():
+        if (
+            not msg_id
+            or not timestamp
+            or len(timestamp) > _MAX_TIMESTAMP_DIGITS
+            or not (timestamp.isascii() and timestamp.isdigit())
+        ):
             return Verdict(AuthFailure.MALFORMED)
         signatures = _parse_signatures(headers["webhook-signature"])
         if not signatures:

@@ -11,19 +11,19 @@ CREATE TABLE jobs (
     updated_at    TEXT NOT NULL,
     completed_at  TEXT
 );
-CREATE INDEX jobs_by_kind ON jobs (kind, seq);
 CREATE INDEX jobs_by_status ON jobs (status, seq);
 
 CREATE TABLE job_events (
     id            INTEGER PRIMARY KEY AUTOINCREMENT,  -- global, increasing, never reused
-    job_seq       INTEGER NOT NULL REFERENCES jobs (seq),
+    -- Checked at commit, so an event can be recorded before the job row it creates.
+    job_id        TEXT NOT NULL REFERENCES jobs (job_id) DEFERRABLE INITIALLY DEFERRED,
     status        TEXT NOT NULL,
     timestamp     TEXT NOT NULL,   -- the sender's
     received_at   TEXT NOT NULL,
     outcome       TEXT NOT NULL,   -- applied | stale
     event_key     TEXT NOT NULL UNIQUE,  -- kind:job_id:status:timestamp; the last guard of exactly-once
-    delivery_id   TEXT UNIQUE,           -- the sender's webhook-id, when signed
+    delivery_id   TEXT UNIQUE,           -- the sender's webhook-id, when there is one
     metadata      TEXT,
     error_message TEXT
 );
-CREATE INDEX job_events_by_job ON job_events (job_seq, id);
+CREATE INDEX job_events_by_job ON job_events (job_id, id);

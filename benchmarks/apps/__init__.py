@@ -1,0 +1,1 @@
+"""Reference receivers the gateway is measured against, in the same run, on the same server."""
