@@ -8,7 +8,8 @@ saves them as JSON. Configurations:
   A        raw ASGI app + msgspec decode (the floor)
   B        bare Litestar handler taking the msgspec Struct (the framework baseline)
   E        FastAPI + pydantic v2 with the secret check, an in-memory dedup dict and three metrics
-  G        the gateway, full pipeline, embedded stores, telemetry as shipped (traces sampled, no export)
+  G        the gateway, full pipeline, embedded stores, telemetry as shipped (no OTLP endpoint: metrics,
+           logs, trace context; spans recorded only when an exporter is configured)
   G-notel  the gateway with traces off (OTEL_SDK_DISABLED) and per-request logs off: telemetry's cost
   G-otlp   the gateway exporting 10 % of traces over OTLP to a local sink (sharing wrk's core)
 """
@@ -68,7 +69,7 @@ def configs(tmp: Path) -> dict[str, Config]:
         "A": Config("A", "raw ASGI + msgspec (floor)", [*UVICORN, "benchmarks.apps.raw:app"], {}),
         "B": Config("B", "bare Litestar + Struct", [*UVICORN, "benchmarks.apps.bare_litestar:app"], {}),
         "E": Config("E", "FastAPI + pydantic toy", [*UVICORN, "benchmarks.apps.fastapi_receiver:app"], base),
-        "G": Config("G", "gateway, telemetry as shipped", gateway, {**base, "DATABASE_URL": f"sqlite:///{tmp}/g.db"}),
+        "G": Config("G", "gateway as shipped", gateway, {**base, "DATABASE_URL": f"sqlite:///{tmp}/g.db"}),
         "G-notel": Config(
             "G-notel",
             "gateway, traces and request logs off",

@@ -3,8 +3,9 @@
 - ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG``: read by the SDK (default
   ``parentbased_always_on``: a sender's sampling decision is followed, a root request is sampled).
 - ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``..._TRACES_ENDPOINT``): where spans go over OTLP;
-  ``OTEL_EXPORTER_OTLP_PROTOCOL`` must be ``http/protobuf``. Unset: spans are made (trace ids reach logs
-  and exemplars) but nothing is exported. ``OTEL_TRACES_EXPORTER=none`` turns export off explicitly.
+  ``OTEL_EXPORTER_OTLP_PROTOCOL`` must be ``http/protobuf``. Unset (or ``OTEL_TRACES_EXPORTER=none``):
+  no span is recorded, since nothing would receive it; the trace context still flows, so log lines
+  carry the sender's trace id, and no exemplar points at a trace that does not exist.
 - ``OTEL_BSP_*``: the batch processor's queue, batch size and delays, read by the SDK.
 
 Export runs on the batch processor's own thread: an exporter that is down or slow never delays a
@@ -28,6 +29,7 @@ from opentelemetry.sdk.environment_variables import (
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 from gateway import __version__
 from gateway.config import ConfigError
@@ -50,14 +52,23 @@ def tracer_provider_from_env(spans_dropped: Counter, environ: Mapping[str, str] 
     resource = Resource.create({SERVICE_VERSION: __version__})
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: "gateway"}))
-    provider = TracerProvider(resource=resource)
     exporter = _exporter(env)
-    if exporter is not None:
-        queue_size = int(env.get(OTEL_BSP_MAX_QUEUE_SIZE, _DEFAULT_QUEUE_SIZE))
-        counter = DropCounter(spans_dropped, queue_size)
-        provider.add_span_processor(counter)
-        provider.add_span_processor(BatchSpanProcessor(counter.watch(exporter)))
+    if exporter is None:
+        # Nothing would receive recorded spans: keep only the trace context (so logs carry the sender's
+        # trace id) and record nothing, which costs next to nothing on the hot path.
+        return TracerProvider(resource=resource, sampler=ALWAYS_OFF)
+    provider = TracerProvider(resource=resource)
+    counter = DropCounter(spans_dropped, _queue_size(env))
+    provider.add_span_processor(counter)
+    provider.add_span_processor(BatchSpanProcessor(counter.watch(exporter)))
     return provider
+
+
+def _queue_size(env: Mapping[str, str]) -> int:
+    value = env.get(OTEL_BSP_MAX_QUEUE_SIZE, str(_DEFAULT_QUEUE_SIZE))
+    if not value.isdecimal() or int(value) < 1:
+        raise ConfigError(f"OTEL_BSP_MAX_QUEUE_SIZE must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def _exporter(env: Mapping[str, str]) -> SpanExporter | None:
