@@ -45,6 +45,13 @@ NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
 Dimensions = Annotated[str, msgspec.Meta(pattern=r"^[1-9][0-9]{0,5}x[1-9][0-9]{0,5}$", examples=["1024x1024"])]
 NonEmptyText = Annotated[str, msgspec.Meta(min_length=1)]
+Timestamp = Annotated[
+    datetime,
+    msgspec.Meta(
+        description="RFC 3339 date-time; without a zone it is read as UTC",
+        extra_json_schema={"format": "date-time"},
+    ),
+]
 
 
 class _Shape(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -91,7 +98,7 @@ class Payload(msgspec.Struct, frozen=True, kw_only=True, tag_field="status"):
     """The envelope every webhook shares. ``timestamp`` without a zone is read as UTC."""
 
     job_id: JobId
-    timestamp: datetime
+    timestamp: Timestamp
 
 
 class Pending(Payload, frozen=True, tag="pending"):
