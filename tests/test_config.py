@@ -1,4 +1,4 @@
-"""Settings read from the environment: the defaults a bare deployment gets, and the start-up errors a bad value gives."""
+"""Settings read from the environment: the defaults a bare deployment gets, the start-up errors a bad value gives."""
 
 from __future__ import annotations
 
