@@ -13,8 +13,11 @@ from gateway.http.health import health_routes
 from gateway.http.jobs import job_routes
 from gateway.http.webhooks import webhook_route
 from gateway.ingest.pipeline import Pipeline
+from gateway.ingest.ratelimit import RateLimiter
 from gateway.kinds import KINDS
-from gateway.stores.memory import MemoryIdempotencyStore
+from gateway.stores.base import RateLimitStore, StoreUnavailable
+from gateway.stores.memory import MemoryIdempotencyStore, MemoryRateLimitStore
+from gateway.stores.redis import RedisRateLimitStore
 from gateway.stores.sqlite import SqliteJobStore
 
 __all__ = ("create_app",)
@@ -30,10 +33,18 @@ def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     jobs = SqliteJobStore(settings.database.path)
     idempotency = MemoryIdempotencyStore(settings.idempotency_ttl_seconds, settings.idempotency_max_keys)
-    pipeline = Pipeline(settings, jobs, idempotency)
+    limits = _rate_limit_store(settings)
+    limiter = RateLimiter.from_settings(settings, limits, MemoryRateLimitStore(max_keys=1))
+    pipeline = Pipeline(settings, jobs, idempotency, limiter=limiter)
 
     async def start() -> None:
         await jobs.open()
+        if isinstance(limits, RedisRateLimitStore):
+            try:
+                await limits.ping()
+            except StoreUnavailable:
+                # Not fatal: GATEWAY_RATE_LIMIT_ON_ERROR applies until Redis answers.
+                logger.warning("REDIS_URL does not answer yet: rate limiting follows GATEWAY_RATE_LIMIT_ON_ERROR")
         if not settings.authenticates:
             logger.warning(
                 "NO AUTHENTICATION: neither WEBHOOK_SECRET nor WEBHOOK_SIGNING_KEYS is set, so webhooks "
@@ -43,6 +54,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def stop() -> None:
         await jobs.close()
         await idempotency.close()
+        if limits is not None:
+            await limits.close()
 
     return Litestar(
         route_handlers=[
@@ -59,3 +72,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "once to its job, and serves every job's state and history.",
         ),
     )
+
+
+def _rate_limit_store(settings: Settings) -> RateLimitStore | None:
+    """Where the senders' budgets live: Redis when ``REDIS_URL`` is set (shared by replicas), else memory."""
+    if settings.rate_limit is None:
+        return None
+    if settings.redis_url is not None:
+        return RedisRateLimitStore(settings.redis_url, prefix=settings.redis_key_prefix)
+    return MemoryRateLimitStore()

@@ -1,11 +1,13 @@
 """The ingest pipeline, every stage in order. Read this module top to bottom.
 
-1. admission  -- content type and announced size checked from the headers alone (415, 413)
-2. body       -- the body read, cut off past the size limit (413)
-3. authenticate -- shared secret or Standard Webhooks signature (401)
-4. decode     -- msgspec validation into a normalised event (400 naming the field path)
-5. deduplicate -- a delivery seen before is acknowledged as ``duplicate`` and changes nothing
-6. transition + persist -- one job-store transaction decides the status change and records the event
+1. rate limit -- the sender's budget, then the process's (429 with ``Retry-After`` and ``RateLimit``),
+   before anything else reads the request, so a refused request costs almost nothing
+2. admission  -- content type and announced size checked from the headers alone (415, 413)
+3. body       -- the body read, cut off past the size limit (413)
+4. authenticate -- shared secret or Standard Webhooks signature (401)
+5. decode     -- msgspec validation into a normalised event (400 naming the field path)
+6. deduplicate -- a delivery seen before is acknowledged as ``duplicate`` and changes nothing
+7. transition + persist -- one job-store transaction decides the status change and records the event
    (409 for a job of another kind; 503 with ``Retry-After`` when a store fails, never half-applied)
 
 The transport (:mod:`gateway.http`) only turns a request into headers and body chunks and the result
@@ -32,6 +34,7 @@ from gateway.stores.base import StoreUnavailable
 
 if TYPE_CHECKING:
     from gateway.config import Settings
+    from gateway.ingest.ratelimit import RateLimiter
     from gateway.kinds import JobKind
     from gateway.stores.base import IdempotencyStore, JobStore
 
@@ -41,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 _MAX_DELIVERY_ID = 256
 _RETRY_AFTER_SECONDS = "5"
+_NO_HEADERS: Mapping[str, str] = {}
 
 
 class Accepted(msgspec.Struct, frozen=True, kw_only=True):
@@ -62,18 +66,24 @@ class Pipeline:
         jobs: JobStore,
         idempotency: IdempotencyStore,
         clock: Callable[[], float] = time.time,
+        limiter: RateLimiter | None = None,
     ) -> None:
+        self._limiter = limiter
         self._max_body_bytes = settings.max_body_bytes
         self._authenticator = Authenticator(settings.webhook_secret, settings.signing_keys, settings.tolerance_seconds)
         self._jobs = jobs
         self._idempotency = idempotency
         self._clock = clock
 
-    async def ingest(self, kind: JobKind, headers: Mapping[str, str], chunks: AsyncIterable[bytes]) -> Accepted:
-        """Run every stage; raise :class:`Rejection` for a webhook that is refused.
+    async def ingest(
+        self, kind: JobKind, headers: Mapping[str, str], chunks: AsyncIterable[bytes], *, client: str
+    ) -> tuple[Accepted, Mapping[str, str]]:
+        """Run every stage; return the answer and its headers (``RateLimit``), or raise :class:`Rejection`.
 
-        ``headers`` must be keyed by lower-case names (as ASGI servers deliver them).
+        ``headers`` must be keyed by lower-case names (as ASGI servers deliver them); ``client`` is the
+        peer's address, the sender unless a trusted proxy names another in ``X-Forwarded-For``.
         """
+        answer_headers = _NO_HEADERS if self._limiter is None else await self._limiter.admit(client, headers)
         check_headers(headers, self._max_body_bytes)
         body = await read_body(chunks, self._max_body_bytes)
 
@@ -89,7 +99,8 @@ class Pipeline:
         keys = idempotency_keys(event)
         if not await self._claim(keys):
             status = await self._status_of(event.job_id)
-            return Accepted(job_id=event.job_id, status=status or event.status, outcome=Outcome.DUPLICATE)
+            duplicate = Accepted(job_id=event.job_id, status=status or event.status, outcome=Outcome.DUPLICATE)
+            return duplicate, answer_headers
 
         try:
             applied = await self._jobs.apply(event)
@@ -108,7 +119,7 @@ class Pipeline:
             # Cancelled (client gone, shutdown): the claim must not outlive the work it stood for.
             await self._release_quietly(keys)
             raise
-        return Accepted(job_id=event.job_id, status=applied.status, outcome=applied.outcome)
+        return Accepted(job_id=event.job_id, status=applied.status, outcome=applied.outcome), answer_headers
 
     async def _claim(self, keys: tuple[str, ...]) -> bool:
         try:
