@@ -15,7 +15,6 @@ import asyncio
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from gateway.stores.base import RateDecision, StoreUnavailable
 
@@ -66,7 +65,9 @@ class RedisRateLimitStore:
         try:
             async with asyncio.timeout(self._timeout):
                 allowed, backlog = await self._gcra(keys=[self._prefix + key], args=[interval_us, tolerance_us])
-        except (RedisError, OSError) as error:  # OSError includes TimeoutError
+        except Exception as error:
+            # Whatever went wrong (RedisError, OSError, TimeoutError, a client bug), the limiter's
+            # GATEWAY_RATE_LIMIT_ON_ERROR policy must decide, never a 500.
             raise StoreUnavailable("ratelimit", "acquire") from error
         return RateDecision(allowed == 1, int(backlog))
 
@@ -74,7 +75,7 @@ class RedisRateLimitStore:
         try:
             async with asyncio.timeout(self._timeout):
                 await self._redis.ping()
-        except (RedisError, OSError) as error:
+        except Exception as error:
             raise StoreUnavailable("ratelimit", "ping") from error
 
     async def close(self) -> None:
