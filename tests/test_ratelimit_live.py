@@ -8,6 +8,7 @@ import itertools
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -21,10 +22,29 @@ DURATION = 10.0
 job_numbers = itertools.count()
 
 
-async def drive(servers: list[LiveServer], per_second: float, seconds: float) -> Counter[int]:
+@dataclass
+class Load:
+    codes: Counter[int]
+    """Answers by status code."""
+    sent: tuple[float, float]
+    """When the first and the last request left."""
+    answered: tuple[float, float]
+    """When the first and the last answer came back."""
+
+    @property
+    def decision_span(self) -> tuple[float, float]:
+        """Bounds on the time between the first and the last rate limit decision, each of which happened
+        between its request leaving and its answer arriving: on an idle machine both are about the
+        nominal duration; a busy one queues requests in the servers and widens them."""
+        return self.sent[1] - self.answered[0], self.answered[1] - self.sent[0]
+
+
+async def drive(servers: list[LiveServer], per_second: float, seconds: float) -> Load:
     """Open-loop load: request ``i`` leaves at ``i / per_second`` whatever the earlier answers, to the
-    servers in turn. Bounded: ``per_second * seconds`` requests, and a deadline. Counts answers by code."""
+    servers in turn. Bounded: ``per_second * seconds`` requests, and a deadline."""
     count = round(per_second * seconds)
+    sent: list[float] = []
+    answered: list[float] = []
     async with httpx.AsyncClient(
         headers={"X-Webhook-Secret": SECRET}, timeout=5, limits=httpx.Limits(max_connections=64)
     ) as client:
@@ -32,14 +52,17 @@ async def drive(servers: list[LiveServer], per_second: float, seconds: float) ->
 
         async def send(number: int) -> int:
             await asyncio.sleep(max(0.0, start + number / per_second - time.monotonic()))
+            sent.append(time.monotonic())
             url = servers[number % len(servers)].url + IMAGE
             answer = await client.post(url, json=completed_image(job_id=f"load-{next(job_numbers)}"))
+            answered.append(time.monotonic())
             if answer.status_code in (429, 503):
                 assert int(answer.headers["Retry-After"]) >= 1
             return answer.status_code
 
         async with asyncio.timeout(seconds + 30):
-            return Counter(await asyncio.gather(*(send(number) for number in range(count))))
+            codes = Counter(await asyncio.gather(*(send(number) for number in range(count))))
+    return Load(codes, (min(sent), max(sent)), (min(answered), max(answered)))
 
 
 def serve(tmp_path: Path, name: str, env: dict[str, str]) -> LiveServer:
@@ -64,11 +87,19 @@ async def test_ten_seconds_at_twice_the_rate_admit_rate_times_time_plus_burst(
     """With two processes each sees half the traffic; Redis keeps the one budget of the one sender."""
     env = {"REDIS_URL": redis_url, "GATEWAY_REDIS_KEY_PREFIX": redis_prefix, "GATEWAY_RATE_LIMIT": f"{RATE}/second"}
     stopping.extend(serve(tmp_path, f"gateway-{number}", env) for number in range(processes))
-    codes = await drive(stopping, per_second=2 * RATE, seconds=DURATION)
-    expected = RATE * DURATION + RATE
-    print(f"{processes} process(es): {codes[200]} accepted, {codes[429]} limited, expected {expected:.0f}")
-    assert set(codes) == {200, 429}, codes
-    assert abs(codes[200] - expected) <= 0.05 * expected, codes
+    load = await drive(stopping, per_second=2 * RATE, seconds=DURATION)
+    accepted = load.codes[200]
+    shortest, longest = load.decision_span
+    nominal = RATE * DURATION + RATE
+    print(
+        f"{processes} process(es): {accepted} accepted, {load.codes[429]} limited; expected {nominal:.0f} "
+        f"(decisions spread over {shortest:.2f}-{longest:.2f} s)"
+    )
+    assert set(load.codes) == {200, 429}, load.codes
+    # GCRA's promise, rate x time + burst, over the time the decisions actually took: the nominal 10 s
+    # on an idle machine (CI), longer when other work delays the servers.
+    assert 0.95 * (RATE * min(shortest, DURATION) + RATE) <= accepted <= 1.05 * (RATE * longest + RATE), load
+    assert longest < 2 * DURATION, "the servers fell far behind the load: this run says nothing"
 
 
 async def test_a_redis_outage_follows_the_policy_without_500s_and_heals_without_restart(
@@ -81,7 +112,8 @@ async def test_a_redis_outage_follows_the_policy_without_500s_and_heals_without_
 
     async def phase() -> tuple[Counter[int], Counter[int]]:
         # 40 per second to each: twice the rate, so a working limiter refuses some.
-        return await asyncio.gather(drive([allow], 40, 1.5), drive([deny], 40, 1.5))
+        loads = await asyncio.gather(drive([allow], 40, 1.5), drive([deny], 40, 1.5))
+        return loads[0].codes, loads[1].codes
 
     before = await phase()
     redis_server.stop()
