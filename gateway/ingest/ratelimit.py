@@ -203,11 +203,6 @@ class RateLimiter:
             metrics=metrics,
         )
 
-    @property
-    def policy_header(self) -> str:
-        """The ``RateLimit-Policy`` value every answer carries."""
-        return self._policy_header
-
     async def admit(self, peer: str, headers: Mapping[str, str]) -> Mapping[str, str]:
         """Count one request from ``peer``; return the headers of its answer or raise :class:`Rejection`.
 
