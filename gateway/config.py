@@ -8,19 +8,25 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-__all__ = ("ConfigError", "Settings", "SqliteDatabase")
+__all__ = ("ConfigError", "IPNetwork", "OnError", "Rate", "Settings", "SqliteDatabase")
 
 Environment = Literal["development", "production"]
 LogFormat = Literal["json", "console"]
+OnError = Literal["allow", "deny"]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _MIB = 1024 * 1024
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_PERIOD_SECONDS: dict[str, int] = {"second": 1, "minute": 60, "hour": 3600}
+_MAX_RATE_PER_SECOND = 1_000_000  # one request per microsecond: the limiter's clock resolution
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 class ConfigError(ValueError):
@@ -32,6 +38,16 @@ class SqliteDatabase:
     """The embedded job store: one SQLite file (or ``:memory:`` for throwaway runs)."""
 
     path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """A sustained rate with a burst: ``count`` requests per window on average, at most ``burst`` at once."""
+
+    count: int
+    window_seconds: int
+    """The period: 1, 60 or 3600 (the ``w`` of the ``RateLimit-Policy`` header)."""
+    burst: int
 
 
 @dataclass(frozen=True)
@@ -71,6 +87,24 @@ class Settings:
     max_model_labels: int = 20
     """``GATEWAY_MAX_MODEL_LABELS``: without an allow-list, the first N distinct model names become
     labels and later ones ``other``, so a sender cannot create unbounded time series."""
+    rate_limit: Rate | None = None
+    """``GATEWAY_RATE_LIMIT`` (``<count>/<second|minute|hour>``) and ``GATEWAY_RATE_LIMIT_BURST`` (default:
+    the count): each sender's budget. Unset: senders are not limited."""
+    global_rate_limit: Rate | None = None
+    """``GATEWAY_RATE_LIMIT_GLOBAL`` and ``GATEWAY_RATE_LIMIT_GLOBAL_BURST``: a budget for this process as a
+    whole, all senders together, kept in memory whatever the backend."""
+    rate_limit_on_error: OnError = "allow"
+    """``GATEWAY_RATE_LIMIT_ON_ERROR``: what to do with a webhook when the limiter's store fails. ``allow``
+    keeps webhooks flowing unlimited during a Redis outage; ``deny`` answers 503 until it is back."""
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    """``GATEWAY_TRUSTED_PROXIES``: comma-separated addresses or CIDR networks whose ``X-Forwarded-For``
+    names the sender. From any other peer the header is ignored, so it cannot be spoofed."""
+    redis_url: str | None = field(default=None, repr=False)
+    """``REDIS_URL``: a Redis shared by every replica, holding the senders' rate limit state. Unset: the
+    state lives in this process's memory. Left out of ``repr`` (it may carry a password)."""
+    redis_key_prefix: str = "gateway:"
+    """``GATEWAY_REDIS_KEY_PREFIX``: prefix of every key the gateway writes to Redis, so several
+    deployments can share one server."""
 
     @property
     def authenticates(self) -> bool:
@@ -118,6 +152,22 @@ class Settings:
             max_model_labels=_integer(
                 "GATEWAY_MAX_MODEL_LABELS", get("GATEWAY_MAX_MODEL_LABELS"), cls.max_model_labels, minimum=1
             ),
+            rate_limit=_rate(
+                "GATEWAY_RATE_LIMIT",
+                get("GATEWAY_RATE_LIMIT"),
+                "GATEWAY_RATE_LIMIT_BURST",
+                get("GATEWAY_RATE_LIMIT_BURST"),
+            ),
+            global_rate_limit=_rate(
+                "GATEWAY_RATE_LIMIT_GLOBAL",
+                get("GATEWAY_RATE_LIMIT_GLOBAL"),
+                "GATEWAY_RATE_LIMIT_GLOBAL_BURST",
+                get("GATEWAY_RATE_LIMIT_GLOBAL_BURST"),
+            ),
+            rate_limit_on_error=_on_error(get("GATEWAY_RATE_LIMIT_ON_ERROR")),
+            trusted_proxies=_networks(get("GATEWAY_TRUSTED_PROXIES")),
+            redis_url=_redis_url(get("REDIS_URL")),
+            redis_key_prefix=get("GATEWAY_REDIS_KEY_PREFIX") or cls.redis_key_prefix,
         )
         if settings.env == "production" and not settings.authenticates:
             raise ConfigError(
@@ -206,3 +256,54 @@ def _log_format(value: str | None, environment: Environment) -> LogFormat:
     if value == "console":
         return "console"
     raise ConfigError(f"GATEWAY_LOG_FORMAT must be 'json' or 'console', got {value!r}")
+
+
+def _rate(name: str, value: str | None, burst_name: str, burst: str | None) -> Rate | None:
+    if value is None:
+        if burst is not None:
+            raise ConfigError(f"{burst_name} is set but {name} is not: set the rate the burst belongs to")
+        return None
+    count_text, sep, period = value.replace(" ", "").lower().partition("/")
+    if not sep or period not in _PERIOD_SECONDS or not (count_text.isascii() and count_text.isdigit()):
+        raise ConfigError(f"{name} must look like <count>/<second|minute|hour>, e.g. 100/second; got {value!r}")
+    count = int(count_text)
+    if count < 1:
+        raise ConfigError(f"{name} must allow at least 1 request, got {value!r}")
+    if count / _PERIOD_SECONDS[period] > _MAX_RATE_PER_SECOND:
+        raise ConfigError(f"{name} must be at most {_MAX_RATE_PER_SECOND}/second, got {value!r}")
+    return Rate(count, _PERIOD_SECONDS[period], _integer(burst_name, burst, count, minimum=1))
+
+
+def _on_error(value: str | None) -> OnError:
+    if value is None or value.lower() == "allow":
+        return "allow"
+    if value.lower() == "deny":
+        return "deny"
+    raise ConfigError(f"GATEWAY_RATE_LIMIT_ON_ERROR must be 'allow' or 'deny', got {value!r}")
+
+
+def _networks(value: str | None) -> tuple[IPNetwork, ...]:
+    if value is None:
+        return ()
+    networks = []
+    for token in (part.strip() for part in value.split(",")):
+        if not token:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(token))
+        except ValueError as error:
+            raise ConfigError(
+                f"GATEWAY_TRUSTED_PROXIES: {token!r} is not an IP address or CIDR network ({error})"
+            ) from None
+    return tuple(networks)
+
+
+def _redis_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    scheme, sep, _ = value.partition("://")
+    if not sep or scheme.lower() not in _REDIS_SCHEMES:
+        # Never echo the URL: it may carry a password.
+        shown = f"scheme {scheme!r}" if sep else "no scheme"
+        raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix:// (got {shown})")
+    return value

@@ -1,18 +1,21 @@
-"""Shared fixtures: an in-process app over a fresh SQLite file, and a real server subprocess."""
+"""Shared fixtures: an in-process app over a fresh SQLite file, a real server subprocess, a real Redis."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import pytest
+import redis
 from litestar.testing import AsyncTestClient
 
 from gateway.config import Settings, SqliteDatabase
@@ -109,5 +112,78 @@ class LiveServer:
 @pytest.fixture
 def live_server(tmp_path: Path) -> Iterator[LiveServer]:
     server = LiveServer(tmp_path, {"WEBHOOK_SECRET": SECRET})
+    yield server
+    server.stop()
+
+
+def _unavailable(reason: str) -> NoReturn:
+    """Skip a test whose service is missing, except in CI, where a skipped Redis test is a failure."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: .ci/run must provide it)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A real Redis (``TEST_REDIS_URL``, default the machine's on 127.0.0.1:6379); never a fake."""
+    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        _unavailable(f"no Redis answers at TEST_REDIS_URL={url} ({error}); run `redis-server --daemonize yes`")
+    finally:
+        client.close()
+    return url
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix of this test's own, so tests (and parallel runs) sharing one Redis never collide."""
+    return f"test:{uuid.uuid4().hex[:12]}:"
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free port, for tests that stop it: the shared one is never stopped."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            _unavailable("redis-server is not installed (apt-get install redis-server)")
+        self.binary = str(binary)
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2, socket_timeout=0.2)
+        deadline = time.monotonic() + 10
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    if client.ping():
+                        return
+                except redis.RedisError:
+                    time.sleep(0.05)
+        finally:
+            client.close()
+        raise RuntimeError(f"redis-server did not answer on port {self.port}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
     yield server
     server.stop()

@@ -31,6 +31,7 @@ from tests.conftest import SECRET, completed_image, failed, progress
 IMAGE = kind_named("image")
 assert IMAGE is not None
 HEADERS = {"content-type": "application/json", "x-webhook-secret": SECRET}
+CLIENT = "192.0.2.1"
 
 
 async def body(payload: Any) -> AsyncIterator[bytes]:
@@ -73,7 +74,7 @@ async def test_shuffled_deliveries_never_move_a_job_backwards(
     statuses: list[Status] = []
     first_terminal: Status | None = None
     for status, minute in events:
-        accepted = await pipeline.ingest(IMAGE, HEADERS, body(payload_for(status, job_id, minute)))
+        accepted, _ = await pipeline.ingest(IMAGE, HEADERS, body(payload_for(status, job_id, minute)), client=CLIENT)
         statuses.append(accepted.status)
         if first_terminal is None and accepted.outcome is Outcome.APPLIED and Status(status).terminal:
             first_terminal = Status(status)
@@ -86,10 +87,10 @@ async def test_shuffled_deliveries_never_move_a_job_backwards(
 
 
 async def test_the_core_runs_without_http(pipeline: Pipeline) -> None:
-    accepted = await pipeline.ingest(IMAGE, HEADERS, body(completed_image()))
+    accepted, _ = await pipeline.ingest(IMAGE, HEADERS, body(completed_image()), client=CLIENT)
     assert (accepted.status, accepted.outcome) == (Status.COMPLETED, Outcome.APPLIED)
     with pytest.raises(Rejection) as refused:
-        await pipeline.ingest(IMAGE, {"content-type": "application/json"}, body(completed_image()))
+        await pipeline.ingest(IMAGE, {"content-type": "application/json"}, body(completed_image()), client=CLIENT)
     assert refused.value.status_code == 401
 
 

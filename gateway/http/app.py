@@ -19,9 +19,11 @@ from gateway.http.responses import error_response
 from gateway.http.tracing import server_spans
 from gateway.http.webhooks import webhook_route
 from gateway.ingest.pipeline import Pipeline
+from gateway.ingest.ratelimit import RateLimiter
 from gateway.kinds import KINDS
-from gateway.stores.base import StoreUnavailable
-from gateway.stores.memory import MemoryIdempotencyStore
+from gateway.stores.base import RateLimitStore, StoreUnavailable
+from gateway.stores.memory import MemoryIdempotencyStore, MemoryRateLimitStore
+from gateway.stores.redis import RedisRateLimitStore
 from gateway.stores.sqlite import SqliteJobStore
 from gateway.telemetry.metrics import Metrics, ModelLabels
 from gateway.telemetry.recorder import Telemetry
@@ -62,10 +64,18 @@ def create_app(
 
     jobs = SqliteJobStore(settings.database.path)
     idempotency = MemoryIdempotencyStore(settings.idempotency_ttl_seconds, settings.idempotency_max_keys)
-    pipeline = Pipeline(settings, jobs, idempotency, telemetry)
+    limits = _rate_limit_store(settings)
+    limiter = RateLimiter.from_settings(settings, limits, MemoryRateLimitStore(max_keys=1), metrics=metrics)
+    pipeline = Pipeline(settings, jobs, idempotency, telemetry, limiter=limiter)
 
     async def start() -> None:
         await jobs.open()
+        if isinstance(limits, RedisRateLimitStore):
+            try:
+                await limits.ping()
+            except StoreUnavailable:
+                # Not fatal: GATEWAY_RATE_LIMIT_ON_ERROR applies until Redis answers.
+                logger.warning("REDIS_URL does not answer yet: rate limiting follows GATEWAY_RATE_LIMIT_ON_ERROR")
         if not settings.authenticates:
             logger.warning(
                 "NO AUTHENTICATION: neither WEBHOOK_SECRET nor WEBHOOK_SIGNING_KEYS is set, so webhooks "
@@ -75,6 +85,8 @@ def create_app(
     async def stop() -> None:
         await jobs.close()
         await idempotency.close()
+        if limits is not None:
+            await limits.close()
         if owns_tracer_provider:
             provider.shutdown()
 
@@ -108,3 +120,12 @@ def create_app(
             "once to its job, and serves every job's state and history.",
         ),
     )
+
+
+def _rate_limit_store(settings: Settings) -> RateLimitStore | None:
+    """Where the senders' budgets live: Redis when ``REDIS_URL`` is set (shared by replicas), else memory."""
+    if settings.rate_limit is None:
+        return None
+    if settings.redis_url is not None:
+        return RedisRateLimitStore(settings.redis_url, prefix=settings.redis_key_prefix)
+    return MemoryRateLimitStore()

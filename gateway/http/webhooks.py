@@ -12,6 +12,7 @@ from gateway.http.openapi import webhook_operation
 from gateway.http.responses import ErrorBody, error_response, json_response
 from gateway.ingest.errors import Refusal, Rejection
 from gateway.ingest.pipeline import Accepted
+from gateway.ingest.ratelimit import client_address
 
 if TYPE_CHECKING:
     from litestar.handlers import HTTPRouteHandler
@@ -28,6 +29,8 @@ _RESPONSES = {
     409: "The job is known under another kind; `detail` names the route its webhooks belong to.",
     413: "Body larger than `GATEWAY_MAX_BODY_BYTES`.",
     415: "Content-Type is not application/json.",
+    429: "The sender (or the gateway as a whole) is over its rate limit; nothing was recorded. Retry after "
+    "`Retry-After` seconds with the same request. `RateLimit` and `RateLimit-Policy` describe the budget.",
     503: "A store is unavailable; nothing was recorded. Retry after `Retry-After` seconds.",
 }
 
@@ -38,10 +41,12 @@ def webhook_route(kind: JobKind, pipeline: Pipeline) -> HTTPRouteHandler:
     async def receive_webhook(request: Request[Any, Any, Any]) -> Response[bytes]:
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in request.scope["headers"]}
         try:
-            accepted = await pipeline.ingest(kind, headers, _body_chunks(request.receive))
+            accepted, answer_headers = await pipeline.ingest(
+                kind, headers, _body_chunks(request.receive), client=client_address(request.scope)
+            )
         except Rejection as rejection:
             return error_response(rejection.status_code, rejection.detail, rejection.headers)
-        return json_response(accepted)
+        return json_response(accepted, headers=answer_headers)
 
     return post(
         kind.route,

@@ -1,13 +1,15 @@
 """The ingest pipeline, every stage in order. Read :meth:`Pipeline._stages` top to bottom.
 
-1. admission  -- content type and announced size checked from the headers alone (415, 413)
-2. body       -- the body read, cut off past the size limit (413)
-3. authenticate -- shared secret or Standard Webhooks signature (401)
-4. decode     -- msgspec validation into a normalised event (400 naming the field path)
-5. deduplicate -- a delivery seen before is acknowledged as ``duplicate`` and changes nothing
-6. transition + persist -- one job-store transaction decides the status change and records the event
+1. rate limit -- the sender's budget, then the process's (429 with ``Retry-After`` and ``RateLimit``),
+   before anything else reads the request, so a refused request costs almost nothing
+2. admission  -- content type and announced size checked from the headers alone (415, 413)
+3. body       -- the body read, cut off past the size limit (413)
+4. authenticate -- shared secret or Standard Webhooks signature (401)
+5. decode     -- msgspec validation into a normalised event (400 naming the field path)
+6. deduplicate -- a delivery seen before is acknowledged as ``duplicate`` and changes nothing
+7. transition + persist -- one job-store transaction decides the status change and records the event
    (409 for a job of another kind; 503 with ``Retry-After`` when a store fails, never half-applied)
-7. telemetry  -- metrics, span attributes and one log line for every answer, refusals included
+8. telemetry  -- metrics, span attributes and one log line for every answer, refusals included
 
 The transport (:mod:`gateway.http`) only turns a request into headers and body chunks and the result
 into a response, so the whole pipeline is testable without HTTP.
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterable, Callable, Mapping
 
     from gateway.config import Settings
+    from gateway.ingest.ratelimit import RateLimiter
     from gateway.kinds import JobKind
     from gateway.model import Applied, JobEvent
     from gateway.stores.base import IdempotencyStore, JobStore
@@ -46,6 +49,7 @@ __all__ = ("Accepted", "Pipeline")
 logger = logging.getLogger(__name__)
 
 _MAX_DELIVERY_ID = 256
+_NO_HEADERS: Mapping[str, str] = {}
 _RETRY_AFTER_SECONDS = "5"
 
 
@@ -69,7 +73,9 @@ class Pipeline:
         idempotency: IdempotencyStore,
         telemetry: Telemetry,
         clock: Callable[[], float] = time.time,
+        limiter: RateLimiter | None = None,
     ) -> None:
+        self._limiter = limiter
         self._max_body_bytes = settings.max_body_bytes
         self._authenticator = Authenticator(settings.webhook_secret, settings.signing_keys, settings.tolerance_seconds)
         self._jobs = jobs
@@ -77,23 +83,28 @@ class Pipeline:
         self._telemetry = telemetry
         self._clock = clock
 
-    async def ingest(self, kind: JobKind, headers: Mapping[str, str], chunks: AsyncIterable[bytes]) -> Accepted:
-        """Run every stage and record the answer; raise :class:`Rejection` for a refused webhook.
+    async def ingest(
+        self, kind: JobKind, headers: Mapping[str, str], chunks: AsyncIterable[bytes], *, client: str
+    ) -> tuple[Accepted, Mapping[str, str]]:
+        """Run every stage and record the answer; return it with its headers (``RateLimit``).
 
-        ``headers`` must be keyed by lower-case names (as ASGI servers deliver them).
+        Raise :class:`Rejection` for a refused webhook. ``headers`` must be keyed by lower-case names (as
+        ASGI servers deliver them); ``client`` is the peer's address, the sender unless a trusted proxy
+        names another in ``X-Forwarded-For``.
         """
         started = time.perf_counter()
         try:
-            event, answer, applied = await self._stages(kind, headers, chunks)
+            event, answer, applied, answer_headers = await self._stages(kind, headers, chunks, client)
         except Rejection as rejection:
             self._telemetry.refused(kind.name, rejection, time.perf_counter() - started)
             raise
         self._telemetry.accepted(kind.name, event, answer, applied, time.perf_counter() - started)
-        return answer
+        return answer, answer_headers
 
     async def _stages(
-        self, kind: JobKind, headers: Mapping[str, str], chunks: AsyncIterable[bytes]
-    ) -> tuple[JobEvent, Accepted, Applied | None]:
+        self, kind: JobKind, headers: Mapping[str, str], chunks: AsyncIterable[bytes], client: str
+    ) -> tuple[JobEvent, Accepted, Applied | None, Mapping[str, str]]:
+        answer_headers = _NO_HEADERS if self._limiter is None else await self._limiter.admit(client, headers)
         check_headers(headers, self._max_body_bytes)
         body = await read_body(chunks, self._max_body_bytes)
 
@@ -119,11 +130,12 @@ class Pipeline:
             claimed = await self._claim(keys)
         if not claimed:
             status = await self._current_status(event)
-            return event, Accepted(job_id=event.job_id, status=status, outcome=Outcome.DUPLICATE), None
+            return event, Accepted(job_id=event.job_id, status=status, outcome=Outcome.DUPLICATE), None, answer_headers
 
         with self._stage("persist"):  # the transition is decided inside the persisting transaction
             applied = await self._apply(event, keys)
-        return event, Accepted(job_id=event.job_id, status=applied.status, outcome=applied.outcome), applied
+        answer = Accepted(job_id=event.job_id, status=applied.status, outcome=applied.outcome)
+        return event, answer, applied, answer_headers
 
     async def _claim(self, keys: tuple[str, ...]) -> bool:
         try:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from gateway.model import Applied, InProgress, Job, JobEvent, JobPage, Status
 
-__all__ = ("IdempotencyStore", "JobStore", "StoreUnavailable")
+__all__ = ("IdempotencyStore", "JobStore", "RateDecision", "RateLimitStore", "StoreUnavailable")
 
 
 class StoreUnavailable(Exception):
@@ -65,6 +65,35 @@ class JobStore(Protocol):
 
     async def in_progress(self) -> list[InProgress]:
         """Counts of jobs per kind and non-terminal status, with the oldest's creation time."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise :class:`StoreUnavailable` unless the store answers."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class RateDecision(NamedTuple):
+    """One GCRA decision (see :mod:`gateway.ingest.ratelimit`), in integer microseconds."""
+
+    allowed: bool
+    backlog_us: int
+    """How far the key's theoretical arrival time is ahead of now after this decision (a limited request
+    leaves it unchanged): the part of the burst tolerance in use. Headers and ``Retry-After`` follow from it."""
+
+
+class RateLimitStore(Protocol):
+    """Per-key GCRA state (one timestamp per key), decided and updated in one atomic step.
+
+    Atomic because several requests of one sender, on one or several gateway processes, race for the
+    same budget: a read-then-write would let a burst through twice.
+    """
+
+    async def acquire(self, key: str, interval_us: int, tolerance_us: int) -> RateDecision:
+        """Count one request against ``key``: ``interval_us`` is the emission interval (the window divided by
+        the count), ``tolerance_us`` the burst tolerance (burst x interval). Raise :class:`StoreUnavailable`
+        if the store cannot answer."""
         ...
 
     async def ping(self) -> None:

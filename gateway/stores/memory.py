@@ -1,8 +1,9 @@
-"""The embedded idempotency store: a bounded, expiring set of keys in this process's memory.
+"""The embedded stores, bounded, in this process's memory: idempotency keys and rate limit state.
 
-Keys are kept as 16-byte BLAKE2b digests in insertion order, which is also expiry order (one TTL for
-all), so expiring and evicting are both pops from the front. When the bound evicts a key before its TTL,
-the job store's unique constraint still recognises the duplicate: this store only saves it the work.
+Idempotency keys are kept as 16-byte BLAKE2b digests in insertion order, which is also expiry order (one
+TTL for all), so expiring and evicting are both pops from the front. When the bound evicts a key before
+its TTL, the job store's unique constraint still recognises the duplicate: this store only saves it the
+work.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-__all__ = ("MemoryIdempotencyStore",)
+from gateway.ingest.ratelimit import gcra
+from gateway.stores.base import RateDecision
+
+__all__ = ("MemoryIdempotencyStore", "MemoryRateLimitStore")
 
 
 def _digest(key: str) -> bytes:
@@ -64,3 +68,50 @@ class MemoryIdempotencyStore:
             if oldest > now:
                 return
             expiry.popitem(last=False)
+
+
+def _monotonic_us() -> int:
+    return time.monotonic_ns() // 1000
+
+
+class MemoryRateLimitStore:
+    """:class:`~gateway.stores.base.RateLimitStore` for one process (atomic: one event loop, no await).
+
+    Holds one theoretical arrival time (TAT) per key, in least-recently-updated order. A key whose TAT has
+    passed is the same as an unknown key, so idle keys at the front are forgotten on every call; past
+    ``max_keys`` the least recently updated key is dropped too (that sender gets a fresh budget: the price
+    of a hard bound, paid only under a flood of distinct senders).
+    """
+
+    def __init__(self, max_keys: int = 100_000, clock: Callable[[], int] = _monotonic_us) -> None:
+        if max_keys < 1:
+            raise ValueError("max_keys must be at least 1")
+        self._max_keys = max_keys
+        self._clock = clock
+        """Microseconds, monotonic."""
+        self._tats: OrderedDict[str, int] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._tats)
+
+    async def acquire(self, key: str, interval_us: int, tolerance_us: int) -> RateDecision:
+        now = self._clock()
+        tats = self._tats
+        decision, tat = gcra(tats.get(key), now, interval_us, tolerance_us)
+        if tat is not None:
+            tats[key] = tat
+            tats.move_to_end(key)
+            if len(tats) > self._max_keys:
+                tats.popitem(last=False)
+        while tats:
+            oldest = next(iter(tats.values()))
+            if oldest > now:
+                break
+            tats.popitem(last=False)
+        return decision
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._tats.clear()
