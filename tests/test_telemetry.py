@@ -354,3 +354,29 @@ def test_json_log_line_per_request_with_trace_ids(tmp_path: Path) -> None:
     assert all(line["trace_id"] == TRACE_ID and len(line["span_id"]) == 16 for line in requests)
     assert all({"kind", "duration_ms", "level", "time"} <= line.keys() for line in requests)
     assert SECRET not in server.log.read_text()
+
+
+async def test_rate_limited_webhooks_are_counted(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    settings = Settings.from_env(
+        {
+            "WEBHOOK_SECRET": SECRET,
+            "GATEWAY_RATE_LIMIT": "1/minute",
+            "GATEWAY_RATE_LIMIT_BURST": "2",
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'rl.db'}",
+        }
+    )
+    async with AsyncTestClient(app=create_app(settings, registry=registry)) as client:
+        client.headers["X-Webhook-Secret"] = SECRET
+        statuses = [(await client.post(IMAGE, json=completed_image(job_id=f"rl-{n}"))).status_code for n in range(5)]
+        text = (await client.get("/metrics")).text
+    assert statuses == [200, 200, 429, 429, 429]
+    samples = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    assert samples[("gateway_webhook_requests_total", frozenset({("kind", "image"), ("outcome", "rate_limited")}))] == 3
+    assert samples[("gateway_webhook_requests_total", frozenset({("kind", "image"), ("outcome", "applied")}))] == 2
+    assert samples[("gateway_rate_limit_decisions_total", frozenset({("result", "limited")}))] == 3
+    assert samples[("gateway_rate_limit_decisions_total", frozenset({("result", "allowed")}))] == 2
