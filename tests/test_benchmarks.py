@@ -1,4 +1,4 @@
-"""The benchmark command runs end to end (a smoke test: no timing is asserted here)."""
+"""The benchmark commands run end to end (smoke runs: their figures are read by people, never asserted)."""
 
 from __future__ import annotations
 
@@ -34,3 +34,21 @@ def test_quick_benchmark_measures_every_configuration_without_errors(tmp_path: P
     measured = {(r["config"], r["connections"]) for r in report["results"]}
     assert measured == {("A", 10), ("B", 10), ("G", 10)}
     assert all(r["requests_per_second"] > 0 and r["non_2xx"] == 0 for r in report["results"])
+
+
+def test_the_rate_limit_benchmark_measures_every_limiter_against_the_baseline(redis_url: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "benchmarks/ratelimit.py", "--quick", "--require-redis", "--redis-url", redis_url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = {tuple(line.split()[:3]) for line in result.stdout.splitlines()[2:]}
+    assert ("none", "baseline", "sequential") in rows
+    for limiter in ("memory", "redis"):
+        for path in ("allowed", "limited"):
+            assert (limiter, path, "sequential") in rows, result.stdout
+    assert ("redis", "allowed", "concurrent") in rows, result.stdout
