@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 __all__ = ("Telemetry",)
 
+_FinishedChildren = tuple["Counter", "Histogram", "Histogram"]
+
 logger = logging.getLogger("gateway.webhook")
 
 
@@ -27,7 +29,7 @@ class Telemetry:
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
-        self._finished: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+        self._finished: dict[tuple[str, str, str], _FinishedChildren] = {}
 
     def auth_failed(self, reason: AuthFailure) -> None:
         self._metrics.auth_failure_children[reason].inc()
@@ -82,8 +84,7 @@ class Telemetry:
         if not applied.status.terminal:
             return
         model = metrics.models(applied.model)
-        result = applied.status.value
-        finished, job_duration = self._finished_children(event.kind, model, result)
+        finished, job_duration, generation = self._finished_children(event.kind, model, applied.status)
         finished.inc()
         if applied.first_seen_at is not None:
             job_duration.observe((event.received_at - applied.first_seen_at).total_seconds())
@@ -91,16 +92,19 @@ class Telemetry:
         if generation_time is not None:
             span = trace.get_current_span()
             exemplar = {"trace_id": format(span.get_span_context().trace_id, "032x")} if span.is_recording() else None
-            metrics.generation_duration.labels(event.kind, model).observe(generation_time, exemplar)
+            generation.observe(generation_time, exemplar)
         if event.images:
             metrics.images.labels(model).inc(event.images)
 
-    def _finished_children(self, kind: str, model: str, result: str) -> tuple[Counter, Histogram]:
+    def _finished_children(self, kind: str, model: str, result: str) -> _FinishedChildren:
+        """Label children for finished jobs, resolved once per (kind, model, result): a bounded set."""
         key = (kind, model, result)
         children = self._finished.get(key)
         if children is None:
+            metrics = self._metrics
             children = self._finished[key] = (
-                self._metrics.jobs_finished.labels(kind, model, result),
-                self._metrics.job_duration.labels(kind, result),
+                metrics.jobs_finished.labels(kind, model, result),
+                metrics.job_duration.labels(kind, result),
+                metrics.generation_duration.labels(kind, model),
             )
         return children
