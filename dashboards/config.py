@@ -125,7 +125,7 @@ class Config:
     """Where Grafana reaches Prometheus (the docker-compose service)."""
     traces_url: str = "http://jaeger:16686"
     """Where Grafana reaches the trace backend's query API (Jaeger, in the docker-compose stack)."""
-    dashboards_path: str = "/var/lib/grafana/dashboards/gateway"
+    dashboards_path: str = "/etc/grafana/dashboards/gateway"
     """Where Grafana's file provider reads the generated dashboards (mounted from dashboards/grafana)."""
     scrape_interval: str = "15s"
     """Prometheus' scrape interval, told to Grafana so ``$__rate_interval`` is at least four scrapes."""
