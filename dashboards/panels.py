@@ -68,8 +68,12 @@ def timeseries(
     height: int = 8,
     thresholds: Steps = (),
     stacked: bool = False,
+    minimum: float | None = 0,
 ) -> timeseries_builders.Panel:
-    """A time series panel; ``thresholds`` are drawn as dashed lines (the SLO, an alert's threshold)."""
+    """A time series panel; ``thresholds`` are drawn as dashed lines (the SLO, an alert's threshold).
+
+    The y axis starts at ``minimum`` (0: rates and ratios are never negative), or fits the data if None.
+    """
     panel = (
         timeseries_builders.Panel()
         .title(title)
@@ -78,7 +82,6 @@ def timeseries(
         .datasource(DATASOURCE)
         .span(span)
         .height(height)
-        .min(0)
         .fill_opacity(10)
         .show_points(common.VisibilityMode.NEVER)
         .tooltip(
@@ -91,6 +94,8 @@ def timeseries(
             .placement(common.LegendPlacement.BOTTOM)
         )
     )
+    if minimum is not None:
+        panel = panel.min(minimum)
     if thresholds:
         panel = panel.thresholds(_thresholds("green", thresholds)).thresholds_style(
             common_builders.GraphThresholdsStyleConfig().mode(common.GraphThresholdsStyleMode.DASHED)
@@ -171,12 +176,23 @@ class Board:
             board_builders.Dashboard(title)
             .uid(uid)
             .description(description)
-            .tags(["gateway", config.job])
+            .tags(["gateway"])
             .editable()
             .refresh("30s")
             .time("now-6h", "now")
             .timezone("browser")
             .tooltip(model.DashboardCursorSync.CROSSHAIR)
+            .annotation(
+                # Grafana's own annotations and alert state changes, as on every new dashboard.
+                board_builders.AnnotationQuery()
+                .name("Annotations & Alerts")
+                .datasource(model.DataSourceRef(type_val="grafana", uid="-- Grafana --"))
+                .enable(True)
+                .hide(True)
+                .icon_color("rgba(0, 211, 255, 1)")
+                .type("dashboard")
+                .built_in(1)
+            )
             .link(
                 board_builders.DashboardLink("Gateway dashboards")
                 .type(model.DashboardLinkType.DASHBOARDS)

@@ -160,7 +160,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     client = httpx.Client(base_url=gateway.url, timeout=5)
     try:
         prometheus.wait_for(f'up{{job="{CONFIG.job}"}} == 1', timeout=15)
-        yield Stack(gateway, prometheus, client)
+        stack = Stack(gateway, prometheus, client)
+        # The scripted mix, spread over several scrapes so every counter moves between two of them.
+        for number in range(12):
+            stack.mixed_round(number)
+            time.sleep(0.6)
+        time.sleep(3)  # a few scrapes and rule evaluations after the last webhook
+        yield stack
     finally:
         client.close()
         prometheus.stop()
@@ -191,13 +197,7 @@ def variable_values(stack: Stack, dashboard: dict[str, Any]) -> dict[str, list[s
 
 
 def test_every_panel_query_returns_data(stack: Stack) -> None:
-    started = time.monotonic()
-    for number in range(12):
-        stack.mixed_round(number)
-        time.sleep(0.6)
-    time.sleep(3)  # a few scrapes and rule evaluations after the last webhook
-
-    assert stack.answers.get("500") is None
+    assert set(stack.answers) == {"200", "400", "401", "409", "415"}
     checked = 0
     empty: list[str] = []
     for uid, dashboard in committed_dashboards().items():
@@ -214,7 +214,7 @@ def test_every_panel_query_returns_data(stack: Stack) -> None:
                         empty.append(f"{uid} / {panel['title']} ({chosen.get(repeat or '', '')}): {expr}")
     assert not empty, "panel queries without data:\n" + "\n".join(empty)
     assert checked >= 40
-    print(f"\n{checked} panel queries returned data, {time.monotonic() - started:.1f} s after traffic began")
+    print(f"\n{checked} panel queries returned data")
 
 
 def test_latency_panels_have_exemplars_with_trace_ids(stack: Stack) -> None:
