@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, Self, TypeVar
 
 from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import dashboard as board_builders
@@ -38,6 +38,31 @@ DATASOURCE = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
 """Every panel and variable queries whichever Prometheus the ``datasource`` variable names."""
 
 Steps = Sequence[tuple[float, str]]
+
+
+class _PanelBuilder(Protocol):
+    """What every panel builder of the SDK offers (each panel type has its own class)."""
+
+    def title(self, title: str, /) -> Self: ...
+    def description(self, description: str, /) -> Self: ...
+    def unit(self, unit: str, /) -> Self: ...
+    def datasource(self, datasource: model.DataSourceRef, /) -> Self: ...
+    def span(self, w: int, /) -> Self: ...
+    def height(self, h: int, /) -> Self: ...
+    def with_target(self, target: Any, /) -> Self: ...
+
+
+P = TypeVar("P", bound=_PanelBuilder)
+
+
+def _conventional(
+    panel: P, title: str, description: str, unit: str, targets: Sequence[Any], span: int, height: int
+) -> P:
+    """The conventions every panel follows: a title, a description, a unit, the datasource variable."""
+    panel = panel.title(title).description(description).unit(unit).datasource(DATASOURCE).span(span).height(height)
+    for target in targets:
+        panel = panel.with_target(target)
+    return panel
 
 
 def query(expr: str, legend: str = "__auto", *, exemplar: bool = False, heatmap: bool = False) -> Any:
@@ -75,13 +100,7 @@ def timeseries(
     The y axis starts at ``minimum`` (0: rates and ratios are never negative), or fits the data if None.
     """
     panel = (
-        timeseries_builders.Panel()
-        .title(title)
-        .description(description)
-        .unit(unit)
-        .datasource(DATASOURCE)
-        .span(span)
-        .height(height)
+        _conventional(timeseries_builders.Panel(), title, description, unit, targets, span, height)
         .fill_opacity(10)
         .show_points(common.VisibilityMode.NEVER)
         .tooltip(
@@ -102,8 +121,6 @@ def timeseries(
         )
     if stacked:
         panel = panel.stacking(common_builders.StackingConfig().mode(common.StackingMode.NORMAL)).fill_opacity(40)
-    for target in targets:
-        panel = panel.with_target(target)
     return panel
 
 
@@ -121,13 +138,7 @@ def stat(
 ) -> stat_builders.Panel:
     """A single-value panel of each query's last value, coloured by ``thresholds``."""
     panel = (
-        stat_builders.Panel()
-        .title(title)
-        .description(description)
-        .unit(unit)
-        .datasource(DATASOURCE)
-        .span(span)
-        .height(height)
+        _conventional(stat_builders.Panel(), title, description, unit, targets, span, height)
         .graph_mode(common.BigValueGraphMode.AREA)
         .color_mode(common.BigValueColorMode.VALUE)
         .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
@@ -135,8 +146,6 @@ def stat(
     )
     if decimals is not None:
         panel = panel.decimals(decimals)
-    for target in targets:
-        panel = panel.with_target(target)
     return panel
 
 
@@ -145,13 +154,7 @@ def heatmap(
 ) -> heatmap_builders.Panel:
     """A heatmap of a histogram's buckets as Prometheus stores them (no re-bucketing in the browser)."""
     panel = (
-        heatmap_builders.Panel()
-        .title(title)
-        .description(description)
-        .unit(unit)
-        .datasource(DATASOURCE)
-        .span(span)
-        .height(8)
+        _conventional(heatmap_builders.Panel(), title, description, unit, [target], span, 8)
         .calculate(False)
         .y_axis(heatmap_builders.YAxisConfig().unit(unit))
         .cell_values(heatmap_builders.CellValues().unit("short"))
@@ -161,7 +164,6 @@ def heatmap(
             .scheme("Oranges")
             .steps(64)
         )
-        .with_target(target)
     )
     if repeat:
         panel = panel.repeat(repeat).repeat_direction("h").max_per_row(2)
