@@ -7,7 +7,7 @@ backend live in :mod:`gateway.payloads`, validated at the edge and converted onc
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 
@@ -47,6 +47,8 @@ class Status(enum.StrEnum):
         return self is Status.COMPLETED or self is Status.FAILED
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 _RANK = {status: min(position, 4) for position, status in enumerate(Status)}
 
 
@@ -71,7 +73,7 @@ class JobEvent(msgspec.Struct, frozen=True, kw_only=True):
     """The sender's timestamp for the event, always timezone-aware (UTC when the sender gave no zone)."""
     received_at: datetime
     delivery_id: str | None = None
-    """The Standard Webhooks ``webhook-id``, when the sender signed the request."""
+    """The Standard Webhooks ``webhook-id``, when the request carries one."""
     metadata: Metadata | None = None
     result: msgspec.Raw | None = None
     """The result of a ``completed`` event as JSON (``{"images": [...]}`` or ``{"article": {...}}``)."""
@@ -82,7 +84,7 @@ class JobEvent(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def key(self) -> str:
         """Identity of the event itself, so a retry re-signed with a new ``webhook-id`` is still a duplicate."""
-        micros = int(self.timestamp.timestamp() * 1_000_000)
+        micros = (self.timestamp - _EPOCH) // _MICROSECOND  # exact: floats lose microseconds far from 1970
         return f"{self.kind}:{self.job_id}:{self.status}:{micros}"
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import sqlite3
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,8 @@ from gateway.http.app import create_app
 from gateway.ingest.errors import Rejection
 from gateway.ingest.pipeline import Pipeline
 from gateway.kinds import kind_named
-from gateway.model import Outcome, Status
+from gateway.model import Applied, JobEvent, Outcome, Status
+from gateway.stores.base import StoreUnavailable
 from gateway.stores.memory import MemoryIdempotencyStore
 from gateway.stores.sqlite import SqliteJobStore
 from gateway.telemetry.metrics import Metrics, ModelLabels
@@ -154,3 +157,67 @@ async def test_locked_database_answers_503_and_the_retry_applies(settings: Setti
         assert (await client.get("/readyz")).status_code == 200
         retried = await client.post(route, json=completed_image())
         assert retried.json()["outcome"] == "applied"
+
+
+class FailsFirstApply:
+    """A job store whose first write fails after a while (a lock, a disk hiccup); then it recovers."""
+
+    def __init__(self, inner: SqliteJobStore) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    async def apply(self, event: JobEvent) -> Applied:
+        self.calls += 1
+        if self.calls == 1:
+            await asyncio.sleep(0.2)
+            raise StoreUnavailable("job", "apply")
+        return await self.inner.apply(event)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_a_copy_arriving_while_the_first_fails_is_not_acknowledged_unstored(tmp_path: Path) -> None:
+    jobs = SqliteJobStore(str(tmp_path / "flaky.db"))
+    await jobs.open()
+    flaky = FailsFirstApply(jobs)
+    telemetry = Telemetry(Metrics(CollectorRegistry(), ["image", "blog"], ModelLabels()))
+    pipeline = Pipeline(Settings(webhook_secret=SECRET), flaky, MemoryIdempotencyStore(3600, 100), telemetry)  # type: ignore[arg-type]
+
+    async def send() -> int | str:
+        try:
+            accepted, _ = await pipeline.ingest(IMAGE, HEADERS, body(completed_image()), client=CLIENT)
+        except Rejection as rejection:
+            return rejection.status_code
+        return accepted.outcome.value
+
+    first = asyncio.create_task(send())
+    await asyncio.sleep(0.05)  # the second copy arrives while the first is being written
+    second = asyncio.create_task(send())
+    answers = [await first, await second]
+    stored = await jobs.get(completed_image()["job_id"])
+    await jobs.close()
+    assert answers == [503, "applied"]
+    assert stored is not None
+    assert [entry.status for entry in stored.history] == [Status.COMPLETED]
+
+
+async def test_closing_the_store_answers_every_waiting_call(tmp_path: Path) -> None:
+    """Shutdown with writes still queued: each caller hears 'unavailable' (a 503), none hangs."""
+    jobs = SqliteJobStore(str(tmp_path / "closing.db"))
+    await jobs.open()
+    now = datetime.now(UTC)
+    events = [
+        JobEvent(kind="image", job_id=f"c-{n}", status=Status.PENDING, timestamp=now, received_at=now)
+        for n in range(600)
+    ]
+    calls = [asyncio.create_task(jobs.apply(event)) for event in events]
+    await asyncio.sleep(0)
+    await jobs.close()
+    results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=10)
+    applied = [r for r in results if isinstance(r, Applied)]
+    refused = [r for r in results if isinstance(r, StoreUnavailable)]
+    assert len(applied) + len(refused) == len(events)
+    assert refused  # more than one batch was queued when the store closed
+    with pytest.raises(StoreUnavailable):
+        await jobs.apply(events[0])

@@ -112,6 +112,8 @@ def create_app(
             handlers={},
             loggers={"litestar": {"level": "INFO", "propagate": True}},
             log_exceptions="always",
+            # A client's mistake (404, 400, ...) is answered, not an error of ours: only 5xx are logged.
+            disable_stack_trace=set(range(400, 500)),
         ),
         openapi_config=OpenAPIConfig(
             title="gateway",

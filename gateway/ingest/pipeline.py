@@ -17,6 +17,7 @@ into a response, so the whole pipeline is testable without HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -82,6 +83,8 @@ class Pipeline:
         self._idempotency = idempotency
         self._telemetry = telemetry
         self._clock = clock
+        self._in_flight: dict[str, asyncio.Future[None]] = {}
+        """Idempotency keys of deliveries being processed in this process, and when they are done."""
 
     async def ingest(
         self, kind: JobKind, headers: Mapping[str, str], chunks: AsyncIterable[bytes], *, client: str
@@ -138,13 +141,37 @@ class Pipeline:
         return event, answer, applied, answer_headers
 
     async def _claim(self, keys: tuple[str, ...]) -> bool:
+        """Claim ``keys``, after any copy of this delivery already being processed here has finished.
+
+        A copy that arrives while the first is still being written must not be answered ``duplicate``
+        before that write committed: if it then failed, that 200 would be a lie and the event lost.
+        So it waits for the first copy; if that one failed, its claim was released and this copy
+        processes the event itself.
+        """
+        while (first := next((self._in_flight[key] for key in keys if key in self._in_flight), None)) is not None:
+            await asyncio.shield(first)
         try:
-            return await self._idempotency.claim(keys)
+            claimed = await self._idempotency.claim(keys)
         except StoreUnavailable as error:
             raise self._unavailable(error) from None
+        if claimed:
+            done = asyncio.get_running_loop().create_future()
+            for key in keys:
+                self._in_flight[key] = done
+        return claimed
 
     async def _apply(self, event: JobEvent, keys: tuple[str, ...]) -> Applied:
         """Transition and persist in one job-store transaction; release the claim if that fails."""
+        try:
+            return await self._persist(event, keys)
+        finally:
+            done = self._in_flight.pop(keys[0], None)
+            for key in keys[1:]:
+                self._in_flight.pop(key, None)
+            if done is not None and not done.done():
+                done.set_result(None)
+
+    async def _persist(self, event: JobEvent, keys: tuple[str, ...]) -> Applied:
         try:
             return await self._jobs.apply(event)
         except KindConflict as conflict:

@@ -2,15 +2,17 @@
 
 One thread owns the connection, so the event loop never blocks on disk and writes are serialised
 without locks of our own. Writes that queue up while a transaction is being written share the next
-one (group commit): each event in its own savepoint, one ``COMMIT`` for the batch, and every waiting
-webhook is answered only after that commit. Under load this turns hundreds of thread hand-offs and
-commits a second into a few dozen. ``synchronous=NORMAL`` in WAL mode makes an acknowledged event
-survive a process crash; a power loss may lose the transactions since the last checkpoint (README).
+one (group commit): one ``COMMIT`` for the batch, and every waiting webhook is answered only after
+that commit; if any write of the batch fails half-way, the whole batch is rolled back and refused.
+Under load this turns hundreds of thread hand-offs and commits a second into a few dozen.
+``synchronous=NORMAL`` in WAL mode makes an acknowledged event survive a process crash; a power loss
+may lose the transactions since the last checkpoint (README).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -49,6 +51,8 @@ _metadata_decoder = msgspec.json.Decoder(Metadata)
 
 _JOB_COLUMNS = "seq, job_id, kind, status, result, metadata, error_message, created_at, updated_at, completed_at"
 _MAX_BATCH = 256
+_CALL_TIMEOUT_SECONDS = 15.0
+"""Longer than SQLite's busy timeout (5 s) plus a batch: past it the caller gets a 503, not a hang."""
 
 
 class _Op(NamedTuple):
@@ -85,10 +89,13 @@ class SqliteJobStore:
             raise StoreUnavailable("job", "open") from error
 
     async def close(self) -> None:
+        """Finish the batch being written, stop the thread, and refuse what was still waiting."""
         if self._thread is not None:
+            thread, self._thread = self._thread, None
             self._queue.put(None)
-            await asyncio.to_thread(self._thread.join)
-            self._thread = None
+            await asyncio.to_thread(thread.join)
+        waiting, self._pending = self._pending, []
+        _settle([(op.future, None, StoreUnavailable("job", "close")) for op in waiting])
 
     async def ping(self) -> None:
         await self._submit("ping", lambda db: db.execute("SELECT 1").fetchone())
@@ -124,14 +131,24 @@ class SqliteJobStore:
             # Hand over at the end of this loop iteration, so requests arriving meanwhile join the batch.
             self._loop.call_soon(self._hand_over)
         try:
-            return await future
+            return await asyncio.wait_for(future, _CALL_TIMEOUT_SECONDS)
+        except (KindConflict, StoreUnavailable):
+            raise
+        except TimeoutError:
+            logger.error("job store %s: no answer within %s s", operation, _CALL_TIMEOUT_SECONDS)
+            raise StoreUnavailable("job", operation) from None
         except sqlite3.Error as error:
             logger.error("job store %s failed: %s", operation, error)
             raise StoreUnavailable("job", operation) from error
+        except Exception as error:
+            # Not the database's doing: a bug. Still refused as unavailable (nothing was committed),
+            # never a 500, and logged with its traceback so it gets fixed.
+            logger.exception("job store %s failed unexpectedly", operation)
+            raise StoreUnavailable("job", operation) from error
 
     def _hand_over(self) -> None:
-        if self._in_flight or not self._pending:
-            return
+        if self._in_flight or not self._pending or self._thread is None:
+            return  # busy, idle, or closing (close() refuses what is left)
         batch, self._pending = self._pending[:_MAX_BATCH], self._pending[_MAX_BATCH:]
         self._in_flight = True
         self._queue.put(batch)
@@ -154,7 +171,11 @@ class SqliteJobStore:
         self._loop.call_soon_threadsafe(_settle, [cast("Settled", (connected, db, None))])
         try:
             while (batch := self._queue.get()) is not None:
-                self._loop.call_soon_threadsafe(self._settle, _execute(db, batch))
+                try:
+                    settled = _execute(db, batch)
+                except BaseException as error:  # whatever happens, every waiting caller gets an answer
+                    settled = [(op.future, None, error) for op in batch]
+                self._loop.call_soon_threadsafe(self._settle, settled)
         finally:
             db.close()
 
@@ -284,15 +305,15 @@ def _transaction(db: sqlite3.Connection, writes: list[_Op]) -> list[Settled]:
         for op in writes:
             try:
                 answers.append((op.future, op.run(db), None))
-            except sqlite3.Error:
-                raise
-            except Exception as error:  # this write refused (a kind conflict); the others go on
+            except KindConflict as error:  # refused before it wrote anything; the others go on
                 answers.append((op.future, None, error))
         db.execute("COMMIT")
-    except sqlite3.Error as error:
-        # Disk, lock or corruption: nothing of the batch is recorded, every writer hears so.
-        if db.in_transaction:
-            db.execute("ROLLBACK")
+    except Exception as error:
+        # Disk, lock, corruption, or a write that failed half-way: nothing of the batch is recorded,
+        # and every writer hears so (its sender retries).
+        with contextlib.suppress(sqlite3.Error):
+            if db.in_transaction:
+                db.execute("ROLLBACK")
         return [(op.future, None, error) for op in writes]
     return answers
 

@@ -6,7 +6,10 @@ gateway never logs a header, a body or a secret: only the fields named in :data:
 
 from __future__ import annotations
 
+import atexit
 import logging
+import logging.handlers
+import queue
 import sys
 from datetime import UTC, datetime
 
@@ -19,6 +22,7 @@ FIELDS = ("kind", "job_id", "status", "outcome", "http_status", "duration_ms", "
 """Extra fields a request's log line may carry, in this order."""
 
 _encode = msgspec.json.Encoder().encode
+_QUEUE_SIZE = 10_000
 
 
 class TraceContextFilter(logging.Filter):
@@ -64,16 +68,42 @@ class ConsoleFormatter(logging.Formatter):
 
 
 def configure_logging(level: str, log_format: str) -> None:
-    """Send every log record to stdout, as JSON lines or console lines, at ``level``."""
+    """Send every log record to stdout, as JSON lines or console lines, at ``level``.
+
+    Records are formatted on the caller's thread (so they carry its trace context) and written by a
+    listener thread: a stdout nobody drains (a stalled log shipper, a full pipe) never blocks the event
+    loop. The queue is bounded; past it, lines are dropped and the drop is said once on stderr.
+    """
     # The logging HOWTO's optimisations: none of these fields is ever printed, so skip collecting them
     # (the caller's file and line alone costs a stack walk per record).
     logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    handler = logging.StreamHandler(sys.stdout)
+    output = logging.StreamHandler(sys.stdout)
+    records: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=_QUEUE_SIZE)
+    handler = _DroppingQueueHandler(records)
     handler.setFormatter(JsonFormatter() if log_format == "json" else ConsoleFormatter())
     handler.addFilter(TraceContextFilter())
+    listener = logging.handlers.QueueListener(records, output)
+    listener.start()
+    atexit.register(listener.stop)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+class _DroppingQueueHandler(logging.handlers.QueueHandler):
+    """Hands formatted records to the writer thread; drops them when it is too far behind."""
+
+    def __init__(self, records: queue.Queue[logging.LogRecord]) -> None:
+        super().__init__(records)
+        self._warned = False
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            if not self._warned:
+                self._warned = True
+                sys.stderr.write("gateway: stdout is not being read; dropping log lines\n")

@@ -1,4 +1,4 @@
-"""Stage 9: record what happened to a webhook in metrics, on its span, and in one log line."""
+"""Stage 8: record what happened to a webhook in metrics, on its span, and in one log line."""
 
 from __future__ import annotations
 

@@ -114,11 +114,12 @@ class DropCounter(SpanProcessor):
         """Wrap ``exporter`` so that batches leaving the queue, and failed ones, are counted."""
         return _WatchedExporter(exporter, self)
 
-    def _exported(self, count: int, ok: bool) -> None:
+    def _taken(self, count: int) -> None:
         with self._lock:
             self._queued = max(0, self._queued - count)
-        if not ok:
-            self._dropped.inc(count)
+
+    def _lost(self, count: int) -> None:
+        self._dropped.inc(count)
 
 
 class _WatchedExporter(SpanExporter):
@@ -127,12 +128,16 @@ class _WatchedExporter(SpanExporter):
         self._counter = counter
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        # The batch processor took these spans out of its queue before calling us: free their places
+        # now, or a slow export would look like a full queue.
+        self._counter._taken(len(spans))
         try:
             result = self._inner.export(spans)
         except Exception:
-            self._counter._exported(len(spans), ok=False)
+            self._counter._lost(len(spans))
             raise
-        self._counter._exported(len(spans), ok=result is SpanExportResult.SUCCESS)
+        if result is not SpanExportResult.SUCCESS:
+            self._counter._lost(len(spans))
         return result
 
     def shutdown(self) -> None:
