@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from gateway import __version__
 from gateway.config import ConfigError, Settings
 from gateway.telemetry.logs import configure_logging
+from gateway.telemetry.tracing import check_tracing_env
 
 __all__ = ("main",)
 
@@ -18,6 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
+        check_tracing_env()
     except ConfigError as error:
         print(f"gateway: configuration error: {error}", file=sys.stderr)
         return 2
@@ -43,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
         "Applies pending database migrations at start-up.",
     )
     serve.add_argument("--host", help="address to bind (default: $GATEWAY_HOST or 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to bind (default: $GATEWAY_PORT or 8000)")
+    serve.add_argument("--port", type=_port, help="port to bind, 1-65535 (default: $GATEWAY_PORT or 8000)")
     serve.add_argument(
         "--workers",
         type=int,
@@ -57,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Apply pending schema migrations to DATABASE_URL; safe to run repeatedly.",
     )
     return parser
+
+
+def _port(value: str) -> int:
+    if not value.isdecimal() or not 1 <= int(value) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {value!r}")
+    return int(value)
 
 
 def _serve(settings: Settings, host: str | None, port: int | None, workers: int) -> int:
@@ -83,7 +91,7 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int)
         "gateway.http.app:create_app",
         factory=True,
         host=host or settings.host,
-        port=port or settings.port,
+        port=port if port is not None else settings.port,
         loop="auto",
         http="auto",
         log_level=settings.log_level.lower(),

@@ -117,3 +117,20 @@ def test_migrate_into_a_missing_directory_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "DATABASE_URL" in result.stderr
     assert not missing.parent.exists()
+
+
+def test_an_otel_setting_the_gateway_cannot_honour_stops_start_up(tmp_path: Path) -> None:
+    result = run_gateway(
+        tmp_path,
+        "serve",
+        env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+    )
+    assert result.returncode == 2
+    assert "OTEL_EXPORTER_OTLP_PROTOCOL" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_port_out_of_range_is_refused(tmp_path: Path) -> None:
+    result = run_gateway(tmp_path, "serve", "--port", "70000")
+    assert result.returncode == 2
+    assert "--port" in result.stderr

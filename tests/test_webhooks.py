@@ -239,3 +239,13 @@ async def test_overlong_webhook_id_is_400(client: AsyncTestClient[Any]) -> None:
     response = await client.post(IMAGE, json=completed_image(), headers={"webhook-id": "x" * 300})
     assert response.status_code == 400
     assert "webhook-id" in response.json()["detail"]
+
+
+async def test_unknown_webhook_path_is_404_naming_the_routes(client: AsyncTestClient[Any]) -> None:
+    response = await client.post("/api/webhooks/video-completion", json=completed_image())
+    assert response.status_code == 404
+    assert "/api/webhooks/image-completion" in response.json()["detail"]
+    assert "/api/webhooks/blog-completion" in response.json()["detail"]
+    metrics = (await client.get("/metrics")).text
+    assert 'gateway_webhook_requests_total{kind="unknown",outcome="invalid"} 1.0' in metrics
+    assert (await client.post(IMAGE, json=completed_image())).status_code == 200

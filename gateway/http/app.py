@@ -17,7 +17,7 @@ from gateway.http.jobs import job_routes
 from gateway.http.metrics import metrics_route
 from gateway.http.responses import error_response
 from gateway.http.tracing import server_spans
-from gateway.http.webhooks import webhook_route
+from gateway.http.webhooks import unknown_webhook_route, webhook_route
 from gateway.ingest.pipeline import Pipeline
 from gateway.ingest.ratelimit import RateLimiter
 from gateway.kinds import KINDS
@@ -97,6 +97,7 @@ def create_app(
     return Litestar(
         route_handlers=[
             *(webhook_route(kind, pipeline) for kind in KINDS),
+            unknown_webhook_route(tuple(kind.route for kind in KINDS), telemetry),
             *job_routes(jobs),
             *health_routes(jobs, idempotency),
             metrics_route(registry, metrics, telemetry, kinds, jobs, idempotency),

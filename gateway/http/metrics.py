@@ -1,7 +1,9 @@
 """``GET /metrics``: Prometheus text format, or OpenMetrics (with exemplars) when ``Accept`` asks for it.
 
 Gauges read from the stores (jobs in progress, the oldest one's age, remembered idempotency keys) are
-refreshed at scrape time, so they are exact when scraped and cost nothing between scrapes.
+refreshed at scrape time, so they are exact when scraped and cost nothing between scrapes. When a
+store cannot answer in time, the gauges keep their last values and the miss is counted in
+``gateway_store_errors_total`` (the scrape itself still succeeds).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def metrics_route(
             telemetry.store_failed(error)
             logger.warning("metrics: store gauges not refreshed: %s", error)
         except TimeoutError:
+            telemetry.store_failed(StoreUnavailable("job", "in_progress"))
             logger.warning("metrics: store gauges not refreshed within %.0f s", _REFRESH_TIMEOUT_SECONDS)
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
         return Response(encoder(registry), media_type=content_type)

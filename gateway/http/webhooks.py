@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, cast
 
 from litestar import Request, Response, post
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath
 
 from gateway.http.openapi import webhook_operation
 from gateway.http.responses import ErrorBody, error_response, json_response
 from gateway.ingest.errors import Refusal, Rejection
 from gateway.ingest.pipeline import Accepted
 from gateway.ingest.ratelimit import client_address
+from gateway.telemetry.metrics import UNKNOWN_KIND
 
 if TYPE_CHECKING:
     from litestar.handlers import HTTPRouteHandler
@@ -20,8 +23,9 @@ if TYPE_CHECKING:
 
     from gateway.ingest.pipeline import Pipeline
     from gateway.kinds import JobKind
+    from gateway.telemetry.recorder import Telemetry
 
-__all__ = ("webhook_route",)
+__all__ = ("unknown_webhook_route", "webhook_route")
 
 _RESPONSES = {
     400: "Malformed JSON or a payload that violates the schema; `detail` names the field path.",
@@ -74,3 +78,28 @@ async def _body_chunks(receive: Receive) -> AsyncIterator[bytes]:
             yield chunk
         if not message.get("more_body", False):
             return
+
+
+def unknown_webhook_route(routes: tuple[str, ...], telemetry: Telemetry) -> HTTPRouteHandler:
+    """Any other ``POST /api/webhooks/...``: a 404 that lists the real routes, counted as kind ``unknown``.
+
+    The seed's original bug was a job posted to the wrong endpoint and answered with a bare 404: this
+    one says where webhooks go, and the miss shows in the metrics.
+    """
+
+    @post(
+        "/api/webhooks/{name:str}",
+        name="unknown-webhook",
+        summary="Any other webhook path: 404 naming the webhook routes",
+        tags=["webhooks"],
+        include_in_schema=False,
+    )
+    async def unknown_webhook(name: FromPath[str]) -> Response[bytes]:
+        started = time.perf_counter()
+        rejection = Rejection(
+            404, Refusal.INVALID, f"No webhook route /api/webhooks/{name}: webhooks go to {', '.join(routes)}"
+        )
+        telemetry.refused(UNKNOWN_KIND, rejection, time.perf_counter() - started)
+        return error_response(rejection.status_code, rejection.detail)
+
+    return unknown_webhook

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from prometheus_client import CollectorRegistry
 
-__all__ = ("OUTCOMES", "Metrics", "ModelLabels")
+__all__ = ("OUTCOMES", "UNKNOWN_KIND", "Metrics", "ModelLabels")
 
 OUTCOMES: tuple[str, ...] = (*(o.value for o in Outcome), *(r.value for r in Refusal))
 """Every value of the ``outcome`` label: what the pipeline answered."""
@@ -32,6 +32,8 @@ GENERATION_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 180.0, 
 JOB_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0)
 SKEW_BUCKETS = (-300.0, -60.0, -10.0, -1.0, -0.1, 0.0, 0.1, 1.0, 10.0, 60.0, 300.0)
 
+UNKNOWN_KIND = "unknown"
+"""The ``kind`` label of a webhook posted to a path that is no kind's route."""
 UNKNOWN_MODEL = "unknown"
 OTHER_MODEL = "other"
 
@@ -68,7 +70,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry, kinds: Iterable[str], models: ModelLabels) -> None:
         self.models = models
-        kinds = (*kinds, "unknown")
+        kinds = (*kinds, UNKNOWN_KIND)
         self.webhook_requests = Counter(
             "gateway_webhook_requests",
             "Webhooks received, by job kind and what the gateway answered.",

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import Span
     from prometheus_client import Counter
 
-__all__ = ("DropCounter", "tracer_provider_from_env")
+__all__ = ("DropCounter", "check_tracing_env", "tracer_provider_from_env")
 
 _DEFAULT_QUEUE_SIZE = 2048
 
@@ -62,6 +62,13 @@ def tracer_provider_from_env(spans_dropped: Counter, environ: Mapping[str, str] 
     provider.add_span_processor(counter)
     provider.add_span_processor(BatchSpanProcessor(counter.watch(exporter)))
     return provider
+
+
+def check_tracing_env(environ: Mapping[str, str] | None = None) -> None:
+    """Raise :class:`ConfigError` for an ``OTEL_*`` setting the gateway cannot honour, before serving."""
+    env = os.environ if environ is None else environ
+    _exporter(env)
+    _queue_size(env)
 
 
 def _queue_size(env: Mapping[str, str]) -> int:
