@@ -17,6 +17,7 @@ import logging
 import queue
 import sqlite3
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
@@ -70,6 +71,8 @@ class SqliteJobStore:
         self._queue: queue.SimpleQueue[list[_Op] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-sqlite-reader")
+        self._reader_db: sqlite3.Connection | None = None
         self._pending: list[_Op] = []
         """Operations waiting for the thread; handed over together, as one batch."""
         self._in_flight = False
@@ -96,6 +99,10 @@ class SqliteJobStore:
             await asyncio.to_thread(thread.join)
         waiting, self._pending = self._pending, []
         _settle([(op.future, None, StoreUnavailable("job", "close")) for op in waiting])
+        if self._reader_db is not None:
+            await asyncio.get_running_loop().run_in_executor(self._reader, self._reader_db.close)
+            self._reader_db = None
+        self._reader.shutdown(wait=False)
 
     async def ping(self) -> None:
         await self._submit("ping", lambda db: db.execute("SELECT 1").fetchone())
@@ -105,22 +112,51 @@ class SqliteJobStore:
         return result
 
     async def status_of(self, job_id: str) -> Status | None:
-        row = await self._submit(
+        row = await self._read(
             "status_of", lambda db: db.execute("SELECT status FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         )
         return Status(row[0]) if row else None
 
     async def get(self, job_id: str) -> Job | None:
-        job: Job | None = await self._submit("get", lambda db: _get(db, job_id))
+        job: Job | None = await self._read("get", lambda db: _get(db, job_id))
         return job
 
     async def in_progress(self) -> list[InProgress]:
-        rows: list[InProgress] = await self._submit("in_progress", _in_progress)
+        rows: list[InProgress] = await self._read("in_progress", _in_progress)
         return rows
 
     async def list_jobs(self, *, kind: str | None, status: Status | None, limit: int, cursor: int | None) -> JobPage:
-        page: JobPage = await self._submit("list", lambda db: _list(db, kind, status, limit, cursor))
+        page: JobPage = await self._read("list", lambda db: _list(db, kind, status, limit, cursor))
         return page
+
+    async def _read(self, operation: str, run: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Reads run on a reader thread with its own connection (WAL lets it read while the writer
+        writes), so the read API never queues behind, or slows, the ingest path."""
+        if self._thread is None:
+            raise StoreUnavailable("job", operation)
+        if self._path == ":memory:":  # another connection would open another, empty, database
+            return await self._submit(operation, run)
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(self._reader, self._with_reader, run), _CALL_TIMEOUT_SECONDS
+            )
+        except TimeoutError:
+            logger.error("job store %s: no answer within %s s", operation, _CALL_TIMEOUT_SECONDS)
+            raise StoreUnavailable("job", operation) from None
+        except sqlite3.Error as error:
+            logger.error("job store %s failed: %s", operation, error)
+            raise StoreUnavailable("job", operation) from error
+        except Exception as error:
+            logger.exception("job store %s failed unexpectedly", operation)
+            raise StoreUnavailable("job", operation) from error
+
+    def _with_reader(self, run: Callable[[sqlite3.Connection], Any]) -> Any:
+        """On the reader thread: its connection, opened on first use."""
+        if self._reader_db is None:
+            self._reader_db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            self._reader_db.execute("PRAGMA busy_timeout=5000")
+        return run(self._reader_db)
 
     async def _submit(self, operation: str, run: Callable[[sqlite3.Connection], Any], *, write: bool = False) -> Any:
         if self._loop is None or self._thread is None:

@@ -11,6 +11,7 @@ CREATE TABLE jobs (
     updated_at    TEXT NOT NULL,
     completed_at  TEXT
 );
+CREATE INDEX jobs_by_kind ON jobs (kind, seq);
 CREATE INDEX jobs_by_status ON jobs (status, seq);
 
 CREATE TABLE job_events (
