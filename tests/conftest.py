@@ -1,7 +1,9 @@
-"""Shared fixtures: an in-process app over a fresh SQLite file, a real server subprocess, a real Redis."""
+"""Shared fixtures: an in-process app over either store family, a real server subprocess, a real Redis, a
+real PostgreSQL (a throwaway database per session, a fresh schema per test)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -12,13 +14,15 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import httpx
 import pytest
 import redis
 from litestar.testing import AsyncTestClient
 
-from gateway.config import Settings, SqliteDatabase
+from gateway.config import PostgresDatabase, Settings, SqliteDatabase
 from gateway.http.app import create_app
 
 SECRET = "sorami-webhook-secret-key-2025"
@@ -58,6 +62,22 @@ def progress(status: str, job_id: str = JOB_ID, timestamp: str = "2025-10-21T16:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(webhook_secret=SECRET, database=SqliteDatabase(str(tmp_path / "gateway.db")))
+
+
+@pytest.fixture(params=["embedded", "distributed"])
+def family_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Settings for one store family: SQLite + memory, or PostgreSQL + Redis (real servers, never fakes).
+
+    A test module opts in by overriding ``settings`` with this fixture: every test then runs on both.
+    """
+    if request.param == "embedded":
+        return Settings(webhook_secret=SECRET, database=SqliteDatabase(str(tmp_path / "gateway.db")))
+    return Settings(
+        webhook_secret=SECRET,
+        database=PostgresDatabase(request.getfixturevalue("database_url")),
+        redis_url=request.getfixturevalue("redis_url"),
+        redis_key_prefix=request.getfixturevalue("redis_prefix"),
+    )
 
 
 @pytest.fixture
@@ -138,9 +158,22 @@ def redis_url() -> str:
 
 
 @pytest.fixture
-def redis_prefix() -> str:
-    """A key prefix of this test's own, so tests (and parallel runs) sharing one Redis never collide."""
-    return f"test:{uuid.uuid4().hex[:12]}:"
+def redis_prefix() -> Iterator[str]:
+    """A key prefix of this test's own, so tests (and parallel runs) sharing one Redis never collide; its
+    keys are deleted afterwards, so idempotency keys (72 h by default) do not pile up in a shared Redis."""
+    prefix = f"test:{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    client = redis.Redis.from_url(
+        os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0"), socket_connect_timeout=1, socket_timeout=1
+    )
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    except redis.RedisError:
+        pass  # no Redis: the test that asked for a prefix was skipped or failed for it already
+    finally:
+        client.close()
 
 
 class RedisServer:
@@ -187,3 +220,42 @@ def redis_server() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+def _with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
+
+
+async def _admin(url: str, *statements: str) -> None:
+    connection = await asyncpg.connect(url, timeout=2)
+    try:
+        for statement in statements:
+            await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A database of this test session's own on a real PostgreSQL (``TEST_DATABASE_URL``, default the
+    machine's on 127.0.0.1:5432), dropped at the end: other users of that server are never disturbed."""
+    url = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    name = f"gw_test_{uuid.uuid4().hex[:12]}"
+    try:
+        asyncio.run(_admin(url, f'CREATE DATABASE "{name}"'))
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        _unavailable(
+            f"no PostgreSQL answers at TEST_DATABASE_URL={urlsplit(url).hostname} ({type(error).__name__}: {error}); "
+            "start one (apt-get install postgresql) or set TEST_DATABASE_URL"
+        )
+    yield _with_database(url, name)
+    asyncio.run(_admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def database_url(postgres_database: str) -> str:
+    """A fresh, empty schema in the session's database, selected through ``search_path`` in the URL."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(postgres_database, f'CREATE SCHEMA "{schema}"'))
+    return f"{postgres_database}?search_path={schema}"
