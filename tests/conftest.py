@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
@@ -227,13 +228,19 @@ def _with_database(url: str, database: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
 
 
-async def _admin(url: str, *statements: str) -> None:
+async def _execute(url: str, *statements: str) -> None:
     connection = await asyncpg.connect(url, timeout=2)
     try:
         for statement in statements:
             await connection.execute(statement)
     finally:
         await connection.close()
+
+
+def _admin(url: str, *statements: str) -> None:
+    """Run ``statements`` on their own thread and loop: fixtures may be set up while a test's loop runs."""
+    with ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, _execute(url, *statements)).result()
 
 
 @pytest.fixture(scope="session")
@@ -243,19 +250,19 @@ def postgres_database() -> Iterator[str]:
     url = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
     name = f"gw_test_{uuid.uuid4().hex[:12]}"
     try:
-        asyncio.run(_admin(url, f'CREATE DATABASE "{name}"'))
+        _admin(url, f'CREATE DATABASE "{name}"')
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
         _unavailable(
             f"no PostgreSQL answers at TEST_DATABASE_URL={urlsplit(url).hostname} ({type(error).__name__}: {error}); "
             "start one (apt-get install postgresql) or set TEST_DATABASE_URL"
         )
     yield _with_database(url, name)
-    asyncio.run(_admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    _admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
 def database_url(postgres_database: str) -> str:
     """A fresh, empty schema in the session's database, selected through ``search_path`` in the URL."""
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(postgres_database, f'CREATE SCHEMA "{schema}"'))
+    _admin(postgres_database, f'CREATE SCHEMA "{schema}"')
     return f"{postgres_database}?search_path={schema}"
