@@ -4,11 +4,13 @@ real PostgreSQL (a throwaway database per session, a fresh schema per test)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -266,3 +268,52 @@ def database_url(postgres_database: str) -> str:
     schema = f"t_{uuid.uuid4().hex[:12]}"
     _admin(postgres_database, f'CREATE SCHEMA "{schema}"')
     return f"{postgres_database}?search_path={schema}"
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster (``initdb``) on a free port, for tests that stop it: the shared one is
+    never stopped. PostgreSQL refuses to run as root, so under root it runs as user ``postgres``."""
+
+    def __init__(self) -> None:
+        initdb = shutil.which("initdb") or next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))), None)
+        if initdb is None:
+            _unavailable("PostgreSQL's initdb is not installed (apt-get install postgresql)")
+        self.bin = Path(initdb).parent
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            if shutil.which("runuser") is None:
+                _unavailable("running as root without runuser: cannot start PostgreSQL as another user")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.directory = Path(tempfile.mkdtemp(prefix="gw-pg-"))
+        self.data = self.directory / "data"
+        if self.as_user:
+            shutil.chown(self.directory, "postgres")
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run(
+            [*self.as_user, str(self.bin / tool), *args], check=True, capture_output=True, timeout=60, cwd="/"
+        )
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.directory / "log"), "-w", "-o", options, "start")
+
+    def stop(self) -> None:
+        """A fast shutdown: sessions are cut off mid-transaction, as in a crash or a failover."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        with contextlib.suppress(subprocess.SubprocessError):
+            self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.remove()
