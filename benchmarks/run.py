@@ -107,10 +107,11 @@ def configs(tmp: Path) -> dict[str, Config]:
 
 
 def dist_schema(create: bool) -> None:
-    """Create (or drop) the run's own schema for G-dist, so the shared PostgreSQL keeps nothing of it."""
+    """Create (or drop) the run's own schema and Redis keys for G-dist: the shared servers keep nothing."""
     import asyncio
 
     import asyncpg
+    import redis
 
     async def run() -> None:
         db = await asyncpg.connect(DIST_DATABASE, timeout=5)
@@ -120,6 +121,24 @@ def dist_schema(create: bool) -> None:
             await db.close()
 
     asyncio.run(run())
+    if not create:
+        client = redis.Redis.from_url(DIST_REDIS)
+        try:
+            for batch in _batches(client.scan_iter(match=f"bench:{DIST_SCHEMA}:*", count=1000), 1000):
+                client.delete(*batch)
+        finally:
+            client.close()
+
+
+def _batches(items, size):  # type: ignore[no-untyped-def]
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -133,6 +133,15 @@ class LiveServer:
 
 
 @pytest.fixture
+def stopping() -> Iterator[list[LiveServer]]:
+    """Servers a test started, stopped even when it fails."""
+    servers: list[LiveServer] = []
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
 def live_server(tmp_path: Path) -> Iterator[LiveServer]:
     server = LiveServer(tmp_path, {"WEBHOOK_SECRET": SECRET})
     yield server

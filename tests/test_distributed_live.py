@@ -9,13 +9,11 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import SECRET, LiveServer, PostgresServer, RedisServer, completed_image, progress
@@ -66,14 +64,6 @@ def outcomes(servers: list[LiveServer]) -> Counter[str]:
                     if sample.name.endswith("_total"):
                         total[sample.labels["outcome"]] += int(sample.value)
     return total
-
-
-@pytest.fixture
-def stopping() -> Iterator[list[LiveServer]]:
-    servers: list[LiveServer] = []
-    yield servers
-    for server in servers:
-        server.stop()
 
 
 def gateways(tmp_path: Path, count: int, env: dict[str, str]) -> list[LiveServer]:

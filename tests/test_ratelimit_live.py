@@ -7,7 +7,6 @@ import asyncio
 import itertools
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,15 +68,6 @@ def serve(tmp_path: Path, name: str, env: dict[str, str]) -> LiveServer:
     directory = tmp_path / name
     directory.mkdir()
     return LiveServer(directory, {"WEBHOOK_SECRET": SECRET, **env})
-
-
-@pytest.fixture
-def stopping() -> Iterator[list[LiveServer]]:
-    """Servers a test started, stopped even when it fails."""
-    servers: list[LiveServer] = []
-    yield servers
-    for server in servers:
-        server.stop()
 
 
 @pytest.mark.parametrize("processes", [1, 2])

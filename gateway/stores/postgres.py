@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import asyncpg
 import msgspec
 
-from gateway.ingest.transition import Transition, decide
+from gateway.ingest.transition import decide
 from gateway.model import (
     Applied,
     HistoryEntry,
@@ -34,7 +34,7 @@ from gateway.model import (
 )
 from gateway.stores import migrations
 from gateway.stores.base import StoreUnavailable
-from gateway.stores.records import decode_metadata, merge_metadata, to_json
+from gateway.stores.records import answer, decode_metadata, merge_metadata, to_json
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -221,13 +221,6 @@ async def _apply(db: Connection, event: JobEvent) -> Applied:
         )
         if event_id is None:
             raise _Duplicate(previous)  # already recorded: roll back a job row this transaction may have created
-        if transition is Transition.CONTRADICTED:
-            logger.warning(
-                "job %s got %s after terminal %s: kept in history as stale (a backend bug?)",
-                event.job_id,
-                event.status,
-                previous,
-            )
         if row is None:
             metadata, first_seen = event.metadata, received
         else:
@@ -247,17 +240,7 @@ async def _apply(db: Connection, event: JobEvent) -> Applied:
                     completed,
                     event.job_id,
                 )
-    status = event.status if transition.outcome is Outcome.APPLIED else previous
-    assert status is not None  # a job without a previous status is created by this event
-    return Applied(
-        outcome=transition.outcome,
-        status=status,
-        previous=previous,
-        event_id=event_id,
-        moved=transition.moves,
-        model=metadata.model_name if metadata is not None else None,
-        first_seen_at=first_seen,
-    )
+    return answer(event, transition, previous, event_id, metadata, first_seen)
 
 
 async def _get(db: Connection, job_id: str) -> Job | None:

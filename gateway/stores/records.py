@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+from typing import TYPE_CHECKING
+
 import msgspec
 
+from gateway.ingest.transition import Transition
+from gateway.model import Applied, Outcome
 from gateway.payloads import Metadata
 
-__all__ = ("decode_metadata", "merge_metadata", "to_json")
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from gateway.model import JobEvent, Status
+
+__all__ = ("answer", "decode_metadata", "merge_metadata", "to_json")
+
+logger = logging.getLogger(__name__)
 
 _encode = msgspec.json.Encoder().encode
 _metadata_decoder = msgspec.json.Decoder(Metadata)
@@ -33,3 +45,32 @@ def to_json(value: object) -> str | None:
 
 def decode_metadata(text: str | None) -> Metadata | None:
     return _metadata_decoder.decode(text) if text is not None else None
+
+
+def answer(
+    event: JobEvent,
+    transition: Transition,
+    previous: Status | None,
+    event_id: int | None,
+    metadata: Metadata | None,
+    first_seen_at: datetime,
+) -> Applied:
+    """A job store's answer for an event it recorded: built here so every backend answers alike."""
+    if transition is Transition.CONTRADICTED:
+        logger.warning(
+            "job %s got %s after terminal %s: kept in history as stale (a backend bug?)",
+            event.job_id,
+            event.status,
+            previous,
+        )
+    status = event.status if transition.outcome is Outcome.APPLIED else previous
+    assert status is not None  # a job without a previous status is created by this event
+    return Applied(
+        outcome=transition.outcome,
+        status=status,
+        previous=previous,
+        event_id=event_id,
+        moved=transition.moves,
+        model=metadata.model_name if metadata is not None else None,
+        first_seen_at=first_seen_at,
+    )

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import msgspec
 
-from gateway.ingest.transition import Transition, decide
+from gateway.ingest.transition import decide
 from gateway.model import (
     Applied,
     HistoryEntry,
@@ -35,7 +35,7 @@ from gateway.model import (
 )
 from gateway.stores import migrations
 from gateway.stores.base import StoreUnavailable
-from gateway.stores.records import decode_metadata, merge_metadata, to_json
+from gateway.stores.records import answer, decode_metadata, merge_metadata, to_json
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -200,13 +200,6 @@ class SqliteJobStore:
         except sqlite3.IntegrityError:
             # Already recorded: the database's word is final.
             return Applied(outcome=Outcome.DUPLICATE, status=previous or event.status)
-        if transition is Transition.CONTRADICTED:
-            logger.warning(
-                "job %s got %s after terminal %s: kept in history as stale (a backend bug?)",
-                event.job_id,
-                event.status,
-                previous,
-            )
         completed = received if transition.moves and event.status.terminal else None
         result = bytes(event.result).decode() if event.result is not None else None
         if row is None:
@@ -237,17 +230,7 @@ class SqliteJobStore:
                     " completed_at = coalesce(?, completed_at) WHERE job_id = ?",
                     (event.status, received, to_json(metadata), result, event.error_message, completed, event.job_id),
                 )
-        status = event.status if transition.outcome is Outcome.APPLIED else previous
-        assert status is not None  # a job without a previous status is created by this event
-        return Applied(
-            outcome=transition.outcome,
-            status=status,
-            previous=previous,
-            event_id=event_id,
-            moved=transition.moves,
-            model=metadata.model_name if metadata is not None else None,
-            first_seen_at=datetime.fromisoformat(first_seen),
-        )
+        return answer(event, transition, previous, event_id, metadata, datetime.fromisoformat(first_seen))
 
 
 def _connect(path: str, apply_migrations: bool) -> sqlite3.Connection:
