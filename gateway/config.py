@@ -136,6 +136,9 @@ class Settings:
     redis_url: str | None = field(default=None, repr=False)
     """``REDIS_URL``: a Redis shared by every replica, holding the senders' rate limit state. Unset: the
     state lives in this process's memory. Left out of ``repr`` (it may carry a password)."""
+    redis_pool_size: int = 64
+    """``GATEWAY_REDIS_POOL_SIZE``: most connections to Redis per gateway process, for each Redis store
+    (idempotency, rate limits); a call waits for a free one within its timeout rather than opening more."""
     redis_key_prefix: str = "gateway:"
     """``GATEWAY_REDIS_KEY_PREFIX``: prefix of every key the gateway writes to Redis, so several
     deployments can share one server."""
@@ -210,6 +213,13 @@ class Settings:
             rate_limit_on_error=_on_error(get("GATEWAY_RATE_LIMIT_ON_ERROR")),
             trusted_proxies=_networks(get("GATEWAY_TRUSTED_PROXIES")),
             redis_url=_redis_url(get("REDIS_URL")),
+            redis_pool_size=_integer(
+                "GATEWAY_REDIS_POOL_SIZE",
+                get("GATEWAY_REDIS_POOL_SIZE"),
+                cls.redis_pool_size,
+                minimum=1,
+                maximum=10_000,
+            ),
             redis_key_prefix=get("GATEWAY_REDIS_KEY_PREFIX") or cls.redis_key_prefix,
         )
         if settings.env == "production" and not settings.authenticates:

@@ -94,6 +94,7 @@ def test_without_a_mapping_the_process_environment_is_read(monkeypatch: pytest.M
         ("GATEWAY_STORE_TIMEOUT_SECONDS", "soon"),
         ("GATEWAY_STORE_TIMEOUT_SECONDS", "0"),
         ("GATEWAY_MIGRATE_ON_START", "maybe"),
+        ("GATEWAY_REDIS_POOL_SIZE", "0"),
         ("DATABASE_URL", "sqlite://"),
         ("DATABASE_URL", "sqlite:////nonexistent-dir/x.db"),
         ("WEBHOOK_SIGNING_KEYS", "whsec_!!!notbase64"),

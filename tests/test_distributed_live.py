@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -238,3 +239,28 @@ async def test_redis_then_postgresql_restarted_mid_traffic_lose_nothing_and_doub
         assert applied == sorted(applied)
     for server in stopping:
         assert (await asyncio.to_thread(httpx.get, f"{server.url}/readyz", timeout=5)).status_code == 200
+
+
+def test_a_replica_started_before_its_database_answers_503_until_it_does(
+    tmp_path: Path, redis_url: str, redis_prefix: str, stopping: list[LiveServer]
+) -> None:
+    """With GATEWAY_MIGRATE_ON_START=false a replica starts whatever PostgreSQL's state; until the database
+    answers, webhooks get 503 with Retry-After (never a 500) and /readyz names the job store."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{port}/gateway",
+        "REDIS_URL": redis_url,
+        "GATEWAY_REDIS_KEY_PREFIX": redis_prefix,
+        "GATEWAY_MIGRATE_ON_START": "false",
+        "GATEWAY_STORE_TIMEOUT_SECONDS": "0.5",
+    }
+    stopping.extend(gateways(tmp_path, 1, env))
+    server = stopping[0]
+    answer = httpx.post(server.url + IMAGE, json=completed_image("early"), headers={"X-Webhook-Secret": SECRET})
+    assert answer.status_code == 503
+    assert int(answer.headers["Retry-After"]) >= 1
+    ready = httpx.get(f"{server.url}/readyz", timeout=5)
+    assert ready.status_code == 503
+    assert ready.json()["stores"] == {"jobs": "unavailable", "idempotency": "ok"}

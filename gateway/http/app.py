@@ -139,6 +139,7 @@ def _idempotency_store(settings: Settings) -> IdempotencyStore:
             ttl_seconds=settings.idempotency_ttl_seconds,
             prefix=settings.redis_key_prefix,
             timeout=settings.store_timeout_seconds,
+            max_connections=settings.redis_pool_size,
         )
     return MemoryIdempotencyStore(settings.idempotency_ttl_seconds, settings.idempotency_max_keys)
 
@@ -148,5 +149,7 @@ def _rate_limit_store(settings: Settings) -> RateLimitStore | None:
     if settings.rate_limit is None:
         return None
     if settings.redis_url is not None:
-        return RedisRateLimitStore(settings.redis_url, prefix=settings.redis_key_prefix)
+        return RedisRateLimitStore(
+            settings.redis_url, prefix=settings.redis_key_prefix, max_connections=settings.redis_pool_size
+        )
     return MemoryRateLimitStore()
