@@ -12,6 +12,10 @@ saves them as JSON. Configurations:
            logs, trace context; spans recorded only when an exporter is configured)
   G-notel  the gateway with traces off (OTEL_SDK_DISABLED) and per-request logs off: telemetry's cost
   G-otlp   the gateway exporting 10 % of traces over OTLP to a local sink (sharing wrk's core)
+  G-dist   the gateway in distributed mode: Redis idempotency store and PostgreSQL job store, the
+           machine's own servers on loopback (BENCH_REDIS_URL, BENCH_DATABASE_URL; a schema and key
+           prefix of the run's own, dropped after). Not pinned: Redis and PostgreSQL share wrk's core
+           (and the server's), so the figure is a floor, not what dedicated database hosts give
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -62,9 +67,15 @@ class Result:
     non_2xx: int
 
 
+DIST_SCHEMA = f"gw_bench_{uuid.uuid4().hex[:8]}"
+DIST_DATABASE = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+DIST_REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
 def configs(tmp: Path) -> dict[str, Config]:
     gateway = [sys.executable, "-m", "gateway", "serve"]
     base = {"WEBHOOK_SECRET": SECRET, "GATEWAY_LOG_FORMAT": "json"}
+    separator = "&" if "?" in DIST_DATABASE else "?"
     return {
         "A": Config("A", "raw ASGI + msgspec (floor)", [*UVICORN, "benchmarks.apps.raw:app"], {}),
         "B": Config("B", "bare Litestar + Struct", [*UVICORN, "benchmarks.apps.bare_litestar:app"], {}),
@@ -85,7 +96,49 @@ def configs(tmp: Path) -> dict[str, Config]:
              "OTEL_TRACES_SAMPLER_ARG": "0.1"},
             needs_sink=True,
         ),
+        "G-dist": Config(
+            "G-dist",
+            "gateway, Redis + PostgreSQL on loopback (sharing the cores)",
+            gateway,
+            {**base, "DATABASE_URL": f"{DIST_DATABASE}{separator}search_path={DIST_SCHEMA}", "REDIS_URL": DIST_REDIS,
+             "GATEWAY_REDIS_KEY_PREFIX": f"bench:{DIST_SCHEMA}:", "GATEWAY_IDEMPOTENCY_TTL_SECONDS": "600"},
+        ),
     }
+
+
+def dist_schema(create: bool) -> None:
+    """Create (or drop) the run's own schema and Redis keys for G-dist: the shared servers keep nothing."""
+    import asyncio
+
+    import asyncpg
+    import redis
+
+    async def run() -> None:
+        db = await asyncpg.connect(DIST_DATABASE, timeout=5)
+        try:
+            await db.execute(f"CREATE SCHEMA {DIST_SCHEMA}" if create else f"DROP SCHEMA {DIST_SCHEMA} CASCADE")
+        finally:
+            await db.close()
+
+    asyncio.run(run())
+    if not create:
+        client = redis.Redis.from_url(DIST_REDIS)
+        try:
+            for batch in _batches(client.scan_iter(match=f"bench:{DIST_SCHEMA}:*", count=1000), 1000):
+                client.delete(*batch)
+        finally:
+            client.close()
+
+
+def _batches(items, size):  # type: ignore[no-untyped-def]
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,17 +166,24 @@ def main(argv: list[str] | None = None) -> int:
         available = configs(Path(directory))
         chosen = [available[name] for name in args.configs.split(",")]
         concurrencies = [int(c) for c in args.connections.split(",")]
+        distributed = any(config.name == "G-dist" for config in chosen)
+        if distributed:
+            dist_schema(create=True)
         results: list[Result] = []
         total = len(chosen) * len(concurrencies) * args.repeats
         done = 0
-        for repeat in range(1, args.repeats + 1):
-            for config in chosen:  # interleaved: every configuration once per round
-                with Server(config, server_core, load_core) as server:
-                    wrk(server.port, 10, args.warmup, load_core)
-                    for connections in concurrencies:
-                        done += 1
-                        print(f"[{done}/{total}] {config.name} at {connections} connections, run {repeat}", flush=True)
-                        results.append(measure(config.name, server.port, connections, args.duration, repeat, load_core))
+        try:
+            for repeat in range(1, args.repeats + 1):
+                for config in chosen:  # interleaved: every configuration once per round
+                    with Server(config, server_core, load_core) as server:
+                        wrk(server.port, 10, args.warmup, load_core)
+                        for connections in concurrencies:
+                            done += 1
+                            print(f"[{done}/{total}] {config.name} at {connections} connections, run {repeat}", flush=True)
+                            results.append(measure(config.name, server.port, connections, args.duration, repeat, load_core))
+        finally:
+            if distributed:
+                dist_schema(create=False)
     report(results, chosen, concurrencies, args.json)
     return 0
 
@@ -230,7 +290,8 @@ def report(results: list[Result], chosen: list[Config], concurrencies: list[int]
                   f"{r.p99_ms:>8.2f} {r.non_2xx:>8}  {config.description}")
     ratios: dict[str, float] = {}
     for connections in concurrencies:
-        for top, bottom in (("G", "B"), ("G", "E"), ("G", "A"), ("G", "G-notel"), ("G-otlp", "B"), ("B", "A")):
+        for top, bottom in (("G", "B"), ("G", "E"), ("G", "A"), ("G", "G-notel"), ("G-otlp", "B"), ("B", "A"),
+                            ("G-dist", "B"), ("G-dist", "G")):
             if (top, connections) in best and (bottom, connections) in best:
                 name = f"{top}/{bottom}@{connections}"
                 ratios[name] = best[(top, connections)].requests_per_second / best[(bottom, connections)].requests_per_second

@@ -6,8 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+import asyncpg
+
 from gateway import __version__
-from gateway.config import ConfigError, Settings
+from gateway.config import ConfigError, PostgresDatabase, Settings
 from gateway.telemetry.logs import configure_logging
 from gateway.telemetry.tracing import check_tracing_env
 
@@ -50,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=1,
-        help="worker processes (default 1; embedded stores allow only 1)",
+        help="worker processes: only 1 (scale with replicas instead; see README: Distributed mode)",
     )
 
     commands.add_parser(
@@ -73,9 +75,10 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int)
         return 2
     if workers > 1:
         print(
-            "gateway: --workers above 1 is refused: the embedded stores (SQLite job store, in-memory "
-            "idempotency store) belong to one process. Run one worker per process until the shared "
-            "Redis/PostgreSQL stores exist.",
+            "gateway: --workers above 1 is refused: run one gateway process per replica (container, VM or "
+            "systemd unit) and scale with replicas. Several workers in one process group would split "
+            "/metrics between them (exemplars and store-read gauges cannot be merged) and, with SQLite, "
+            "share one embedded store. See README: Distributed mode.",
             file=sys.stderr,
         )
         return 2
@@ -103,11 +106,25 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int)
 
 
 def _migrate(settings: Settings) -> int:
-    from gateway.stores.sqlite import migrate
+    database = settings.database
+    if isinstance(database, PostgresDatabase):
+        import asyncio
 
-    applied = migrate(settings.database.path)
-    if applied:
-        print(f"gateway: applied migrations {', '.join(map(str, applied))} to {settings.database.path}")
+        from gateway.stores import postgres
+
+        where = database.shown
+        try:
+            applied = asyncio.run(postgres.migrate(database.url))
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            print(f"gateway: cannot migrate {where}: {type(error).__name__}: {error}", file=sys.stderr)
+            return 1
     else:
-        print(f"gateway: {settings.database.path} is up to date")
+        from gateway.stores import sqlite
+
+        where = database.path
+        applied = sqlite.migrate(database.path)
+    if applied:
+        print(f"gateway: applied migrations {', '.join(map(str, applied))} to {where}")
+    else:
+        print(f"gateway: {where} is up to date")
     return 0

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-__all__ = ("ConfigError", "IPNetwork", "OnError", "Rate", "Settings", "SqliteDatabase")
+__all__ = ("ConfigError", "Database", "IPNetwork", "OnError", "PostgresDatabase", "Rate", "Settings", "SqliteDatabase")
 
 Environment = Literal["development", "production"]
 LogFormat = Literal["json", "console"]
@@ -27,6 +27,7 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _PERIOD_SECONDS: dict[str, int] = {"second": 1, "minute": 60, "hour": 3600}
 _MAX_RATE_PER_SECOND = 1_000_000  # one request per microsecond: the limiter's clock resolution
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 
 class ConfigError(ValueError):
@@ -38,6 +39,29 @@ class SqliteDatabase:
     """The embedded job store: one SQLite file (or ``:memory:`` for throwaway runs)."""
 
     path: str
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresDatabase:
+    """The shared job store: a PostgreSQL database every replica writes to.
+
+    The URL may carry a password, so it is left out of ``repr`` and never echoed in errors.
+    """
+
+    url: str = field(repr=False)
+
+    @property
+    def shown(self) -> str:
+        """The URL with any password masked, for log lines and messages."""
+        scheme, _, rest = self.url.partition("://")
+        credentials, at, location = rest.rpartition("@")
+        if not at:
+            return self.url
+        user = credentials.partition(":")[0]
+        return f"{scheme}://{user}:***@{location}" if ":" in credentials else f"{scheme}://{user}@{location}"
+
+
+Database = SqliteDatabase | PostgresDatabase
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +90,18 @@ class Settings:
     """``WEBHOOK_SIGNING_KEYS``: Standard Webhooks keys (``whsec_...``), decoded; several allow rotation."""
     tolerance_seconds: int = 300
     """``WEBHOOK_TOLERANCE_SECONDS``: how far a signed ``webhook-timestamp`` may be from our clock."""
-    database: SqliteDatabase = SqliteDatabase("gateway.db")
-    """``DATABASE_URL``: where jobs and their history live (``sqlite:///gateway.db`` by default)."""
+    database: Database = SqliteDatabase("gateway.db")
+    """``DATABASE_URL``: where jobs and their history live (``sqlite:///gateway.db`` by default, or
+    ``postgresql://...`` shared by every replica)."""
+    db_pool_size: int = 10
+    """``GATEWAY_DB_POOL_SIZE``: most PostgreSQL connections one gateway process opens; a webhook waits
+    for a free one (within ``GATEWAY_STORE_TIMEOUT_SECONDS``) rather than opening more."""
+    store_timeout_seconds: float = 2.0
+    """``GATEWAY_STORE_TIMEOUT_SECONDS``: bound on every call to a shared store (PostgreSQL, the Redis
+    idempotency store), waiting for a pooled connection included; past it the webhook gets 503."""
+    migrate_on_start: bool = True
+    """``GATEWAY_MIGRATE_ON_START``: whether ``gateway serve`` applies pending migrations itself; turn it
+    off when a deployment step runs ``gateway migrate`` before the replicas start."""
     max_body_bytes: int = _MIB
     """``GATEWAY_MAX_BODY_BYTES``: larger bodies are refused with 413 before being read whole."""
     idempotency_ttl_seconds: int = 72 * 3600
@@ -102,6 +136,9 @@ class Settings:
     redis_url: str | None = field(default=None, repr=False)
     """``REDIS_URL``: a Redis shared by every replica, holding the senders' rate limit state. Unset: the
     state lives in this process's memory. Left out of ``repr`` (it may carry a password)."""
+    redis_pool_size: int = 64
+    """``GATEWAY_REDIS_POOL_SIZE``: most connections to Redis per gateway process, for each Redis store
+    (idempotency, rate limits); a call waits for a free one within its timeout rather than opening more."""
     redis_key_prefix: str = "gateway:"
     """``GATEWAY_REDIS_KEY_PREFIX``: prefix of every key the gateway writes to Redis, so several
     deployments can share one server."""
@@ -131,6 +168,15 @@ class Settings:
                 "WEBHOOK_TOLERANCE_SECONDS", get("WEBHOOK_TOLERANCE_SECONDS"), cls.tolerance_seconds, minimum=1
             ),
             database=_database(get("DATABASE_URL")),
+            db_pool_size=_integer(
+                "GATEWAY_DB_POOL_SIZE", get("GATEWAY_DB_POOL_SIZE"), cls.db_pool_size, minimum=1, maximum=1000
+            ),
+            store_timeout_seconds=_seconds(
+                "GATEWAY_STORE_TIMEOUT_SECONDS", get("GATEWAY_STORE_TIMEOUT_SECONDS"), cls.store_timeout_seconds
+            ),
+            migrate_on_start=_boolean(
+                "GATEWAY_MIGRATE_ON_START", get("GATEWAY_MIGRATE_ON_START"), cls.migrate_on_start
+            ),
             max_body_bytes=_integer(
                 "GATEWAY_MAX_BODY_BYTES", get("GATEWAY_MAX_BODY_BYTES"), cls.max_body_bytes, minimum=1
             ),
@@ -167,6 +213,13 @@ class Settings:
             rate_limit_on_error=_on_error(get("GATEWAY_RATE_LIMIT_ON_ERROR")),
             trusted_proxies=_networks(get("GATEWAY_TRUSTED_PROXIES")),
             redis_url=_redis_url(get("REDIS_URL")),
+            redis_pool_size=_integer(
+                "GATEWAY_REDIS_POOL_SIZE",
+                get("GATEWAY_REDIS_POOL_SIZE"),
+                cls.redis_pool_size,
+                minimum=1,
+                maximum=10_000,
+            ),
             redis_key_prefix=get("GATEWAY_REDIS_KEY_PREFIX") or cls.redis_key_prefix,
         )
         if settings.env == "production" and not settings.authenticates:
@@ -219,7 +272,29 @@ def _signing_keys(value: str | None) -> tuple[bytes, ...]:
     return tuple(keys)
 
 
-def _database(value: str | None) -> SqliteDatabase:
+def _seconds(name: str, value: str | None, default: float) -> float:
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {value!r}") from None
+    if not 0.01 <= number <= 60:
+        raise ConfigError(f"{name} must be between 0.01 and 60 seconds, got {value!r}")
+    return number
+
+
+def _boolean(name: str, value: str | None, default: bool) -> bool:
+    if value is None:
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
+def _database(value: str | None) -> Database:
     if value is None:
         return Settings.database
     scheme, sep, rest = value.partition("://")
@@ -231,11 +306,16 @@ def _database(value: str | None) -> SqliteDatabase:
             if not parent.is_dir():
                 raise ConfigError(f"DATABASE_URL: directory {str(parent)!r} does not exist")
         return SqliteDatabase(path)
-    if scheme in ("postgresql", "postgres"):
-        raise ConfigError("DATABASE_URL: PostgreSQL is not supported yet; use sqlite:///path.db")
+    if scheme.lower() in _POSTGRES_SCHEMES and sep:
+        location = rest.rpartition("@")[2]
+        if not location or location.startswith(("/", "?")):
+            # A URL without a host would silently mean a local socket: say so rather than guess.
+            raise ConfigError("DATABASE_URL: a postgresql:// URL needs a host, e.g. postgresql://user@db:5432/gateway")
+        return PostgresDatabase(value)
+    # Never echo the value: a mistyped PostgreSQL URL still carries its password.
     raise ConfigError(
-        "DATABASE_URL must look like sqlite:///relative.db or sqlite:////absolute/path.db "
-        f"(got a value with scheme {scheme!r})"
+        "DATABASE_URL must look like sqlite:///relative.db, sqlite:////absolute/path.db or "
+        f"postgresql://user[:password]@host[:port]/database (got {f'scheme {scheme!r}' if sep else 'no scheme'})"
     )
 
 

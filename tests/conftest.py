@@ -1,24 +1,31 @@
-"""Shared fixtures: an in-process app over a fresh SQLite file, a real server subprocess, a real Redis."""
+"""Shared fixtures: an in-process app over either store family, a real server subprocess, a real Redis, a
+real PostgreSQL (a throwaway database per session, a fresh schema per test)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import httpx
 import pytest
 import redis
 from litestar.testing import AsyncTestClient
 
-from gateway.config import Settings, SqliteDatabase
+from gateway.config import PostgresDatabase, Settings, SqliteDatabase
 from gateway.http.app import create_app
 
 SECRET = "sorami-webhook-secret-key-2025"
@@ -58,6 +65,22 @@ def progress(status: str, job_id: str = JOB_ID, timestamp: str = "2025-10-21T16:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(webhook_secret=SECRET, database=SqliteDatabase(str(tmp_path / "gateway.db")))
+
+
+@pytest.fixture(params=["embedded", "distributed"])
+def family_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Settings for one store family: SQLite + memory, or PostgreSQL + Redis (real servers, never fakes).
+
+    A test module opts in by overriding ``settings`` with this fixture: every test then runs on both.
+    """
+    if request.param == "embedded":
+        return Settings(webhook_secret=SECRET, database=SqliteDatabase(str(tmp_path / "gateway.db")))
+    return Settings(
+        webhook_secret=SECRET,
+        database=PostgresDatabase(request.getfixturevalue("database_url")),
+        redis_url=request.getfixturevalue("redis_url"),
+        redis_key_prefix=request.getfixturevalue("redis_prefix"),
+    )
 
 
 @pytest.fixture
@@ -110,6 +133,15 @@ class LiveServer:
 
 
 @pytest.fixture
+def stopping() -> Iterator[list[LiveServer]]:
+    """Servers a test started, stopped even when it fails."""
+    servers: list[LiveServer] = []
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
 def live_server(tmp_path: Path) -> Iterator[LiveServer]:
     server = LiveServer(tmp_path, {"WEBHOOK_SECRET": SECRET})
     yield server
@@ -138,9 +170,22 @@ def redis_url() -> str:
 
 
 @pytest.fixture
-def redis_prefix() -> str:
-    """A key prefix of this test's own, so tests (and parallel runs) sharing one Redis never collide."""
-    return f"test:{uuid.uuid4().hex[:12]}:"
+def redis_prefix() -> Iterator[str]:
+    """A key prefix of this test's own, so tests (and parallel runs) sharing one Redis never collide; its
+    keys are deleted afterwards, so idempotency keys (72 h by default) do not pile up in a shared Redis."""
+    prefix = f"test:{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    client = redis.Redis.from_url(
+        os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0"), socket_connect_timeout=1, socket_timeout=1
+    )
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    except redis.RedisError:
+        pass  # no Redis: the test that asked for a prefix was skipped or failed for it already
+    finally:
+        client.close()
 
 
 class RedisServer:
@@ -187,3 +232,97 @@ def redis_server() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+def _with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{database}", parts.query, parts.fragment))
+
+
+async def _execute(url: str, *statements: str) -> None:
+    connection = await asyncpg.connect(url, timeout=2)
+    try:
+        for statement in statements:
+            await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+def _admin(url: str, *statements: str) -> None:
+    """Run ``statements`` on their own thread and loop: fixtures may be set up while a test's loop runs."""
+    with ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, _execute(url, *statements)).result()
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A database of this test session's own on a real PostgreSQL (``TEST_DATABASE_URL``, default the
+    machine's on 127.0.0.1:5432), dropped at the end: other users of that server are never disturbed."""
+    url = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    name = f"gw_test_{uuid.uuid4().hex[:12]}"
+    try:
+        _admin(url, f'CREATE DATABASE "{name}"')
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        _unavailable(
+            f"no PostgreSQL answers at TEST_DATABASE_URL={urlsplit(url).hostname} ({type(error).__name__}: {error}); "
+            "start one (apt-get install postgresql) or set TEST_DATABASE_URL"
+        )
+    yield _with_database(url, name)
+    _admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(postgres_database: str) -> str:
+    """A fresh, empty schema in the session's database, selected through ``search_path`` in the URL."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    _admin(postgres_database, f'CREATE SCHEMA "{schema}"')
+    return f"{postgres_database}?search_path={schema}"
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster (``initdb``) on a free port, for tests that stop it: the shared one is
+    never stopped. PostgreSQL refuses to run as root, so under root it runs as user ``postgres``."""
+
+    def __init__(self) -> None:
+        initdb = shutil.which("initdb") or next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))), None)
+        if initdb is None:
+            _unavailable("PostgreSQL's initdb is not installed (apt-get install postgresql)")
+        self.bin = Path(initdb).parent
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            if shutil.which("runuser") is None:
+                _unavailable("running as root without runuser: cannot start PostgreSQL as another user")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.directory = Path(tempfile.mkdtemp(prefix="gw-pg-"))
+        self.data = self.directory / "data"
+        if self.as_user:
+            shutil.chown(self.directory, "postgres")
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run(
+            [*self.as_user, str(self.bin / tool), *args], check=True, capture_output=True, timeout=60, cwd="/"
+        )
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.directory / "log"), "-w", "-o", options, "start")
+
+    def stop(self) -> None:
+        """A fast shutdown: sessions are cut off mid-transaction, as in a crash or a failover."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        with contextlib.suppress(subprocess.SubprocessError):
+            self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.remove()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -134,3 +135,24 @@ def test_a_port_out_of_range_is_refused(tmp_path: Path) -> None:
     result = run_gateway(tmp_path, "serve", "--port", "70000")
     assert result.returncode == 2
     assert "--port" in result.stderr
+
+
+def test_migrate_on_postgresql_creates_the_schema_then_is_a_no_op(tmp_path: Path, database_url: str) -> None:
+    """``gateway migrate`` works the same on PostgreSQL, and names the database without its password."""
+    env = {"DATABASE_URL": database_url}
+    first = run_gateway(tmp_path, "migrate", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "applied migrations 1" in first.stdout
+    second = run_gateway(tmp_path, "migrate", env=env)
+    assert second.returncode == 0, second.stderr
+    assert "up to date" in second.stdout
+
+
+def test_migrate_against_an_unreachable_postgresql_fails_without_echoing_the_password(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = run_gateway(tmp_path, "migrate", env={"DATABASE_URL": f"postgresql://gw:s3cret-pw@127.0.0.1:{port}/gw"})
+    assert result.returncode == 1
+    assert "cannot migrate" in result.stderr
+    assert "s3cret-pw" not in result.stderr + result.stdout

@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from gateway.config import ConfigError, Settings
+from gateway.config import ConfigError, PostgresDatabase, Settings
 
 KEY_1 = b"0123456789abcdef0123456789abcdef"
 KEY_2 = b"fedcba9876543210fedcba9876543210"
@@ -89,7 +89,12 @@ def test_without_a_mapping_the_process_environment_is_read(monkeypatch: pytest.M
         ("GATEWAY_IDEMPOTENCY_MAX_KEYS", "many"),
         ("GATEWAY_LOG_LEVEL", "LOUD"),
         ("DATABASE_URL", "mysql://x"),
-        ("DATABASE_URL", "postgresql://localhost/gateway"),
+        ("DATABASE_URL", "postgresql:///gateway"),
+        ("GATEWAY_DB_POOL_SIZE", "0"),
+        ("GATEWAY_STORE_TIMEOUT_SECONDS", "soon"),
+        ("GATEWAY_STORE_TIMEOUT_SECONDS", "0"),
+        ("GATEWAY_MIGRATE_ON_START", "maybe"),
+        ("GATEWAY_REDIS_POOL_SIZE", "0"),
         ("DATABASE_URL", "sqlite://"),
         ("DATABASE_URL", "sqlite:////nonexistent-dir/x.db"),
         ("WEBHOOK_SIGNING_KEYS", "whsec_!!!notbase64"),
@@ -170,3 +175,24 @@ def test_several_signing_keys_are_decoded_in_order() -> None:
     settings = Settings.from_env({"WEBHOOK_SIGNING_KEYS": value})
     assert settings.signing_keys == (KEY_1, KEY_2, KEY_3)
     assert settings.authenticates is True
+
+
+def test_a_postgresql_url_selects_the_shared_job_store_and_hides_its_password() -> None:
+    url = "postgresql://gateway:s3cret-pw@db.internal:5432/gateway"
+    settings = Settings.from_env({"DATABASE_URL": url, "GATEWAY_DB_POOL_SIZE": "25"})
+    assert isinstance(settings.database, PostgresDatabase)
+    assert settings.database.url == url
+    assert settings.db_pool_size == 25
+    assert "s3cret-pw" not in repr(settings)
+    assert settings.database.shown == "postgresql://gateway:***@db.internal:5432/gateway"
+    assert isinstance(Settings.from_env({"DATABASE_URL": "postgres://db/g"}).database, PostgresDatabase)
+
+
+def test_a_mistyped_database_url_is_refused_without_echoing_its_password() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"DATABASE_URL": "postgresq://gateway:s3cret-pw@db/gateway"})
+    assert "DATABASE_URL" in str(caught.value)
+    assert "s3cret-pw" not in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"DATABASE_URL": "gateway:s3cret-pw@db/gateway"})
+    assert "s3cret-pw" not in str(caught.value)

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from litestar.testing import AsyncTestClient
 
+from gateway.config import Settings
 from tests.conftest import completed_image, failed, progress
 
 IMAGE = "/api/webhooks/image-completion"
+
+
+@pytest.fixture
+def settings(family_settings: Settings) -> Settings:
+    """Every test here runs on both store families: SQLite + memory, PostgreSQL + Redis."""
+    return family_settings
 
 
 async def test_unknown_job_is_404_naming_it(client: AsyncTestClient[Any]) -> None:

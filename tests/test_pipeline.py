@@ -24,8 +24,10 @@ from gateway.ingest.errors import Rejection
 from gateway.ingest.pipeline import Pipeline
 from gateway.kinds import kind_named
 from gateway.model import Applied, JobEvent, Outcome, Status
-from gateway.stores.base import StoreUnavailable
+from gateway.stores.base import IdempotencyStore, JobStore, StoreUnavailable
 from gateway.stores.memory import MemoryIdempotencyStore
+from gateway.stores.postgres import PostgresJobStore
+from gateway.stores.redis import RedisIdempotencyStore
 from gateway.stores.sqlite import SqliteJobStore
 from gateway.telemetry.metrics import Metrics, ModelLabels
 from gateway.telemetry.recorder import Telemetry
@@ -41,14 +43,29 @@ async def body(payload: Any) -> AsyncIterator[bytes]:
     yield json.dumps(payload).encode()
 
 
-@pytest.fixture
-async def pipeline(tmp_path: Path) -> AsyncIterator[Pipeline]:
-    settings = Settings(webhook_secret=SECRET)
-    jobs = SqliteJobStore(str(tmp_path / "pipeline.db"))
+@pytest.fixture(params=["embedded", "distributed"])
+async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[JobStore, IdempotencyStore]]:
+    """Both store families: SQLite + memory, PostgreSQL + Redis (real servers)."""
+    jobs: SqliteJobStore | PostgresJobStore
+    idempotency: IdempotencyStore
+    if request.param == "embedded":
+        jobs = SqliteJobStore(str(tmp_path / "pipeline.db"))
+        idempotency = MemoryIdempotencyStore(ttl_seconds=3600, max_keys=10_000)
+    else:
+        jobs = PostgresJobStore(request.getfixturevalue("database_url"))
+        idempotency = RedisIdempotencyStore(
+            request.getfixturevalue("redis_url"), ttl_seconds=3600, prefix=request.getfixturevalue("redis_prefix")
+        )
     await jobs.open()
-    telemetry = Telemetry(Metrics(CollectorRegistry(), ["image", "blog"], ModelLabels()))
-    yield Pipeline(settings, jobs, MemoryIdempotencyStore(ttl_seconds=3600, max_keys=10_000), telemetry)
+    yield jobs, idempotency
     await jobs.close()
+    await idempotency.close()
+
+
+@pytest.fixture
+def pipeline(stores: tuple[JobStore, IdempotencyStore]) -> Pipeline:
+    telemetry = Telemetry(Metrics(CollectorRegistry(), ["image", "blog"], ModelLabels()))
+    return Pipeline(Settings(webhook_secret=SECRET), *stores, telemetry)
 
 
 def payload_for(status: str, job_id: str, minute: int) -> dict[str, Any]:
@@ -95,6 +112,20 @@ async def test_the_core_runs_without_http(pipeline: Pipeline) -> None:
     with pytest.raises(Rejection) as refused:
         await pipeline.ingest(IMAGE, {"content-type": "application/json"}, body(completed_image()), client=CLIENT)
     assert refused.value.status_code == 401
+
+
+async def test_a_claim_left_behind_by_a_failed_write_does_not_hide_the_event(
+    pipeline: Pipeline, stores: tuple[JobStore, IdempotencyStore]
+) -> None:
+    """The idempotency store holds the delivery's keys but the job store never recorded it (the claim could
+    not be released after a failure): the sender's retry is applied, not answered "duplicate"."""
+    jobs, idempotency = stores
+    assert await idempotency.claim(["event:image:stuck:completed:1761065100000000"])
+    accepted, _ = await pipeline.ingest(IMAGE, HEADERS, body(completed_image(job_id="stuck")), client=CLIENT)
+    assert accepted.outcome is Outcome.APPLIED
+    assert await jobs.status_of("stuck") is Status.COMPLETED
+    again, _ = await pipeline.ingest(IMAGE, HEADERS, body(completed_image(job_id="stuck")), client=CLIENT)
+    assert again.outcome is Outcome.DUPLICATE
 
 
 async def test_database_catches_a_duplicate_the_memory_store_evicted(tmp_path: Path) -> None:

@@ -83,11 +83,12 @@ async def test_redis_keys_expire_when_the_budget_is_whole_again(redis_url: str, 
     try:
         await store.acquire("sender", INTERVAL, BURST * INTERVAL)
         await store.acquire("sender", INTERVAL, BURST * INTERVAL)
-        keys = [key async for key in client.scan_iter(match=f"{redis_prefix}*")]
-        assert keys == [f"{redis_prefix}ratelimit:sender".encode()]
-        assert 100 < await client.pttl(keys[0]) <= 200
+        # The TTL first: scanning a busy shared Redis for the prefix can itself take longer than 100 ms.
+        assert 100 < await client.pttl(f"{redis_prefix}ratelimit:sender") <= 200
+        keys = [key async for key in client.scan_iter(match=f"{redis_prefix}*", count=1000)]
+        assert keys in ([f"{redis_prefix}ratelimit:sender".encode()], [])  # [] if it already expired
         await asyncio.sleep(0.25)
-        assert await client.exists(keys[0]) == 0
+        assert await client.exists(f"{redis_prefix}ratelimit:sender") == 0
     finally:
         await store.close()
         await client.aclose()

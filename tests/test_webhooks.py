@@ -8,10 +8,17 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 
+from gateway.config import Settings
 from tests.conftest import JOB_ID, completed_image, failed, progress
 
 IMAGE = "/api/webhooks/image-completion"
 BLOG = "/api/webhooks/blog-completion"
+
+
+@pytest.fixture
+def settings(family_settings: Settings) -> Settings:
+    """Every test here runs on both store families: SQLite + memory, PostgreSQL + Redis."""
+    return family_settings
 
 
 def completed_blog(job_id: str = "blog-1") -> dict[str, Any]:

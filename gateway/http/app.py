@@ -11,7 +11,7 @@ from litestar.openapi import OpenAPIConfig
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from gateway import __version__
-from gateway.config import Settings
+from gateway.config import PostgresDatabase, Settings
 from gateway.http.health import health_routes
 from gateway.http.jobs import job_routes
 from gateway.http.metrics import metrics_route
@@ -21,9 +21,10 @@ from gateway.http.webhooks import unknown_webhook_route, webhook_route
 from gateway.ingest.pipeline import Pipeline
 from gateway.ingest.ratelimit import RateLimiter
 from gateway.kinds import KINDS
-from gateway.stores.base import RateLimitStore, StoreUnavailable
+from gateway.stores.base import IdempotencyStore, RateLimitStore, StoreUnavailable
 from gateway.stores.memory import MemoryIdempotencyStore, MemoryRateLimitStore
-from gateway.stores.redis import RedisRateLimitStore
+from gateway.stores.postgres import PostgresJobStore
+from gateway.stores.redis import RedisIdempotencyStore, RedisRateLimitStore
 from gateway.stores.sqlite import SqliteJobStore
 from gateway.telemetry.metrics import Metrics, ModelLabels
 from gateway.telemetry.recorder import Telemetry
@@ -62,14 +63,14 @@ def create_app(
     tracer = provider.get_tracer("gateway", __version__)
     telemetry = Telemetry(metrics)
 
-    jobs = SqliteJobStore(settings.database.path)
-    idempotency = MemoryIdempotencyStore(settings.idempotency_ttl_seconds, settings.idempotency_max_keys)
+    jobs = _job_store(settings)
+    idempotency = _idempotency_store(settings)
     limits = _rate_limit_store(settings)
     limiter = RateLimiter.from_settings(settings, limits, MemoryRateLimitStore(max_keys=1), metrics=metrics)
     pipeline = Pipeline(settings, jobs, idempotency, telemetry, limiter=limiter)
 
     async def start() -> None:
-        await jobs.open()
+        await jobs.open(apply_migrations=settings.migrate_on_start)
         if isinstance(limits, RedisRateLimitStore):
             try:
                 await limits.ping()
@@ -125,10 +126,33 @@ def create_app(
     )
 
 
+def _job_store(settings: Settings) -> SqliteJobStore | PostgresJobStore:
+    """Jobs and their history: PostgreSQL when ``DATABASE_URL`` says so (shared by replicas), else SQLite."""
+    database = settings.database
+    if isinstance(database, PostgresDatabase):
+        return PostgresJobStore(database.url, pool_size=settings.db_pool_size, timeout=settings.store_timeout_seconds)
+    return SqliteJobStore(database.path)
+
+
+def _idempotency_store(settings: Settings) -> IdempotencyStore:
+    """Deliveries seen: in Redis when ``REDIS_URL`` is set (one memory for every replica), else in memory."""
+    if settings.redis_url is not None:
+        return RedisIdempotencyStore(
+            settings.redis_url,
+            ttl_seconds=settings.idempotency_ttl_seconds,
+            prefix=settings.redis_key_prefix,
+            timeout=settings.store_timeout_seconds,
+            max_connections=settings.redis_pool_size,
+        )
+    return MemoryIdempotencyStore(settings.idempotency_ttl_seconds, settings.idempotency_max_keys)
+
+
 def _rate_limit_store(settings: Settings) -> RateLimitStore | None:
     """Where the senders' budgets live: Redis when ``REDIS_URL`` is set (shared by replicas), else memory."""
     if settings.rate_limit is None:
         return None
     if settings.redis_url is not None:
-        return RedisRateLimitStore(settings.redis_url, prefix=settings.redis_key_prefix)
+        return RedisRateLimitStore(
+            settings.redis_url, prefix=settings.redis_key_prefix, max_connections=settings.redis_pool_size
+        )
     return MemoryRateLimitStore()

@@ -132,8 +132,14 @@ class Pipeline:
         with self._stage("deduplicate"):
             claimed = await self._claim(keys)
         if not claimed:
-            status = await self._current_status(event)
-            return event, Accepted(job_id=event.job_id, status=status, outcome=Outcome.DUPLICATE), None, answer_headers
+            status = await self._recorded(event)
+            if status is not None:
+                answer = Accepted(job_id=event.job_id, status=status, outcome=Outcome.DUPLICATE)
+                return event, answer, None, answer_headers
+            # Claimed but not recorded: a write still in flight, or one that failed without its claim being
+            # released (the idempotency store went away meanwhile). The job store's unique constraints decide,
+            # so a 200 always stands for a recorded event. The claim is not ours: never release it.
+            keys = ()
 
         with self._stage("persist"):  # the transition is decided inside the persisting transaction
             applied = await self._apply(event, keys)
@@ -165,11 +171,10 @@ class Pipeline:
         try:
             return await self._persist(event, keys)
         finally:
-            done = self._in_flight.pop(keys[0], None)
-            for key in keys[1:]:
-                self._in_flight.pop(key, None)
-            if done is not None and not done.done():
-                done.set_result(None)
+            for key in keys:
+                done = self._in_flight.pop(key, None)
+                if done is not None and not done.done():
+                    done.set_result(None)
 
     async def _persist(self, event: JobEvent, keys: tuple[str, ...]) -> Applied:
         try:
@@ -191,16 +196,16 @@ class Pipeline:
             await self._release_quietly(keys)
             raise
 
-    async def _current_status(self, event: JobEvent) -> Status:
-        """A duplicate's answer: the job's status now (the event's own if the job is still being written)."""
+    async def _recorded(self, event: JobEvent) -> Status | None:
+        """A duplicate is answered only once the job store confirms the event is recorded."""
         try:
-            status = await self._jobs.status_of(event.job_id)
+            return await self._jobs.recorded(event)
         except StoreUnavailable as error:
-            self._telemetry.store_failed(error)
-            return event.status
-        return status or event.status
+            raise self._unavailable(error) from None
 
     async def _release_quietly(self, keys: tuple[str, ...]) -> None:
+        if not keys:
+            return
         try:
             await self._idempotency.release(keys)
         except StoreUnavailable as error:

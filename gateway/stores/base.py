@@ -55,6 +55,14 @@ class JobStore(Protocol):
 
     async def status_of(self, job_id: str) -> Status | None: ...
 
+    async def recorded(self, event: JobEvent) -> Status | None:
+        """The job's status if ``event`` (its key or its ``delivery_id``) is recorded, else ``None``.
+
+        The pipeline asks before answering ``duplicate``, so a 200 always stands for a recorded event,
+        even when the idempotency store holds a claim whose write failed and was never released.
+        """
+        ...
+
     async def get(self, job_id: str) -> Job | None:
         """The job with its full history, or ``None``."""
         ...

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import msgspec
 
-from gateway.ingest.transition import Transition, decide
+from gateway.ingest.transition import decide
 from gateway.model import (
     Applied,
     HistoryEntry,
@@ -36,9 +36,9 @@ from gateway.model import (
     Outcome,
     Status,
 )
-from gateway.payloads import Metadata
 from gateway.stores import migrations
 from gateway.stores.base import StoreUnavailable
+from gateway.stores.records import answer, decode_metadata, merge_metadata, to_json
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -47,8 +47,6 @@ __all__ = ("SqliteJobStore", "migrate")
 
 logger = logging.getLogger(__name__)
 
-_encode = msgspec.json.Encoder().encode
-_metadata_decoder = msgspec.json.Decoder(Metadata)
 
 _JOB_COLUMNS = "seq, job_id, kind, status, result, metadata, error_message, created_at, updated_at, completed_at"
 _MAX_BATCH = 256
@@ -116,6 +114,17 @@ class SqliteJobStore:
             "status_of", lambda db: db.execute("SELECT status FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         )
         return Status(row[0]) if row else None
+
+    async def recorded(self, event: JobEvent) -> Status | None:
+        row = await self._submit(
+            "recorded",
+            lambda db: db.execute(
+                "SELECT (SELECT status FROM jobs WHERE job_id = ?),"
+                " EXISTS (SELECT 1 FROM job_events WHERE event_key = ? OR delivery_id = ?)",
+                (event.job_id, event.key, event.delivery_id),
+            ).fetchone(),
+        )
+        return (Status(row[0]) if row[0] is not None else event.status) if row[1] else None
 
     async def get(self, job_id: str) -> Job | None:
         job: Job | None = await self._read("get", lambda db: _get(db, job_id))
@@ -241,20 +250,13 @@ class SqliteJobStore:
                     transition.outcome,
                     event.key,
                     event.delivery_id,
-                    _json(event.metadata),
+                    to_json(event.metadata),
                     event.error_message,
                 ),
             ).lastrowid
         except sqlite3.IntegrityError:
             # Already recorded: the database's word is final.
             return Applied(outcome=Outcome.DUPLICATE, status=previous or event.status)
-        if transition is Transition.CONTRADICTED:
-            logger.warning(
-                "job %s got %s after terminal %s: kept in history as stale (a backend bug?)",
-                event.job_id,
-                event.status,
-                previous,
-            )
         completed = received if transition.moves and event.status.terminal else None
         result = bytes(event.result).decode() if event.result is not None else None
         if row is None:
@@ -267,7 +269,7 @@ class SqliteJobStore:
                     event.kind,
                     event.status,
                     result,
-                    _json(metadata),
+                    to_json(metadata),
                     event.error_message,
                     received,
                     received,
@@ -276,26 +278,16 @@ class SqliteJobStore:
             )
         else:
             first_seen = row[3]
-            metadata = _metadata_decoder.decode(row[2]) if row[2] is not None else None
+            metadata = decode_metadata(row[2])
             if transition.outcome is Outcome.APPLIED:
-                metadata = _merge_metadata(metadata, event.metadata)
+                metadata = merge_metadata(metadata, event.metadata)
                 db.execute(
                     "UPDATE jobs SET status = ?, updated_at = ?, metadata = ?,"
                     " result = coalesce(?, result), error_message = coalesce(?, error_message),"
                     " completed_at = coalesce(?, completed_at) WHERE job_id = ?",
-                    (event.status, received, _json(metadata), result, event.error_message, completed, event.job_id),
+                    (event.status, received, to_json(metadata), result, event.error_message, completed, event.job_id),
                 )
-        status = event.status if transition.outcome is Outcome.APPLIED else previous
-        assert status is not None  # a job without a previous status is created by this event
-        return Applied(
-            outcome=transition.outcome,
-            status=status,
-            previous=previous,
-            event_id=event_id,
-            moved=transition.moves,
-            model=metadata.model_name if metadata is not None else None,
-            first_seen_at=datetime.fromisoformat(first_seen),
-        )
+        return answer(event, transition, previous, event_id, metadata, datetime.fromisoformat(first_seen))
 
 
 def _connect(path: str, apply_migrations: bool) -> sqlite3.Connection:
@@ -395,7 +387,7 @@ def _get(db: sqlite3.Connection, job_id: str) -> Job | None:
             stale=e[4] == Outcome.STALE,
             delivery_id=e[5],
             error_message=e[6],
-            metadata=_metadata_decoder.decode(e[7]) if e[7] is not None else None,
+            metadata=decode_metadata(e[7]),
         )
         for e in events
     ]
@@ -426,30 +418,12 @@ def _job_fields(row: Any) -> dict[str, Any]:
         "kind": row[2],
         "status": Status(row[3]),
         "result": msgspec.Raw(row[4].encode()) if row[4] is not None else None,
-        "metadata": _metadata_decoder.decode(row[5]) if row[5] is not None else None,
+        "metadata": decode_metadata(row[5]),
         "error_message": row[6],
         "created_at": datetime.fromisoformat(row[7]),
         "updated_at": datetime.fromisoformat(row[8]),
         "completed_at": datetime.fromisoformat(row[9]) if row[9] is not None else None,
     }
-
-
-def _merge_metadata(stored: Metadata | None, incoming: Metadata | None) -> Metadata | None:
-    """Fields the event carries override the stored ones; fields it leaves out are kept."""
-    if incoming is None or stored is None:
-        return incoming or stored
-    return Metadata(
-        model_name=incoming.model_name or stored.model_name,
-        generation_time_seconds=(
-            incoming.generation_time_seconds
-            if incoming.generation_time_seconds is not None
-            else stored.generation_time_seconds
-        ),
-    )
-
-
-def _json(value: object) -> str | None:
-    return _encode(value).decode() if value is not None else None
 
 
 def _iso(moment: datetime) -> str:

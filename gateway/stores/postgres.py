@@ -1,0 +1,337 @@
+"""The shared job store: PostgreSQL through an asyncpg pool, for several gateway replicas at once.
+
+Each event is one transaction: the job's row is locked (``SELECT ... FOR UPDATE``, or created with
+``INSERT ... ON CONFLICT DO NOTHING``), so concurrent events of one job, on any replica, are decided one
+after the other by :func:`~gateway.ingest.transition.decide` against the committed state. The event row
+is inserted with ``ON CONFLICT DO NOTHING``: the unique ``event_key`` and ``delivery_id`` make the
+database the last guard of exactly-once, whatever the idempotency store forgot. Every call is bounded by
+one timeout (waiting for a pooled connection included) and any failure of the driver, the network or
+the server is :class:`~gateway.stores.base.StoreUnavailable`: the webhook gets 503, never half-applied.
+The pool replaces broken connections by itself, so the store heals when PostgreSQL comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import asyncpg
+import msgspec
+
+from gateway.ingest.transition import decide
+from gateway.model import (
+    Applied,
+    HistoryEntry,
+    InProgress,
+    Job,
+    JobEvent,
+    JobPage,
+    JobSummary,
+    KindConflict,
+    Outcome,
+    Status,
+)
+from gateway.stores import migrations
+from gateway.stores.base import StoreUnavailable
+from gateway.stores.records import answer, decode_metadata, merge_metadata, to_json
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from asyncpg.pool import PoolConnectionProxy
+
+    Connection = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+
+__all__ = ("PostgresJobStore", "migrate")
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_JOB_COLUMNS = "seq, job_id, kind, status, result, metadata, error_message, created_at, updated_at, completed_at"
+_LOCK_JOB = "SELECT kind, status, metadata, created_at FROM jobs WHERE job_id = $1 FOR UPDATE"
+_MIGRATION_LOCK = 0x6761746577617901  # pg_advisory_lock key: replicas starting together migrate one at a time
+
+
+class _Duplicate(Exception):
+    """Raised inside the transaction to roll back whatever it wrote for an event already recorded."""
+
+    def __init__(self, status: Status | None) -> None:
+        super().__init__("already recorded")
+        self.status = status
+        """The job's status as locked by the transaction (``None`` if the transaction created the job)."""
+
+
+class PostgresJobStore:
+    """:class:`~gateway.stores.base.JobStore` on PostgreSQL; ``pool_size`` connections at most per process."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, timeout: float = 2.0) -> None:
+        self._url = url
+        self._pool_size = pool_size
+        self._timeout = timeout
+        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+        self._failing = False
+        """Whether the last call failed: an outage is logged when it starts and when it ends, not per call."""
+
+    async def open(self, *, apply_migrations: bool = True) -> None:
+        """Create the pool (connections are opened on demand) and bring the schema up to date if asked."""
+        try:
+            async with asyncio.timeout(self._timeout * 5):
+                self._pool = await asyncpg.create_pool(
+                    self._url,
+                    min_size=0,
+                    max_size=self._pool_size,
+                    timeout=self._timeout,  # connecting
+                    command_timeout=self._timeout,
+                    max_inactive_connection_lifetime=60,
+                    reset=_reset,
+                )
+                if apply_migrations:
+                    async with self._pool.acquire() as connection:
+                        await _migrate(connection)
+        except Exception as error:
+            raise StoreUnavailable("job", "open") from error
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), self._timeout)
+            except Exception:  # an unreachable server: drop the connections rather than wait on them
+                pool.terminate()
+
+    async def ping(self) -> None:
+        await self._run("ping", lambda db: db.fetchval("SELECT 1"))
+
+    async def apply(self, event: JobEvent) -> Applied:
+        try:
+            return await self._run("apply", lambda db: _apply(db, event))
+        except _Duplicate as duplicate:
+            # Already recorded: the database's word is final.
+            return Applied(outcome=Outcome.DUPLICATE, status=duplicate.status or event.status)
+
+    async def status_of(self, job_id: str) -> Status | None:
+        status = await self._run(
+            "status_of", lambda db: db.fetchval("SELECT status FROM jobs WHERE job_id = $1", job_id)
+        )
+        return Status(status) if status is not None else None
+
+    async def recorded(self, event: JobEvent) -> Status | None:
+        query = (
+            "SELECT (SELECT status FROM jobs WHERE job_id = $1) AS status,"
+            " EXISTS (SELECT 1 FROM job_events WHERE event_key = $2 OR delivery_id = $3) AS known"
+        )
+        row = await self._run("recorded", lambda db: db.fetchrow(query, event.job_id, event.key, event.delivery_id))
+        if row is None or not row["known"]:
+            return None
+        return Status(row["status"]) if row["status"] is not None else event.status
+
+    async def get(self, job_id: str) -> Job | None:
+        return await self._run("get", lambda db: _get(db, job_id))
+
+    async def list_jobs(self, *, kind: str | None, status: Status | None, limit: int, cursor: int | None) -> JobPage:
+        return await self._run("list", lambda db: _list(db, kind, status, limit, cursor))
+
+    async def in_progress(self) -> list[InProgress]:
+        rows = await self._run(
+            "in_progress",
+            lambda db: db.fetch(
+                "SELECT kind, status, count(*) AS count, min(created_at) AS oldest FROM jobs"
+                " WHERE status IN ('pending', 'initializing', 'generating', 'saving') GROUP BY kind, status"
+            ),
+        )
+        return [
+            InProgress(kind=r["kind"], status=Status(r["status"]), count=r["count"], oldest_created_at=r["oldest"])
+            for r in rows
+        ]
+
+    async def _run(self, operation: str, work: Callable[[Connection], Awaitable[T]]) -> T:
+        """Run ``work`` on a pooled connection within the timeout; any failure is StoreUnavailable."""
+        if self._pool is None:
+            raise StoreUnavailable("job", operation)
+        try:
+            async with asyncio.timeout(self._timeout), self._pool.acquire() as connection:
+                result = await work(connection)
+        except (KindConflict, _Duplicate):
+            raise
+        except Exception as error:
+            # Refused connection, server restart, timeout, lost connection: all mean "retry later".
+            if not self._failing:
+                logger.error("job store unavailable (%s failed: %s)", operation, type(error).__name__)
+            self._failing = True
+            raise StoreUnavailable("job", operation) from error
+        if self._failing:
+            self._failing = False
+            logger.warning("job store answers again")
+        return result
+
+
+async def _reset(connection: Connection) -> None:
+    """Roll back a transaction a cancelled call left open; otherwise nothing (the gateway keeps no session
+    state), which saves asyncpg's default reset, a round trip per release."""
+    if connection.is_in_transaction():
+        await connection.execute("ROLLBACK")
+
+
+async def _apply(db: Connection, event: JobEvent) -> Applied:
+    """Lock (or create) the job's row, decide, record the event, update the job: one transaction."""
+    received = event.received_at
+    result = bytes(event.result).decode() if event.result is not None else None
+    async with db.transaction():
+        row = await db.fetchrow(_LOCK_JOB, event.job_id)
+        created = False
+        if row is None:
+            completed = received if event.status.terminal else None
+            created = (
+                await db.fetchval(
+                    "INSERT INTO jobs (job_id, kind, status, result, metadata, error_message,"
+                    " created_at, updated_at, completed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)"
+                    " ON CONFLICT (job_id) DO NOTHING RETURNING seq",
+                    event.job_id,
+                    event.kind,
+                    event.status.value,
+                    result,
+                    to_json(event.metadata),
+                    event.error_message,
+                    received,
+                    completed,
+                )
+                is not None
+            )
+            if not created:  # another transaction created it meanwhile, and has committed: lock that row
+                row = await db.fetchrow(_LOCK_JOB, event.job_id)
+        if row is not None and row["kind"] != event.kind:
+            raise KindConflict(event.job_id, row["kind"])
+        previous = Status(row["status"]) if row is not None else None
+        transition = decide(previous, event.status)
+        event_id = await db.fetchval(
+            "INSERT INTO job_events (job_id, status, timestamp, received_at, outcome, event_key, delivery_id,"
+            " metadata, error_message) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            " ON CONFLICT DO NOTHING RETURNING id",
+            event.job_id,
+            event.status.value,
+            event.timestamp,
+            received,
+            transition.outcome.value,
+            event.key,
+            event.delivery_id,
+            to_json(event.metadata),
+            event.error_message,
+        )
+        if event_id is None:
+            raise _Duplicate(previous)  # already recorded: roll back a job row this transaction may have created
+        if row is None:
+            metadata, first_seen = event.metadata, received
+        else:
+            metadata, first_seen = decode_metadata(row["metadata"]), row["created_at"]
+            if transition.outcome is Outcome.APPLIED:
+                metadata = merge_metadata(metadata, event.metadata)
+                completed = received if transition.moves and event.status.terminal else None
+                await db.execute(
+                    "UPDATE jobs SET status = $1, updated_at = $2, metadata = $3,"
+                    " result = coalesce($4, result), error_message = coalesce($5, error_message),"
+                    " completed_at = coalesce($6, completed_at) WHERE job_id = $7",
+                    event.status.value,
+                    received,
+                    to_json(metadata),
+                    result,
+                    event.error_message,
+                    completed,
+                    event.job_id,
+                )
+    return answer(event, transition, previous, event_id, metadata, first_seen)
+
+
+async def _get(db: Connection, job_id: str) -> Job | None:
+    row = await db.fetchrow(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = $1", job_id)  # noqa: S608
+    if row is None:
+        return None
+    events = await db.fetch(
+        "SELECT id, status, timestamp, received_at, outcome, delivery_id, error_message, metadata"
+        " FROM job_events WHERE job_id = $1 ORDER BY id",
+        job_id,
+    )
+    history = [
+        HistoryEntry(
+            id=e["id"],
+            status=Status(e["status"]),
+            timestamp=e["timestamp"],
+            received_at=e["received_at"],
+            outcome=Outcome(e["outcome"]),
+            stale=e["outcome"] == Outcome.STALE,
+            delivery_id=e["delivery_id"],
+            error_message=e["error_message"],
+            metadata=decode_metadata(e["metadata"]),
+        )
+        for e in events
+    ]
+    return Job(**_job_fields(row), history=history)
+
+
+async def _list(db: Connection, kind: str | None, status: Status | None, limit: int, cursor: int | None) -> JobPage:
+    clauses: list[str] = []
+    params: list[object] = []
+    for column, value in (("kind =", kind), ("status =", status and status.value), ("seq <", cursor)):
+        if value is not None:
+            params.append(value)
+            clauses.append(f"{column} ${len(params)}")
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    params.append(limit + 1)
+    rows = await db.fetch(
+        f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT ${len(params)}",  # noqa: S608
+        *params,
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return JobPage(
+        jobs=[JobSummary(**_job_fields(row)) for row in rows], next_cursor=str(rows[-1]["seq"]) if more else None
+    )
+
+
+def _job_fields(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "job_id": row["job_id"],
+        "kind": row["kind"],
+        "status": Status(row["status"]),
+        "result": msgspec.Raw(row["result"].encode()) if row["result"] is not None else None,
+        "metadata": decode_metadata(row["metadata"]),
+        "error_message": row["error_message"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        "completed_at": row["completed_at"],
+    }
+
+
+async def _migrate(db: Connection) -> list[int]:
+    """Apply pending migrations, each in its own transaction, under an advisory lock held by one replica."""
+    applied: list[int] = []
+    await db.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for migration in migrations.load("postgresql"):
+            async with db.transaction():
+                done = await db.fetchval("SELECT 1 FROM schema_migrations WHERE version = $1", migration.version)
+                if done is None:
+                    await db.execute(migration.sql)  # several statements: the simple query protocol runs them all
+                    await db.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                        migration.version,
+                        migration.name,
+                    )
+                    applied.append(migration.version)
+    finally:
+        await db.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    return applied
+
+
+async def migrate(url: str) -> list[int]:
+    """Apply pending migrations to the PostgreSQL database at ``url``; return the versions applied."""
+    db = await asyncpg.connect(url, timeout=30)
+    try:
+        return await _migrate(db)
+    finally:
+        await db.close()

@@ -1,0 +1,188 @@
+"""One contract for every job store (SQLite, PostgreSQL) and every idempotency store (memory, Redis),
+run against real servers: what the pipeline relies on, whichever backend it was given."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from gateway.model import JobEvent, KindConflict, Outcome, Status
+from gateway.payloads import Metadata
+from gateway.stores.base import IdempotencyStore, JobStore, StoreUnavailable
+from gateway.stores.memory import MemoryIdempotencyStore
+from gateway.stores.postgres import PostgresJobStore
+from gateway.stores.redis import RedisIdempotencyStore
+from gateway.stores.sqlite import SqliteJobStore
+from tests.conftest import free_port
+
+T0 = datetime(2025, 10, 21, 16, 40, tzinfo=UTC)
+
+
+def event(
+    status: Status, minute: int = 0, *, job_id: str = "j1", kind: str = "image", delivery_id: str | None = None
+) -> JobEvent:
+    return JobEvent(
+        kind=kind,
+        job_id=job_id,
+        status=status,
+        timestamp=T0 + timedelta(minutes=minute),
+        received_at=datetime.now(UTC),
+        delivery_id=delivery_id,
+        metadata=Metadata(model_name="gemini") if status is Status.GENERATING else None,
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def jobs(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[JobStore]:
+    store: SqliteJobStore | PostgresJobStore
+    if request.param == "sqlite":
+        store = SqliteJobStore(str(tmp_path / "jobs.db"))
+    else:
+        store = PostgresJobStore(request.getfixturevalue("database_url"), pool_size=20)
+    await store.open()
+    yield store
+    await store.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def idempotency(request: pytest.FixtureRequest) -> AsyncIterator[IdempotencyStore]:
+    store: IdempotencyStore
+    if request.param == "memory":
+        store = MemoryIdempotencyStore(ttl_seconds=60, max_keys=1000)
+    else:
+        store = RedisIdempotencyStore(
+            request.getfixturevalue("redis_url"), ttl_seconds=60, prefix=request.getfixturevalue("redis_prefix")
+        )
+    yield store
+    await store.close()
+
+
+async def test_applied_answers_carry_the_same_fields_on_every_backend(jobs: JobStore) -> None:
+    created = await jobs.apply(event(Status.GENERATING, 1))
+    assert (created.outcome, created.status, created.previous, created.moved) == (
+        Outcome.APPLIED,
+        Status.GENERATING,
+        None,
+        True,
+    )
+    assert created.model == "gemini"
+    assert created.first_seen_at is not None
+    done = await jobs.apply(event(Status.COMPLETED, 3))
+    assert (done.outcome, done.status, done.previous, done.moved, done.model) == (
+        Outcome.APPLIED,
+        Status.COMPLETED,
+        Status.GENERATING,
+        True,
+        "gemini",
+    )
+    assert done.first_seen_at == created.first_seen_at
+    assert done.event_id is not None
+    assert created.event_id is not None
+    assert done.event_id > created.event_id
+    stale = await jobs.apply(event(Status.SAVING, 2))
+    assert (stale.outcome, stale.status, stale.moved) == (Outcome.STALE, Status.COMPLETED, False)
+    again = await jobs.apply(event(Status.COMPLETED, 3))
+    assert (again.outcome, again.status, again.event_id) == (Outcome.DUPLICATE, Status.COMPLETED, None)
+    job = await jobs.get("j1")
+    assert job is not None
+    assert [(entry.status, entry.outcome) for entry in job.history] == [
+        (Status.GENERATING, Outcome.APPLIED),
+        (Status.COMPLETED, Outcome.APPLIED),
+        (Status.SAVING, Outcome.STALE),
+    ]
+    assert job.completed_at is not None
+    assert job.history[0].timestamp == T0 + timedelta(minutes=1)
+
+
+async def test_a_delivery_id_seen_before_is_a_duplicate_and_a_kind_conflict_is_refused(jobs: JobStore) -> None:
+    await jobs.apply(event(Status.PENDING, delivery_id="msg_1"))
+    assert (await jobs.apply(event(Status.SAVING, 5, delivery_id="msg_1"))).outcome is Outcome.DUPLICATE
+    with pytest.raises(KindConflict):
+        await jobs.apply(event(Status.SAVING, 6, kind="blog"))
+    assert await jobs.status_of("j1") is Status.PENDING
+
+
+async def test_recorded_confirms_only_events_the_store_holds(jobs: JobStore) -> None:
+    assert await jobs.recorded(event(Status.PENDING)) is None
+    await jobs.apply(event(Status.PENDING, delivery_id="msg_1"))
+    assert await jobs.recorded(event(Status.PENDING)) is Status.PENDING
+    assert await jobs.recorded(event(Status.SAVING, 9, delivery_id="msg_1")) is Status.PENDING
+    assert await jobs.recorded(event(Status.SAVING, 9)) is None
+
+
+async def test_concurrent_shuffled_events_of_one_job_apply_once_each_and_never_move_back(jobs: JobStore) -> None:
+    """Forty copies of each of six events, all at once and shuffled: the store alone serialises them."""
+    statuses = [Status.PENDING, Status.INITIALIZING, Status.GENERATING, Status.SAVING, Status.COMPLETED]
+    events = [event(status, minute) for minute, status in enumerate(statuses)] + [event(Status.GENERATING, 9)]
+    copies = [e for e in events for _ in range(40)]
+    random.Random(6).shuffle(copies)
+    answers = await asyncio.gather(*(jobs.apply(e) for e in copies))
+    recorded = [a for a in answers if a.outcome is not Outcome.DUPLICATE]
+    assert len(recorded) == len(events)
+    assert (await jobs.status_of("j1")) is Status.COMPLETED
+    job = await jobs.get("j1")
+    assert job is not None
+    assert len(job.history) == len(events)
+    applied_ranks = [e.status.rank for e in job.history if e.outcome is Outcome.APPLIED]
+    assert applied_ranks == sorted(applied_ranks)
+
+
+async def test_an_unreachable_postgresql_is_store_unavailable_within_the_timeout() -> None:
+    store = PostgresJobStore(f"postgresql://postgres@127.0.0.1:{free_port()}/none", timeout=0.5)
+    with pytest.raises(StoreUnavailable):
+        await store.open()
+    await store.open(apply_migrations=False)  # the pool connects on demand
+    started = asyncio.get_running_loop().time()
+    for call in (store.ping(), store.apply(event(Status.PENDING)), store.get("j1")):
+        with pytest.raises(StoreUnavailable):
+            await call
+    assert asyncio.get_running_loop().time() - started < 3
+    await store.close()
+
+
+async def test_one_of_many_concurrent_claims_wins(idempotency: IdempotencyStore) -> None:
+    wins = await asyncio.gather(*(idempotency.claim(["event:a", "delivery:1"]) for _ in range(50)))
+    assert wins.count(True) == 1
+
+
+async def test_any_known_key_fails_the_claim_and_remembers_nothing_new(idempotency: IdempotencyStore) -> None:
+    assert await idempotency.claim(["delivery:1"])
+    assert not await idempotency.claim(["event:b", "delivery:1"])
+    assert await idempotency.claim(["event:b"])
+
+
+async def test_a_released_claim_can_be_claimed_again(idempotency: IdempotencyStore) -> None:
+    assert await idempotency.claim(["event:a", "delivery:1"])
+    await idempotency.release(["event:a", "delivery:1"])
+    assert await idempotency.claim(["event:a", "delivery:1"])
+
+
+async def test_count_reports_the_keys_claimed(idempotency: IdempotencyStore) -> None:
+    for number in range(5):
+        assert await idempotency.claim([f"event:{number}", f"delivery:{number}"])
+    await idempotency.release(["event:4", "delivery:4"])
+    assert await idempotency.count() == 8
+
+
+async def test_redis_keys_expire_after_the_ttl(redis_url: str, redis_prefix: str) -> None:
+    store = RedisIdempotencyStore(redis_url, ttl_seconds=1, prefix=redis_prefix)
+    try:
+        assert await store.claim(["event:a"])
+        assert not await store.claim(["event:a"])
+        await asyncio.sleep(1.1)
+        assert await store.claim(["event:a"])
+    finally:
+        await store.close()
+
+
+async def test_an_unreachable_redis_is_store_unavailable_within_the_timeout() -> None:
+    store = RedisIdempotencyStore(f"redis://127.0.0.1:{free_port()}/0", ttl_seconds=60, timeout=0.25)
+    for call in (store.claim(["event:a"]), store.release(["event:a"]), store.count(), store.ping()):
+        with pytest.raises(StoreUnavailable):
+            await call
+    await store.close()
