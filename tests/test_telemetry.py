@@ -6,8 +6,12 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -320,8 +324,6 @@ def test_unreachable_collector_counts_failed_exports() -> None:
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
         "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
     }
-    import os
-
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)  # the OTLP exporter reads its endpoint and timeout from the process environment
     try:
@@ -382,3 +384,36 @@ async def test_rate_limited_webhooks_are_counted(tmp_path: Path) -> None:
     assert samples[("gateway_webhook_requests_total", frozenset({("kind", "image"), ("outcome", "applied")}))] == 2
     assert samples[("gateway_rate_limit_decisions_total", frozenset({("result", "limited")}))] == 3
     assert samples[("gateway_rate_limit_decisions_total", frozenset({("result", "allowed")}))] == 2
+
+
+def test_a_stdout_nobody_reads_never_blocks_the_gateway(tmp_path: Path) -> None:
+    """A stalled log shipper fills the pipe: the gateway keeps answering (and drops log lines)."""
+    port = free_port()
+    env = {
+        **{name: value for name, value in os.environ.items() if not name.startswith(("GATEWAY_", "WEBHOOK_"))},
+        "WEBHOOK_SECRET": SECRET,
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_LOG_FORMAT": "json",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'stalled.db'}",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            for _ in range(100):
+                try:
+                    client.get("/healthz")
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.05)
+            # ~600 JSON lines are several times what a pipe buffers (64 KiB) while nobody reads it.
+            answers = [
+                client.post(IMAGE, json=completed_image(job_id=f"stalled-{n}"), headers={"X-Webhook-Secret": SECRET})
+                for n in range(600)
+            ]
+            assert all(answer.status_code == 200 for answer in answers)
+            assert client.get("/healthz").status_code == 200
+    finally:
+        server.kill()
+        server.wait(timeout=10)
