@@ -41,7 +41,7 @@ from gateway.stores.base import StoreUnavailable
 from gateway.stores.records import answer, decode_metadata, merge_metadata, to_json
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
 __all__ = ("SqliteJobStore", "migrate")
 
@@ -146,19 +146,7 @@ class SqliteJobStore:
         if self._path == ":memory:":  # another connection would open another, empty, database
             return await self._submit(operation, run)
         loop = asyncio.get_running_loop()
-        try:
-            return await asyncio.wait_for(
-                loop.run_in_executor(self._reader, self._with_reader, run), _CALL_TIMEOUT_SECONDS
-            )
-        except TimeoutError:
-            logger.error("job store %s: no answer within %s s", operation, _CALL_TIMEOUT_SECONDS)
-            raise StoreUnavailable("job", operation) from None
-        except sqlite3.Error as error:
-            logger.error("job store %s failed: %s", operation, error)
-            raise StoreUnavailable("job", operation) from error
-        except Exception as error:
-            logger.exception("job store %s failed unexpectedly", operation)
-            raise StoreUnavailable("job", operation) from error
+        return await _answer(operation, loop.run_in_executor(self._reader, self._with_reader, run))
 
     def _with_reader(self, run: Callable[[sqlite3.Connection], Any]) -> Any:
         """On the reader thread: its connection, opened on first use."""
@@ -175,21 +163,7 @@ class SqliteJobStore:
         if not self._in_flight and len(self._pending) == 1:
             # Hand over at the end of this loop iteration, so requests arriving meanwhile join the batch.
             self._loop.call_soon(self._hand_over)
-        try:
-            return await asyncio.wait_for(future, _CALL_TIMEOUT_SECONDS)
-        except (KindConflict, StoreUnavailable):
-            raise
-        except TimeoutError:
-            logger.error("job store %s: no answer within %s s", operation, _CALL_TIMEOUT_SECONDS)
-            raise StoreUnavailable("job", operation) from None
-        except sqlite3.Error as error:
-            logger.error("job store %s failed: %s", operation, error)
-            raise StoreUnavailable("job", operation) from error
-        except Exception as error:
-            # Not the database's doing: a bug. Still refused as unavailable (nothing was committed),
-            # never a 500, and logged with its traceback so it gets fixed.
-            logger.exception("job store %s failed unexpectedly", operation)
-            raise StoreUnavailable("job", operation) from error
+        return await _answer(operation, future)
 
     def _hand_over(self) -> None:
         if self._in_flight or not self._pending or self._thread is None:
@@ -344,6 +318,25 @@ def _transaction(db: sqlite3.Connection, writes: list[_Op]) -> list[Settled]:
                 db.execute("ROLLBACK")
         return [(op.future, None, error) for op in writes]
     return answers
+
+
+async def _answer(operation: str, pending: Awaitable[Any]) -> Any:
+    """Await a store call within its deadline; every failure becomes :class:`StoreUnavailable` (a 503)."""
+    try:
+        return await asyncio.wait_for(pending, _CALL_TIMEOUT_SECONDS)
+    except (KindConflict, StoreUnavailable):
+        raise
+    except TimeoutError:
+        logger.error("job store %s: no answer within %s s", operation, _CALL_TIMEOUT_SECONDS)
+        raise StoreUnavailable("job", operation) from None
+    except sqlite3.Error as error:
+        logger.error("job store %s failed: %s", operation, error)
+        raise StoreUnavailable("job", operation) from error
+    except Exception as error:
+        # Not the database's doing: a bug. Still refused as unavailable (nothing was committed),
+        # never a 500, and logged with its traceback so it gets fixed.
+        logger.exception("job store %s failed unexpectedly", operation)
+        raise StoreUnavailable("job", operation) from error
 
 
 def _settle(settled: list[Settled]) -> None:
