@@ -53,6 +53,19 @@ def completed_image(job_id: str = JOB_ID, timestamp: str = "2025-10-21T16:45:00Z
     }
 
 
+def completed_blog(job_id: str = "blog-1") -> dict[str, Any]:
+    """A blog job's success payload: the seed's envelope with ``data.article``."""
+    return {
+        "job_id": job_id,
+        "status": "completed",
+        "timestamp": "2025-10-21T16:45:00Z",
+        "data": {
+            "article": {"title": "Ten ways to test a webhook", "url": "https://example.test/a", "word_count": 1200},
+            "metadata": {"model_name": "gpt-x", "generation_time_seconds": 30},
+        },
+    }
+
+
 def failed(job_id: str = JOB_ID, timestamp: str = "2025-10-21T16:45:00Z") -> dict[str, Any]:
     """The seed's failure payload."""
     return {"job_id": job_id, "status": "failed", "timestamp": timestamp, "error_message": "Clé API Google invalide"}

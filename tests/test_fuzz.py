@@ -34,7 +34,7 @@ from standardwebhooks import Webhook
 
 from gateway.config import Settings, SqliteDatabase
 from gateway.http.app import create_app
-from tests.conftest import SECRET, completed_image, failed, progress
+from tests.conftest import SECRET, completed_blog, completed_image, failed, progress
 
 IMAGE = "/api/webhooks/image-completion"
 BLOG = "/api/webhooks/blog-completion"
@@ -214,18 +214,6 @@ def encode(value: Any, *, ascii_only: bool = False) -> bytes:
     return json.dumps(value, ensure_ascii=ascii_only, allow_nan=True).encode()
 
 
-def blog_completed(job_id: str) -> dict[str, Any]:
-    return {
-        "job_id": job_id,
-        "status": "completed",
-        "timestamp": "2025-10-21T16:45:00Z",
-        "data": {
-            "article": {"title": "Ten ways to test a webhook", "url": "https://example.test/a", "word_count": 1200},
-            "metadata": {"model_name": "gpt-x", "generation_time_seconds": 30},
-        },
-    }
-
-
 def valid_webhooks(job_id: str) -> list[tuple[str, dict[str, Any]]]:
     """One valid webhook of each shape, as (route, payload)."""
     generating = progress("generating", job_id=job_id) | {"data": {"metadata": {"model_name": "flux-dev"}}}
@@ -233,7 +221,7 @@ def valid_webhooks(job_id: str) -> list[tuple[str, dict[str, Any]]]:
         (IMAGE, completed_image(job_id=job_id)),
         (IMAGE, failed(job_id=job_id)),
         (IMAGE, generating),
-        (BLOG, blog_completed(job_id)),
+        (BLOG, completed_blog(job_id)),
     ]
 
 

@@ -9,7 +9,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from gateway.config import Settings
-from tests.conftest import JOB_ID, completed_image, failed, progress
+from tests.conftest import JOB_ID, completed_blog, completed_image, failed, progress
 
 IMAGE = "/api/webhooks/image-completion"
 BLOG = "/api/webhooks/blog-completion"
@@ -19,18 +19,6 @@ BLOG = "/api/webhooks/blog-completion"
 def settings(family_settings: Settings) -> Settings:
     """Every test here runs on both store families: SQLite + memory, PostgreSQL + Redis."""
     return family_settings
-
-
-def completed_blog(job_id: str = "blog-1") -> dict[str, Any]:
-    return {
-        "job_id": job_id,
-        "status": "completed",
-        "timestamp": "2025-10-21T16:45:00Z",
-        "data": {
-            "article": {"title": "Ten ways to test a webhook", "url": "https://example.test/a", "word_count": 1200},
-            "metadata": {"model_name": "gpt-x", "generation_time_seconds": 30},
-        },
-    }
 
 
 async def test_completed_image_is_applied_and_readable(client: AsyncTestClient[Any]) -> None:

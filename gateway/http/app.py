@@ -18,6 +18,7 @@ from gateway.http.metrics import metrics_route
 from gateway.http.responses import error_response
 from gateway.http.tracing import server_spans
 from gateway.http.webhooks import unknown_webhook_route, webhook_route
+from gateway.ingest.errors import unavailable
 from gateway.ingest.pipeline import Pipeline
 from gateway.ingest.ratelimit import RateLimiter
 from gateway.kinds import KINDS
@@ -93,7 +94,8 @@ def create_app(
 
     def store_unavailable(_: Request[Any, Any, Any], error: StoreUnavailable) -> Response[bytes]:
         telemetry.store_failed(error)
-        return error_response(503, f"The {error.store} store is unavailable; retry later.", {"Retry-After": "5"})
+        refusal = unavailable(error.store)
+        return error_response(refusal.status_code, refusal.detail, refusal.headers)
 
     return Litestar(
         route_handlers=[

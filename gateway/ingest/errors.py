@@ -5,7 +5,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 
-__all__ = ("Refusal", "Rejection")
+__all__ = ("STORE_RETRY_AFTER_SECONDS", "Refusal", "Rejection", "unavailable")
+
+STORE_RETRY_AFTER_SECONDS = 5
+"""What a 503 for a failing store asks the sender to wait before retrying."""
 
 
 class Refusal(enum.StrEnum):
@@ -41,3 +44,13 @@ class Rejection(Exception):
         self.detail = detail
         self.headers = headers or {}
         self.job_id = job_id
+
+
+def unavailable(store: str) -> Rejection:
+    """The 503 for a store that could not answer: nothing was changed, so the sender's retry is safe."""
+    return Rejection(
+        503,
+        Refusal.UNAVAILABLE,
+        f"The {store} store is unavailable; nothing was changed. Retry after Retry-After seconds, same request.",
+        headers={"Retry-After": str(STORE_RETRY_AFTER_SECONDS)},
+    )

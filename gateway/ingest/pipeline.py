@@ -31,7 +31,7 @@ from gateway.ingest.admission import check_headers, read_body
 from gateway.ingest.authenticate import Authenticator
 from gateway.ingest.decode import decode_event
 from gateway.ingest.deduplicate import idempotency_keys
-from gateway.ingest.errors import Refusal, Rejection
+from gateway.ingest.errors import Refusal, Rejection, unavailable
 from gateway.model import KindConflict, Outcome, Status
 from gateway.stores.base import StoreUnavailable
 
@@ -51,7 +51,6 @@ logger = logging.getLogger(__name__)
 
 _MAX_DELIVERY_ID = 256
 _NO_HEADERS: Mapping[str, str] = {}
-_RETRY_AFTER_SECONDS = "5"
 
 
 class Accepted(msgspec.Struct, frozen=True, kw_only=True):
@@ -214,12 +213,7 @@ class Pipeline:
 
     def _unavailable(self, error: StoreUnavailable) -> Rejection:
         self._telemetry.store_failed(error)
-        return Rejection(
-            503,
-            Refusal.UNAVAILABLE,
-            "A store is unavailable; nothing was recorded. Retry later with the same request.",
-            headers={"Retry-After": _RETRY_AFTER_SECONDS},
-        )
+        return unavailable(error.store)
 
     def _stage(self, name: str) -> AbstractContextManager[object]:
         """Mark a stage on the request's span, only when the request is sampled."""

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from gateway.ingest.errors import Refusal, Rejection
+from gateway.ingest.errors import Refusal, Rejection, unavailable
 from gateway.stores.base import RateDecision, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -36,7 +36,6 @@ logger = logging.getLogger(__name__)
 
 MICROSECONDS = 1_000_000
 GLOBAL_KEY = "global"
-_STORE_RETRY_AFTER_SECONDS = "5"
 
 
 def gcra(tat: int | None, now: int, interval: int, tolerance: int) -> tuple[RateDecision, int | None]:
@@ -220,7 +219,7 @@ class RateLimiter:
                 result = self._errors
                 if self._on_error == "deny":
                     result.inc()
-                    raise _unavailable() from None
+                    raise unavailable("ratelimit") from None
             else:
                 if self._failures:
                     self._store_recovered()
@@ -263,12 +262,3 @@ class RateLimiter:
     def _store_recovered(self) -> None:
         logger.warning("rate limiter store answers again, after %d failed decisions", self._failures)
         self._failures = 0
-
-
-def _unavailable() -> Rejection:
-    return Rejection(
-        503,
-        Refusal.UNAVAILABLE,
-        "The rate limiter's store is unavailable; nothing was recorded. Retry later with the same request.",
-        headers={"Retry-After": _STORE_RETRY_AFTER_SECONDS},
-    )
