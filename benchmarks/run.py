@@ -151,7 +151,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per server (default 2)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per configuration and concurrency (default 2)")
     parser.add_argument("--json", type=Path, default=Path("benchmark-results.json"), help="where to save results")
+    parser.add_argument("--memory", action="store_true",
+                        help="only measure the in-memory idempotency store holding a million keys (bytes a key)")
+    parser.add_argument("--profile", type=int, metavar="N", nargs="?", const=5000,
+                        help="only profile the hot path in-process with cProfile over N webhooks (default 5000)")
+    parser.add_argument("--profile-output", type=Path, default=Path("hot-path.prof"),
+                        help="where --profile saves the raw profile (default hot-path.prof)")
     args = parser.parse_args(argv)
+    if args.memory:
+        from benchmarks.memory import measure_idempotency_memory
+
+        figures = measure_idempotency_memory()
+        args.json.write_text(json.dumps({"date": datetime.now(UTC).isoformat(timespec="seconds"),
+                                         "idempotency_memory": figures}, indent=2))
+        print(f"saved {args.json}")
+        return 0
+    if args.profile is not None:
+        from benchmarks.profile import profile_hot_path
+
+        profile_hot_path(args.profile, args.profile_output)
+        return 0
     if args.quick:
         args.configs, args.connections, args.duration, args.warmup, args.repeats = "A,B,G", "10", 1.0, 0.5, 1
     if shutil.which("wrk") is None:

@@ -108,8 +108,8 @@ class Settings:
     """``GATEWAY_IDEMPOTENCY_TTL_SECONDS``: how long a delivery is remembered in memory; covers the
     sender's retry horizon (Standard Webhooks' example schedule spans about three days)."""
     idempotency_max_keys: int = 1_000_000
-    """``GATEWAY_IDEMPOTENCY_MAX_KEYS``: bound on remembered keys; the oldest are evicted first (the job
-    store's unique constraint still catches a duplicate whose key was evicted)."""
+    """``GATEWAY_IDEMPOTENCY_MAX_KEYS``: bound on remembered keys, about 24 bytes each; the oldest are
+    evicted first (the job store's unique constraint still catches a duplicate whose key was evicted)."""
     log_level: str = "INFO"
     """``GATEWAY_LOG_LEVEL``: one of DEBUG, INFO, WARNING, ERROR, CRITICAL."""
     log_format: LogFormat = "console"

@@ -52,3 +52,19 @@ def test_the_rate_limit_benchmark_measures_every_limiter_against_the_baseline(re
         for path in ("allowed", "limited"):
             assert (limiter, path, "sequential") in rows, result.stdout
     assert ("redis", "allowed", "concurrent") in rows, result.stdout
+
+
+def test_the_hot_path_profile_names_the_pipeline_stages_and_saves_the_profile(tmp_path: Path) -> None:
+    out = tmp_path / "hot.prof"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--profile", "200", "--profile-output", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "profile: 200 webhooks" in result.stdout
+    assert "gateway/ingest/pipeline.py" in result.stdout  # the stages show up, not just the framework
+    assert out.stat().st_size > 0
