@@ -12,6 +12,9 @@ saves them as JSON. Configurations:
            logs, trace context; spans recorded only when an exporter is configured)
   G-notel  the gateway with traces off (OTEL_SDK_DISABLED) and per-request logs off: telemetry's cost
   G-otlp   the gateway exporting 10 % of traces over OTLP to a local sink (sharing wrk's core)
+  B-granian, G-granian
+           B and G served by granian (one worker, one runtime thread) instead of uvicorn + uvloop +
+           httptools: the measurement behind the server `gateway serve` uses
   G-dist   the gateway in distributed mode: Redis idempotency store and PostgreSQL job store, the
            machine's own servers on loopback (BENCH_REDIS_URL, BENCH_DATABASE_URL; a schema and key
            prefix of the run's own, dropped after). Not pinned: Redis and PostgreSQL share wrk's core
@@ -43,6 +46,8 @@ import httpx
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SECRET = "bench-secret"
+GRANIAN = [sys.executable, "-m", "granian", "--interface", "asgi", "--workers", "1", "--runtime-threads", "1",
+           "--log-level", "warning", "--no-access-log", "--host", "127.0.0.1"]
 UVICORN = [sys.executable, "-m", "uvicorn", "--loop", "uvloop", "--http", "httptools", "--log-level", "warning",
            "--no-access-log", "--host", "127.0.0.1"]
 
@@ -81,6 +86,11 @@ def configs(tmp: Path) -> dict[str, Config]:
         "B": Config("B", "bare Litestar + Struct", [*UVICORN, "benchmarks.apps.bare_litestar:app"], {}),
         "E": Config("E", "FastAPI + pydantic toy", [*UVICORN, "benchmarks.apps.fastapi_receiver:app"], base),
         "G": Config("G", "gateway as shipped", gateway, {**base, "DATABASE_URL": f"sqlite:///{tmp}/g.db"}),
+        "B-granian": Config("B-granian", "bare Litestar on granian", [*GRANIAN, "benchmarks.apps.bare_litestar:app"], {}),
+        "G-granian": Config(
+            "G-granian", "gateway on granian", [*GRANIAN, "benchmarks.apps.gateway_app:app"],
+            {**base, "DATABASE_URL": f"sqlite:///{tmp}/gg.db"},
+        ),
         "G-notel": Config(
             "G-notel",
             "gateway, traces and request logs off",
@@ -310,7 +320,8 @@ def report(results: list[Result], chosen: list[Config], concurrencies: list[int]
     ratios: dict[str, float] = {}
     for connections in concurrencies:
         for top, bottom in (("G", "B"), ("G", "E"), ("G", "A"), ("G", "G-notel"), ("G-otlp", "B"), ("B", "A"),
-                            ("G-dist", "B"), ("G-dist", "G")):
+                            ("G-dist", "B"), ("G-dist", "G"),
+                            ("B-granian", "B"), ("G-granian", "G")):
             if (top, connections) in best and (bottom, connections) in best:
                 name = f"{top}/{bottom}@{connections}"
                 ratios[name] = best[(top, connections)].requests_per_second / best[(bottom, connections)].requests_per_second
