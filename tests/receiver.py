@@ -39,6 +39,8 @@ class Receiver:
     secret: str = FORWARD_KEY
     policy: Policy = field(default=lambda event, count: 204)
     arrivals: list[Arrival] = field(default_factory=list)
+    delay: float = 0.0
+    """Seconds the receiver takes to answer, so concurrent deliveries overlap."""
     unverified: int = 0
     """Requests whose signature did not verify (answered 401)."""
     url: str = ""
@@ -82,6 +84,8 @@ class Receiver:
                     headers[name.strip().lower()] = value.strip()
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 status, extra = self._answer(headers, body)
+                if self.delay:
+                    await asyncio.sleep(self.delay)
                 head = f"HTTP/1.1 {status} X\r\ncontent-length: 0\r\n"
                 head += "".join(f"{name}: {value}\r\n" for name, value in extra.items())
                 writer.write((head + "\r\n").encode("latin-1"))

@@ -193,12 +193,13 @@ async def test_gone_disables_forwarding_until_re_enabled(settings: Settings, rec
 async def test_retry_schedule_exhausted_dead_letters(settings: Settings, receiver: Receiver) -> None:
     """A receiver that keeps failing: one attempt plus one per scheduled delay, then the dead letters."""
     receiver.policy = lambda event, count: 500
-    async with AsyncTestClient(app=create_app(forwarding(settings, receiver, forward_retry_schedule=(0.01, 0.01)))) as c:
-        c.headers["X-Webhook-Secret"] = SECRET
-        await post_lifecycle(c, "always-failing", ("pending",))
+    app = create_app(forwarding(settings, receiver, forward_retry_schedule=(0.01, 0.01)))
+    async with AsyncTestClient(app=app) as client:
+        client.headers["X-Webhook-Secret"] = SECRET
+        await post_lifecycle(client, "always-failing", ("pending",))
         await receiver.wait_until(lambda: len(receiver.arrivals) == 3)
         await asyncio.sleep(0.2)
-        [row] = (await c.get("/api/deliveries")).json()["deliveries"]
+        [row] = (await client.get("/api/deliveries")).json()["deliveries"]
     assert len(receiver.arrivals) == 3
     assert row["state"] == "dead"
     assert row["attempts"] == 3
