@@ -66,6 +66,14 @@ async def post_lifecycle(client: AsyncTestClient[Any], job_id: str, statuses: tu
         assert response.json()["outcome"] == "applied"
 
 
+async def until_settled(client: AsyncTestClient[Any], timeout: float = 15.0) -> None:
+    """Wait until no delivery is pending (every result recorded)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (await client.get("/api/deliveries", params={"state": "pending"})).json()["deliveries"]:
+        assert asyncio.get_running_loop().time() < deadline, "deliveries still pending"
+        await asyncio.sleep(0.02)
+
+
 def in_job_order(receiver: Receiver, job_id: str) -> list[str]:
     return [arrival.event["status"] for arrival in receiver.accepted if arrival.event["job_id"] == job_id]
 
@@ -86,7 +94,8 @@ async def test_every_event_arrives_once_in_job_order_after_retries(family: Setti
         await asyncio.gather(*(post_lifecycle(client, job) for job in jobs))
         expected = len(jobs) * len(LIFECYCLE)
         await receiver.wait_until(lambda: len(receiver.accepted) >= expected)
-        await asyncio.sleep(0.3)  # anything doubled would arrive meanwhile
+        await until_settled(client)
+        await asyncio.sleep(0.2)  # anything doubled would arrive meanwhile
         metrics = (await client.get("/metrics")).text
 
     ids = receiver.accepted_ids()
@@ -118,7 +127,7 @@ async def test_a_refused_job_goes_dead_others_go_on_and_replay_delivers_it_once(
         await post_lifecycle(client, "bad-job", ("pending", "generating", "failed"))
         await post_lifecycle(client, "good-job", ("pending", "generating", "completed"))
         await receiver.wait_until(lambda: len(receiver.arrivals) >= 6)
-        await asyncio.sleep(0.2)
+        await until_settled(client)
         assert in_job_order(receiver, "good-job") == ["pending", "generating", "completed"]
         assert in_job_order(receiver, "bad-job") == []
         assert len(receiver.arrivals) == 6  # a 400 is not retried
@@ -134,7 +143,7 @@ async def test_a_refused_job_goes_dead_others_go_on_and_replay_delivers_it_once(
         assert replayed.status_code == 200
         assert replayed.json() == {"replayed": 3}
         await receiver.wait_until(lambda: len(receiver.accepted) >= 6)
-        await asyncio.sleep(0.2)
+        await until_settled(client)
         assert in_job_order(receiver, "bad-job") == ["pending", "generating", "failed"]
         assert {a.webhook_id for a in receiver.accepted if a.event["job_id"] == "bad-job"} == dead_ids
         assert len(receiver.accepted) == 6
@@ -198,7 +207,7 @@ async def test_retry_schedule_exhausted_dead_letters(settings: Settings, receive
         client.headers["X-Webhook-Secret"] = SECRET
         await post_lifecycle(client, "always-failing", ("pending",))
         await receiver.wait_until(lambda: len(receiver.arrivals) == 3)
-        await asyncio.sleep(0.2)
+        await until_settled(client)
         [row] = (await client.get("/api/deliveries")).json()["deliveries"]
     assert len(receiver.arrivals) == 3
     assert row["state"] == "dead"
@@ -213,7 +222,7 @@ async def test_only_the_configured_statuses_are_forwarded(settings: Settings, re
         client.headers["X-Webhook-Secret"] = SECRET
         await post_lifecycle(client, "terminal-only")
         await receiver.wait_until(lambda: len(receiver.accepted) == 1)
-        await asyncio.sleep(0.2)
+        await until_settled(client)
     assert in_job_order(receiver, "terminal-only") == ["completed"]
 
 
@@ -244,7 +253,7 @@ async def test_the_delivery_span_links_to_the_webhooks_trace(settings: Settings,
         )
         assert response.status_code == 200
         await receiver.wait_until(lambda: len(receiver.accepted) == 1)
-        await asyncio.sleep(0.1)
+        await until_settled(client)
     [delivery] = [span for span in spans.get_finished_spans() if span.name == "deliver http"]
     [link] = delivery.links
     assert format(link.context.trace_id, "032x") == sender_trace
