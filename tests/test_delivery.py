@@ -306,3 +306,30 @@ async def test_sigkill_with_deliveries_pending_loses_nothing(
     assert len(ids) == len(set(ids)) == 4
     for job in ("crash-a", "crash-b"):
         assert in_job_order(receiver, job) == ["pending", "generating"]
+
+
+async def test_sigterm_with_a_backlog_stops_promptly_and_a_restart_finishes_it(
+    tmp_path: Path, receiver: Receiver, killed: list[LiveServer]
+) -> None:
+    """A graceful stop in the middle of a backlog: the gateway exits within seconds (deliveries in flight
+    finish, the rest stay pending), and after a restart every event has arrived once."""
+    receiver.delay = 0.8  # 32 deliveries in flight at once, and the rest waiting for a free slot
+    env = {"WEBHOOK_SECRET": SECRET, "GATEWAY_FORWARD_URL": receiver.url, "GATEWAY_FORWARD_SIGNING_KEY": FORWARD_KEY}
+    server = await asyncio.to_thread(LiveServer, tmp_path, env)
+    killed.append(server)
+    async with httpx.AsyncClient(base_url=server.url, headers={"X-Webhook-Secret": SECRET}) as client:
+        for n in range(50):
+            payload = progress("pending", f"backlog-{n}")
+            assert (await client.post("/api/webhooks/image-completion", json=payload)).status_code == 200
+    server.process.send_signal(signal.SIGTERM)
+    started = asyncio.get_running_loop().time()
+    await asyncio.to_thread(server.process.wait, 15)
+    assert asyncio.get_running_loop().time() - started < 8
+    assert len(receiver.accepted) < 50, "nothing was left to deliver after the restart: make the backlog longer"
+
+    restarted = await asyncio.to_thread(LiveServer, tmp_path, env)
+    killed.append(restarted)
+    await receiver.wait_until(lambda: len(receiver.accepted) >= 50)
+    await asyncio.sleep(0.2)
+    ids = receiver.accepted_ids()
+    assert len(ids) == len(set(ids)) == 50

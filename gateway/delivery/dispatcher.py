@@ -69,6 +69,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._failing = False
 
     def wake(self) -> None:
@@ -82,10 +83,17 @@ class Dispatcher:
         """Stop claiming, give deliveries in flight a moment to finish, then close the sinks. A delivery
         cut off is retried once its lease expires."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+            # A flag rather than only a cancellation: the loop may be between two awaits, and a flag
+            # cannot be lost the way a cancellation racing a completed wait can.
+            self._stopping = True
+            self._wake.set()
+            task, self._task = self._task, None
+            try:
+                await asyncio.wait_for(asyncio.shield(task), _STOP_GRACE_SECONDS)
+            except TimeoutError:  # a claim stuck on the store: cut it off
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._in_flight:
             _, late = await asyncio.wait(self._in_flight, timeout=_STOP_GRACE_SECONDS)
             for task in late:
@@ -96,7 +104,7 @@ class Dispatcher:
 
     async def _run(self) -> None:
         poll = self._schedule.poll_seconds
-        while True:
+        while not self._stopping:
             self._wake.clear()
             full = False
             try:
@@ -107,7 +115,8 @@ class Dispatcher:
                 await asyncio.sleep(0)  # more may be due: claim again, after letting the loop breathe
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), poll)
+                async with asyncio.timeout(poll):
+                    await self._wake.wait()
 
     async def _claim(self) -> bool:
         """Claim and start what is due; ``True`` when the claim was limited by free slots."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import time
 from collections.abc import Callable
 from datetime import UTC
@@ -69,6 +70,8 @@ class HttpSink:
         self._key = signing_key
         self._timeout = timeout_seconds
         self._clock = clock
+        # httpx logs every request at INFO: the dispatcher logs what matters (retries, dead letters, 410).
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         self._client = httpx.AsyncClient(
             timeout=timeout_seconds,
             follow_redirects=False,  # a redirect is the endpoint's misconfiguration: dead-lettered, visible
