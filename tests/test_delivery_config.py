@@ -109,7 +109,7 @@ async def test_an_endpoint_that_refuses_connections_is_retried_then_dead(setting
         metrics = (await client.get("/metrics")).text
     assert row["state"] == "dead"
     assert row["attempts"] == 2
-    assert row["last_error"] == "connection failed: ConnectError; retry schedule exhausted after 2 attempts"
+    assert row["last_error"] == "connection failed: ConnectionRefusedError; retry schedule exhausted after 2 attempts"
     assert 'gateway_deliveries_total{result="dead",sink="http"} 1.0' in metrics
 
 

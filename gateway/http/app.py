@@ -187,7 +187,6 @@ def _dispatcher(
             settings.forward_url,
             settings.forward_signing_key,
             settings.forward_timeout_seconds,
-            max_connections=_DELIVERY_CONCURRENCY,
         )
     if not sinks:
         return None
