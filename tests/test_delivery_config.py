@@ -33,7 +33,8 @@ def test_forwarding_settings_are_read() -> None:
             "GATEWAY_NATS_URL": "nats://127.0.0.1:4222",
         }
     )
-    assert settings.forward_sinks == ("http", "nats")
+    assert settings.forward_url == "https://app.example/hooks"
+    assert settings.nats_url == "nats://127.0.0.1:4222"
     assert settings.forward_signing_key is not None
     assert len(settings.forward_signing_key) == 24
     assert settings.forward_timeout_seconds == 3.5
@@ -44,7 +45,7 @@ def test_forwarding_settings_are_read() -> None:
 
 def test_forwarding_is_off_by_default_with_a_three_day_schedule() -> None:
     settings = Settings.from_env({})
-    assert settings.forward_sinks == ()
+    assert settings.forward_url is None
     assert 2.5 * 86400 < sum(DEFAULT_RETRY_SCHEDULE) < 3.5 * 86400
     assert DEFAULT_RETRY_SCHEDULE[:5] == (5, 300, 1800, 7200, 18000)  # Standard Webhooks' example
 
@@ -76,7 +77,7 @@ def test_production_refuses_to_forward_unsigned() -> None:
     production = {"GATEWAY_ENV": "production", "WEBHOOK_SECRET": SECRET, "GATEWAY_FORWARD_URL": "https://app/h"}
     with pytest.raises(ConfigError, match="GATEWAY_FORWARD_SIGNING_KEY"):
         Settings.from_env(production)
-    assert Settings.from_env({**production, "GATEWAY_FORWARD_SIGNING_KEY": FORWARD_KEY}).forward_sinks == ("http",)
+    assert Settings.from_env({**production, "GATEWAY_FORWARD_SIGNING_KEY": FORWARD_KEY}).forward_url == "https://app/h"
 
 
 def test_the_schedule_jitters_honours_retry_after_and_runs_out() -> None:
