@@ -132,7 +132,7 @@ def create_app(
             unknown_webhook_route(tuple(kind.route for kind in KINDS), telemetry),
             *job_routes(jobs),
             *health_routes(jobs, idempotency),
-            delivery_controller(outbox, dispatcher.wake if dispatcher is not None else _nothing),
+            delivery_controller(outbox, dispatcher.reconsider if dispatcher is not None else _nothing),
             metrics_route(
                 registry,
                 metrics,
