@@ -1,0 +1,1 @@
+"""Delivery of applied events onward: the outbox, its dispatcher, and the sinks it delivers to."""
