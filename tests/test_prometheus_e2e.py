@@ -160,6 +160,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "WEBHOOK_SECRET": SECRET,
             "WEBHOOK_SIGNING_KEYS": SIGNING_KEY,
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.port}",
+            # Far above the test's traffic: nothing is refused, but the limiter's decisions are counted.
+            "GATEWAY_RATE_LIMIT": "10000/second",
         },
     )
     try:
