@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 __all__ = ("ConfigError", "Database", "IPNetwork", "OnError", "PostgresDatabase", "Rate", "Settings", "SqliteDatabase")
 
@@ -28,6 +29,11 @@ _PERIOD_SECONDS: dict[str, int] = {"second": 1, "minute": 60, "hour": 3600}
 _MAX_RATE_PER_SECOND = 1_000_000  # one request per microsecond: the limiter's clock resolution
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 _POSTGRES_SCHEMES = ("postgresql", "postgres")
+_FORWARD_STATUSES = ("pending", "initializing", "generating", "saving", "completed", "failed")
+DEFAULT_RETRY_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000, 36000, 36000, 36000, 36000)
+"""Standard Webhooks' example schedule (immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h), extended by
+10-hour steps to about three days in all, like a sender's retry horizon."""
+_MAX_RETRY_DELAY_SECONDS = 7 * 86400
 
 
 class ConfigError(ValueError):
@@ -142,6 +148,27 @@ class Settings:
     redis_key_prefix: str = "gateway:"
     """``GATEWAY_REDIS_KEY_PREFIX``: prefix of every key the gateway writes to Redis, so several
     deployments can share one server."""
+    forward_url: str | None = field(default=None, repr=False)
+    """``GATEWAY_FORWARD_URL``: the app's endpoint; every applied event is POSTed there (README:
+    Forwarding). Unset: nothing is forwarded and the ingest path writes no outbox row. Left out of
+    ``repr`` (it may carry credentials)."""
+    forward_signing_key: bytes | None = field(default=None, repr=False)
+    """``GATEWAY_FORWARD_SIGNING_KEY``: the ``whsec_...`` key the gateway signs forwarded events with, as a
+    Standard Webhooks sender; required in production when forwarding."""
+    forward_timeout_seconds: float = 10.0
+    """``GATEWAY_FORWARD_TIMEOUT_SECONDS``: how long one delivery attempt may take before it is retried."""
+    forward_statuses: frozenset[str] | None = None
+    """``GATEWAY_FORWARD_STATUSES``: comma-separated statuses to forward; unset: every applied event."""
+    forward_retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
+    """``GATEWAY_FORWARD_RETRY_SCHEDULE``: comma-separated seconds to wait before each retry (with +-20 %
+    jitter); once exhausted the delivery is dead-lettered."""
+    nats_url: str | None = field(default=None, repr=False)
+    """``GATEWAY_NATS_URL``: a NATS server with JetStream; every applied event is also published there."""
+
+    @property
+    def forward_sinks(self) -> tuple[str, ...]:
+        """The outbox's enabled sinks: one row per applied event and sink."""
+        return (*(("http",) if self.forward_url else ()), *(("nats",) if self.nats_url else ()))
 
     @property
     def authenticates(self) -> bool:
@@ -221,7 +248,20 @@ class Settings:
                 maximum=10_000,
             ),
             redis_key_prefix=get("GATEWAY_REDIS_KEY_PREFIX") or cls.redis_key_prefix,
+            forward_url=_forward_url(get("GATEWAY_FORWARD_URL")),
+            forward_signing_key=_forward_key(get("GATEWAY_FORWARD_SIGNING_KEY")),
+            forward_timeout_seconds=_seconds(
+                "GATEWAY_FORWARD_TIMEOUT_SECONDS", get("GATEWAY_FORWARD_TIMEOUT_SECONDS"), cls.forward_timeout_seconds
+            ),
+            forward_statuses=_forward_statuses(get("GATEWAY_FORWARD_STATUSES")),
+            forward_retry_schedule=_retry_schedule(get("GATEWAY_FORWARD_RETRY_SCHEDULE")),
+            nats_url=_nats_url(get("GATEWAY_NATS_URL")),
         )
+        if settings.env == "production" and settings.forward_url and settings.forward_signing_key is None:
+            raise ConfigError(
+                "GATEWAY_ENV=production with GATEWAY_FORWARD_URL needs GATEWAY_FORWARD_SIGNING_KEY: "
+                "refusing to forward unsigned events in production"
+            )
         if settings.env == "production" and not settings.authenticates:
             raise ConfigError(
                 "GATEWAY_ENV=production needs WEBHOOK_SECRET or WEBHOOK_SIGNING_KEYS: "
@@ -386,4 +426,72 @@ def _redis_url(value: str | None) -> str | None:
         # Never echo the URL: it may carry a password.
         shown = f"scheme {scheme!r}" if sep else "no scheme"
         raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix:// (got {shown})")
+    return value
+
+
+def _forward_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 -- raises ValueError for a malformed port
+    except ValueError:
+        valid = False
+    if not valid:
+        # Never echo the URL: it may carry credentials.
+        raise ConfigError("GATEWAY_FORWARD_URL must be an http:// or https:// URL with a host")
+    return value
+
+
+def _forward_key(value: str | None) -> bytes | None:
+    if value is None:
+        return None
+    if not value.startswith("whsec_"):
+        raise ConfigError("GATEWAY_FORWARD_SIGNING_KEY must start with 'whsec_' (a Standard Webhooks key)")
+    try:
+        key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError("GATEWAY_FORWARD_SIGNING_KEY is not valid base64 after its 'whsec_' prefix") from None
+    if len(key) < 16:
+        raise ConfigError("GATEWAY_FORWARD_SIGNING_KEY is shorter than 16 bytes once decoded")
+    return key
+
+
+def _forward_statuses(value: str | None) -> frozenset[str] | None:
+    if value is None:
+        return None
+    statuses = frozenset(part.strip().lower() for part in value.split(",") if part.strip())
+    unknown = sorted(statuses.difference(_FORWARD_STATUSES))
+    if unknown or not statuses:
+        raise ConfigError(
+            f"GATEWAY_FORWARD_STATUSES must list statuses among {', '.join(_FORWARD_STATUSES)}, got {value!r}"
+        )
+    return statuses
+
+
+def _retry_schedule(value: str | None) -> tuple[float, ...]:
+    if value is None:
+        return DEFAULT_RETRY_SCHEDULE
+    delays = []
+    for token in (part.strip() for part in value.split(",")):
+        try:
+            delay = float(token)
+        except ValueError:
+            delay = -1.0
+        if not 0 <= delay <= _MAX_RETRY_DELAY_SECONDS:
+            raise ConfigError(
+                "GATEWAY_FORWARD_RETRY_SCHEDULE must be comma-separated seconds, each from 0 to "
+                f"{_MAX_RETRY_DELAY_SECONDS}, e.g. 5,300,1800; got {token!r}"
+            )
+        delays.append(delay)
+    return tuple(delays)
+
+
+def _nats_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    scheme, sep, _ = value.partition("://")
+    if not sep or scheme.lower() not in ("nats", "tls"):
+        raise ConfigError("GATEWAY_NATS_URL must start with nats:// or tls://")
     return value

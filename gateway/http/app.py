@@ -12,6 +12,13 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 
 from gateway import __version__
 from gateway.config import PostgresDatabase, Settings
+from gateway.delivery.dispatcher import Dispatcher
+from gateway.delivery.http_sink import HttpSink
+from gateway.delivery.outbox import OutboxWriter
+from gateway.delivery.postgres_outbox import PostgresOutbox
+from gateway.delivery.schedule import RetrySchedule
+from gateway.delivery.sqlite_outbox import SqliteOutbox
+from gateway.http.deliveries import delivery_controller
 from gateway.http.health import health_routes
 from gateway.http.jobs import job_routes
 from gateway.http.metrics import metrics_route
@@ -33,10 +40,18 @@ from gateway.telemetry.tracing import tracer_provider_from_env
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import Tracer
+
+    from gateway.delivery.sink import Sink
 
 __all__ = ("create_app",)
 
 logger = logging.getLogger("gateway")
+
+_DELIVERY_CONCURRENCY = 32
+"""Deliveries in flight at once per process (different jobs; one job's events go one at a time)."""
+_LEASE_MARGIN_SECONDS = 30.0
+"""A lease outlives an attempt's timeout by this much before another replica may take the row over."""
 
 
 def create_app(
@@ -64,7 +79,14 @@ def create_app(
     tracer = provider.get_tracer("gateway", __version__)
     telemetry = Telemetry(metrics)
 
-    jobs = _job_store(settings)
+    writer = OutboxWriter(settings.forward_sinks, settings.forward_statuses) if settings.forward_sinks else None
+    jobs = _job_store(settings, writer)
+    outbox = SqliteOutbox(jobs) if isinstance(jobs, SqliteJobStore) else PostgresOutbox(jobs)
+    dispatcher = _dispatcher(settings, outbox, metrics, tracer)
+    if dispatcher is not None:
+        assert writer is not None  # a sink is configured
+        writer.on_written = dispatcher.wake
+        metrics.forwarding(settings.forward_sinks)
     idempotency = _idempotency_store(settings)
     limits = _rate_limit_store(settings)
     limiter = RateLimiter.from_settings(settings, limits, MemoryRateLimitStore(max_keys=1), metrics=metrics)
@@ -72,6 +94,10 @@ def create_app(
 
     async def start() -> None:
         await jobs.open(apply_migrations=settings.migrate_on_start)
+        if dispatcher is not None:
+            if isinstance(outbox, SqliteOutbox):
+                await outbox.release_leases()  # a crashed run's: this process is the file's only user
+            dispatcher.start()
         if isinstance(limits, RedisRateLimitStore):
             try:
                 await limits.ping()
@@ -85,6 +111,8 @@ def create_app(
             )
 
     async def stop() -> None:
+        if dispatcher is not None:
+            await dispatcher.stop()
         await jobs.close()
         await idempotency.close()
         if limits is not None:
@@ -103,7 +131,17 @@ def create_app(
             unknown_webhook_route(tuple(kind.route for kind in KINDS), telemetry),
             *job_routes(jobs),
             *health_routes(jobs, idempotency),
-            metrics_route(registry, metrics, telemetry, kinds, jobs, idempotency),
+            delivery_controller(outbox, dispatcher.wake if dispatcher is not None else _nothing),
+            metrics_route(
+                registry,
+                metrics,
+                telemetry,
+                kinds,
+                jobs,
+                idempotency,
+                outbox if settings.forward_sinks else None,
+                settings.forward_sinks,
+            ),
         ],
         middleware=[server_spans(tracer)],
         exception_handlers={StoreUnavailable: store_unavailable},
@@ -128,12 +166,44 @@ def create_app(
     )
 
 
-def _job_store(settings: Settings) -> SqliteJobStore | PostgresJobStore:
-    """Jobs and their history: PostgreSQL when ``DATABASE_URL`` says so (shared by replicas), else SQLite."""
+def _job_store(settings: Settings, outbox: OutboxWriter | None) -> SqliteJobStore | PostgresJobStore:
+    """Jobs and their history: PostgreSQL when ``DATABASE_URL`` says so (shared by replicas), else SQLite.
+    With forwarding on, applied events are queued in the outbox in the same transaction."""
     database = settings.database
     if isinstance(database, PostgresDatabase):
-        return PostgresJobStore(database.url, pool_size=settings.db_pool_size, timeout=settings.store_timeout_seconds)
-    return SqliteJobStore(database.path)
+        return PostgresJobStore(
+            database.url, pool_size=settings.db_pool_size, timeout=settings.store_timeout_seconds, outbox=outbox
+        )
+    return SqliteJobStore(database.path, outbox)
+
+
+def _dispatcher(
+    settings: Settings, outbox: SqliteOutbox | PostgresOutbox, metrics: Metrics, tracer: Tracer
+) -> Dispatcher | None:
+    """The background delivery of the outbox, when a sink is configured."""
+    sinks: dict[str, Sink] = {}
+    if settings.forward_url is not None:
+        sinks["http"] = HttpSink(
+            settings.forward_url,
+            settings.forward_signing_key,
+            settings.forward_timeout_seconds,
+            max_connections=_DELIVERY_CONCURRENCY,
+        )
+    if not sinks:
+        return None
+    return Dispatcher(
+        outbox,
+        sinks,
+        RetrySchedule(settings.forward_retry_schedule),
+        metrics,
+        tracer,
+        concurrency=_DELIVERY_CONCURRENCY,
+        lease_seconds=settings.forward_timeout_seconds + _LEASE_MARGIN_SECONDS,
+    )
+
+
+def _nothing() -> None:
+    """No dispatcher to wake: forwarding is off (replayed rows wait until it is on)."""
 
 
 def _idempotency_store(settings: Settings) -> IdempotencyStore:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from litestar.handlers import HTTPRouteHandler
     from prometheus_client import CollectorRegistry
 
+    from gateway.delivery.outbox import Outbox
     from gateway.stores.base import IdempotencyStore, JobStore
     from gateway.telemetry.metrics import Metrics
     from gateway.telemetry.recorder import Telemetry
@@ -41,7 +42,11 @@ def metrics_route(
     kinds: tuple[str, ...],
     jobs: JobStore,
     idempotency: IdempotencyStore,
+    outbox: Outbox | None = None,
+    sinks: tuple[str, ...] = (),
 ) -> HTTPRouteHandler:
+    """``outbox`` and ``sinks`` only when forwarding is on: the delivery gauges are read from the outbox."""
+
     async def refresh() -> None:
         in_progress = await jobs.in_progress()
         now = time.time()
@@ -58,6 +63,13 @@ def metrics_route(
         for kind, age in oldest.items():
             metrics.job_oldest_in_progress.labels(kind).set(age)
         metrics.idempotency_keys.set(await idempotency.count())
+        if outbox is not None:
+            backlog = {pending.sink: pending for pending in await outbox.backlog()}
+            for sink in sinks:
+                pending = backlog.get(sink)
+                metrics.delivery_backlog.labels(sink).set(pending.count if pending is not None else 0)
+                age = max(0.0, now - pending.oldest_created_at.timestamp()) if pending is not None else 0.0
+                metrics.delivery_oldest_pending.labels(sink).set(age)
 
     @get("/metrics", tags=["telemetry"], summary="Prometheus metrics", include_in_schema=True)
     async def scrape(request: Request[Any, Any, Any]) -> Response[bytes]:

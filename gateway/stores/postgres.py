@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import asyncpg
 import msgspec
 
+from gateway.delivery import postgres_outbox
+from gateway.delivery.outbox import current_traceparent
 from gateway.ingest.transition import decide
 from gateway.model import (
     Applied,
@@ -40,6 +42,8 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from asyncpg.pool import PoolConnectionProxy
+
+    from gateway.delivery.outbox import OutboxWriter
 
     Connection = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
 
@@ -66,8 +70,12 @@ class _Duplicate(Exception):
 class PostgresJobStore:
     """:class:`~gateway.stores.base.JobStore` on PostgreSQL; ``pool_size`` connections at most per process."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, timeout: float = 2.0) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 10, timeout: float = 2.0, outbox: OutboxWriter | None = None
+    ) -> None:
         self._url = url
+        self._outbox = outbox
+        """Where applied events are queued for delivery; ``None``: forwarding is off."""
         self._pool_size = pool_size
         self._timeout = timeout
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
@@ -105,11 +113,21 @@ class PostgresJobStore:
         await self._run("ping", lambda db: db.fetchval("SELECT 1"))
 
     async def apply(self, event: JobEvent) -> Applied:
+        outbox = self._outbox
+        traceparent = current_traceparent() if outbox is not None else None
         try:
-            return await self._run("apply", lambda db: _apply(db, event))
+            applied = await self._run("apply", lambda db: _apply(db, event, outbox, traceparent))
         except _Duplicate as duplicate:
             # Already recorded: the database's word is final.
             return Applied(outcome=Outcome.DUPLICATE, status=duplicate.status or event.status)
+        if outbox is not None and applied.outcome is Outcome.APPLIED:
+            outbox.on_written()
+        return applied
+
+    async def run(self, operation: str, work: Callable[[Connection], Awaitable[T]]) -> T:
+        """Run ``work`` on a pooled connection for a neighbour sharing the database (the delivery outbox),
+        within the store's timeout; any failure is StoreUnavailable."""
+        return await self._run(operation, work)
 
     async def status_of(self, job_id: str) -> Status | None:
         status = await self._run(
@@ -174,7 +192,7 @@ async def _reset(connection: Connection) -> None:
         await connection.execute("ROLLBACK")
 
 
-async def _apply(db: Connection, event: JobEvent) -> Applied:
+async def _apply(db: Connection, event: JobEvent, outbox: OutboxWriter | None, traceparent: str | None) -> Applied:
     """Lock (or create) the job's row, decide, record the event, update the job: one transaction."""
     received = event.received_at
     result = bytes(event.result).decode() if event.result is not None else None
@@ -240,6 +258,8 @@ async def _apply(db: Connection, event: JobEvent) -> Applied:
                     completed,
                     event.job_id,
                 )
+        if outbox is not None and transition.outcome is Outcome.APPLIED:
+            await postgres_outbox.enqueue(db, outbox, event, event_id, traceparent)
     return answer(event, transition, previous, event_id, metadata, first_seen)
 
 

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import msgspec
 
+from gateway.delivery import sqlite_outbox
+from gateway.delivery.outbox import current_traceparent
 from gateway.ingest.transition import decide
 from gateway.model import (
     Applied,
@@ -42,6 +44,8 @@ from gateway.stores.records import answer, decode_metadata, merge_metadata, to_j
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+
+    from gateway.delivery.outbox import OutboxWriter
 
 __all__ = ("SqliteJobStore", "migrate")
 
@@ -64,8 +68,10 @@ class _Op(NamedTuple):
 class SqliteJobStore:
     """:class:`~gateway.stores.base.JobStore` on one SQLite file."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, outbox: OutboxWriter | None = None) -> None:
         self._path = path
+        self._outbox = outbox
+        """Where applied events are queued for delivery; ``None``: forwarding is off."""
         self._queue: queue.SimpleQueue[list[_Op] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -106,8 +112,21 @@ class SqliteJobStore:
         await self._submit("ping", lambda db: db.execute("SELECT 1").fetchone())
 
     async def apply(self, event: JobEvent) -> Applied:
-        result: Applied = await self._submit("apply", lambda db: self._apply(db, event), write=True)
+        if self._outbox is None:
+            result: Applied = await self._submit("apply", lambda db: self._apply(db, event, None), write=True)
+            return result
+        traceparent = current_traceparent()
+        result = await self._submit("apply", lambda db: self._apply(db, event, traceparent), write=True)
+        if result.outcome is Outcome.APPLIED:
+            self._outbox.on_written()
         return result
+
+    async def run(self, operation: str, work: Callable[[sqlite3.Connection], Any], *, write: bool = True) -> Any:
+        """Run ``work`` on the store's file for a neighbour sharing it (the delivery outbox): a write joins
+        the writer thread's next transaction, a read runs on the reader thread."""
+        if write:
+            return await self._submit(operation, work, write=True)
+        return await self._read(operation, work)
 
     async def status_of(self, job_id: str) -> Status | None:
         row = await self._read(
@@ -198,7 +217,7 @@ class SqliteJobStore:
         finally:
             db.close()
 
-    def _apply(self, db: sqlite3.Connection, event: JobEvent) -> Applied:
+    def _apply(self, db: sqlite3.Connection, event: JobEvent, traceparent: str | None) -> Applied:
         """Decide the transition from the job as stored, then record the event and update the job.
 
         The event row is written first: if its key or delivery id is already recorded, the unique
@@ -261,6 +280,9 @@ class SqliteJobStore:
                     " completed_at = coalesce(?, completed_at) WHERE job_id = ?",
                     (event.status, received, to_json(metadata), result, event.error_message, completed, event.job_id),
                 )
+        if self._outbox is not None and transition.outcome is Outcome.APPLIED:
+            assert event_id is not None  # an inserted row always has one
+            sqlite_outbox.enqueue(db, self._outbox, event, event_id, traceparent, received)
         return answer(event, transition, previous, event_id, metadata, datetime.fromisoformat(first_seen))
 
 

@@ -19,7 +19,19 @@ from opentelemetry import trace
 
 __all__ = ("FIELDS", "configure_logging")
 
-FIELDS = ("kind", "job_id", "status", "outcome", "http_status", "duration_ms", "trace_id", "span_id")
+FIELDS = (
+    "kind",
+    "job_id",
+    "status",
+    "outcome",
+    "http_status",
+    "duration_ms",
+    "sink",
+    "event_id",
+    "attempt",
+    "trace_id",
+    "span_id",
+)
 """Extra fields a request's log line may carry, in this order."""
 
 _encode = msgspec.json.Encoder().encode

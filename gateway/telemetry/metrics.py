@@ -22,10 +22,15 @@ if TYPE_CHECKING:
 
     from prometheus_client import CollectorRegistry
 
-__all__ = ("OUTCOMES", "UNKNOWN_KIND", "Metrics", "ModelLabels")
+__all__ = ("DELIVERY_RESULTS", "OUTCOMES", "SINKS", "UNKNOWN_KIND", "Metrics", "ModelLabels")
 
 OUTCOMES: tuple[str, ...] = (*(o.value for o in Outcome), *(r.value for r in Refusal))
 """Every value of the ``outcome`` label: what the pipeline answered."""
+
+SINKS = ("http", "nats")
+"""Every value of the ``sink`` label: where the outbox delivers."""
+DELIVERY_RESULTS = ("delivered", "retried", "dead")
+"""Every value of the ``result`` label of ``gateway_deliveries_total``."""
 
 REQUEST_BUCKETS = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 GENERATION_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 180.0, 300.0, 450.0, 600.0)
@@ -162,6 +167,37 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        self.deliveries = Counter(
+            "gateway_deliveries",
+            "Delivery attempts of applied events, by sink and result (delivered, retried, dead).",
+            ["sink", "result"],
+            registry=registry,
+        )
+        self.delivery_duration = Histogram(
+            "gateway_delivery_duration_seconds",
+            "Time one delivery attempt took, by sink.",
+            ["sink"],
+            buckets=REQUEST_BUCKETS,
+            registry=registry,
+        )
+        self.delivery_backlog = Gauge(
+            "gateway_delivery_backlog",
+            "Deliveries pending (due, retrying, or waiting for an earlier event of their job), by sink.",
+            ["sink"],
+            registry=registry,
+        )
+        self.delivery_oldest_pending = Gauge(
+            "gateway_delivery_oldest_pending_seconds",
+            "Age of the oldest pending delivery, by sink (0 when there is none).",
+            ["sink"],
+            registry=registry,
+        )
+        self.delivery_sink_disabled = Gauge(
+            "gateway_delivery_sink_disabled",
+            "1 while a sink is disabled (its endpoint answered 410 Gone) until an operator re-enables it.",
+            ["sink"],
+            registry=registry,
+        )
         build_info = Gauge(
             "gateway_build_info",
             "Always 1; the gateway's version as a label.",
@@ -188,3 +224,13 @@ class Metrics:
                 if not status.terminal:
                     self.jobs_in_progress.labels(kind, status)
             self.job_oldest_in_progress.labels(kind)
+
+    def forwarding(self, sinks: Iterable[str]) -> None:
+        """Create the delivery series of the enabled ``sinks`` at zero (only when forwarding is on)."""
+        for sink in sinks:
+            for result in DELIVERY_RESULTS:
+                self.deliveries.labels(sink, result)
+            self.delivery_duration.labels(sink)
+            self.delivery_backlog.labels(sink)
+            self.delivery_oldest_pending.labels(sink)
+            self.delivery_sink_disabled.labels(sink)

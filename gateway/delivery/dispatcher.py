@@ -1,0 +1,233 @@
+"""The dispatcher: a background task of the app that delivers outbox rows, off the request path.
+
+It claims due rows (each the oldest pending row of its job and sink, so a job's events go out in the
+order applied while different jobs never wait on each other), sends them concurrently up to a bound,
+and records each attempt's result. It wakes when the job store commits new rows or a delivery
+finishes, and otherwise polls for retries coming due. Every attempt is a span linked to the trace of
+the webhook that caused the event, and is counted in ``gateway_deliveries_total``.
+
+A crash between a successful send and its recording means the row is sent again once its lease
+expires (at least once): the event keeps its id, so the app deduplicates on ``webhook-id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanKind, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from gateway.delivery.sink import Attempt, Dead, Delivered, Delivery, Gone, Retry, Sink
+from gateway.stores.base import StoreUnavailable
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
+    from gateway.delivery.outbox import Outbox
+    from gateway.delivery.schedule import RetrySchedule
+    from gateway.telemetry.metrics import Metrics
+
+__all__ = ("Dispatcher",)
+
+logger = logging.getLogger(__name__)
+
+_STOP_GRACE_SECONDS = 5.0
+_propagator = TraceContextTextMapPropagator()
+
+
+class Dispatcher:
+    """Delivers the outbox to ``sinks`` (keyed by their outbox ``sink`` name)."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        sinks: Mapping[str, Sink],
+        schedule: RetrySchedule,
+        metrics: Metrics,
+        tracer: Tracer,
+        *,
+        concurrency: int,
+        lease_seconds: float,
+    ) -> None:
+        self._outbox = outbox
+        self._sinks = dict(sinks)
+        self._schedule = schedule
+        self._metrics = metrics
+        self._tracer = tracer
+        self._concurrency = concurrency
+        self._lease_seconds = lease_seconds
+        self.owner = f"{uuid.uuid4().hex[:12]}"
+        """This dispatcher's name on the leases it holds."""
+        self._wake = asyncio.Event()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+
+    def wake(self) -> None:
+        """Look for due rows now (new rows were committed, or a sink was re-enabled)."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="gateway-delivery-dispatcher")
+
+    async def stop(self) -> None:
+        """Stop claiming, give deliveries in flight a moment to finish, then close the sinks. A delivery
+        cut off is retried once its lease expires."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._in_flight:
+            _, late = await asyncio.wait(self._in_flight, timeout=_STOP_GRACE_SECONDS)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        for sink in self._sinks.values():
+            await sink.close()
+
+    async def _run(self) -> None:
+        poll = self._schedule.poll_seconds
+        while True:
+            self._wake.clear()
+            full = False
+            try:
+                full = await self._claim()
+            except StoreUnavailable as error:
+                self._store_failed(error)
+            if full:
+                await asyncio.sleep(0)  # more may be due: claim again, after letting the loop breathe
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), poll)
+
+    async def _claim(self) -> bool:
+        """Claim and start what is due; ``True`` when the claim was limited by free slots."""
+        free = self._concurrency - len(self._in_flight)
+        if free <= 0:
+            return False
+        disabled = {row.sink for row in await self._outbox.disabled_sinks()}
+        for name in self._sinks:
+            self._metrics.delivery_sink_disabled.labels(name).set(1 if name in disabled else 0)
+        active = [name for name in self._sinks if name not in disabled]
+        if not active:
+            return False
+        claimed = await self._outbox.claim(self.owner, active, free, self._lease_seconds, _now())
+        if self._failing:
+            self._failing = False
+            logger.warning("delivery outbox answers again")
+        for row in claimed:
+            task = asyncio.create_task(self._deliver(self._sinks[row.sink], row.delivery))
+            self._in_flight.add(task)
+            task.add_done_callback(self._finished)
+        return len(claimed) == free
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._wake.set()  # a slot is free, and the job's next event may now be due
+
+    async def _deliver(self, sink: Sink, delivery: Delivery) -> None:
+        started = time.perf_counter()
+        with self._tracer.start_as_current_span(
+            f"deliver {sink.name}",
+            kind=SpanKind.PRODUCER,
+            links=_links(delivery.traceparent),
+            attributes={
+                "gateway.delivery.sink": sink.name,
+                "gateway.delivery.event_id": delivery.event_id,
+                "gateway.delivery.attempt": delivery.attempt,
+                "gateway.job.id": delivery.job_id,
+                "gateway.job.kind": delivery.kind,
+                "gateway.job.status": delivery.status,
+            },
+        ) as span:
+            try:
+                attempt = await sink.send(delivery)
+            except Exception as error:  # a sink's bug: retried on the schedule, and logged to be fixed
+                logger.exception("%s sink raised instead of answering", sink.name)
+                attempt = Retry(f"sink raised {type(error).__name__}")
+            span.set_attribute("gateway.delivery.result", type(attempt).__name__.lower())
+            if not isinstance(attempt, Delivered):
+                span.set_status(StatusCode.ERROR, getattr(attempt, "reason", None))
+            self._metrics.delivery_duration.labels(sink.name).observe(time.perf_counter() - started)
+            try:
+                await self._record(sink.name, delivery, attempt)
+            except StoreUnavailable as error:
+                # The lease expires and the row is tried again: the app may see the event twice, with
+                # the same webhook-id.
+                self._store_failed(error)
+
+    async def _record(self, sink: str, delivery: Delivery, attempt: Attempt) -> None:
+        now = _now()
+        log = {"sink": sink, "event_id": delivery.event_id, "job_id": delivery.job_id, "attempt": delivery.attempt}
+        if isinstance(attempt, Delivered):
+            kept = await self._outbox.delivered(delivery.id, self.owner, now)
+            result = "delivered"
+        elif isinstance(attempt, Gone):
+            await self._outbox.disable_sink(sink, attempt.reason, now)
+            kept = await self._outbox.release(delivery.id, self.owner, attempt.reason, now)
+            self._metrics.delivery_sink_disabled.labels(sink).set(1)
+            logger.error(
+                "FORWARDING DISABLED: %s; %s deliveries wait until it is re-enabled "
+                "(POST /api/deliveries/enable?sink=%s or `gateway deliveries enable --sink %s`)",
+                attempt.reason,
+                sink,
+                sink,
+                sink,
+                extra=log,
+            )
+            result = "retried"
+        else:
+            delay = (
+                self._schedule.next_delay(delivery.attempt, attempt.after_seconds)
+                if isinstance(attempt, Retry)
+                else None
+            )
+            if delay is None:
+                reason = (
+                    attempt.reason
+                    if isinstance(attempt, Dead)
+                    else f"{attempt.reason}; retry schedule exhausted after {delivery.attempt} attempts"
+                )
+                kept = await self._outbox.dead(delivery.id, self.owner, reason, now)
+                logger.error("delivery %s dead-lettered: %s", delivery.event_id, reason, extra=log)
+                result = "dead"
+            else:
+                kept = await self._outbox.retry(
+                    delivery.id, self.owner, now + timedelta(seconds=delay), attempt.reason, now
+                )
+                logger.info("delivery %s retried in %.1f s: %s", delivery.event_id, delay, attempt.reason, extra=log)
+                result = "retried"
+        self._metrics.deliveries.labels(sink, result).inc()
+        if not kept:
+            logger.warning(
+                "delivery %s: lease lost before its result was recorded (another replica took it over)",
+                delivery.event_id,
+                extra=log,
+            )
+
+    def _store_failed(self, error: StoreUnavailable) -> None:
+        self._metrics.store_errors.labels(error.store, error.operation).inc()
+        if not self._failing:
+            logger.error("delivery outbox unavailable (%s): deliveries wait until it answers", error.operation)
+        self._failing = True
+
+
+def _links(traceparent: str | None) -> list[Link]:
+    """A link to the webhook's span: the delivery is its consequence, in a trace of its own."""
+    if traceparent is None:
+        return []
+    context = trace.get_current_span(_propagator.extract({"traceparent": traceparent})).get_span_context()
+    return [Link(context)] if context.is_valid else []
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

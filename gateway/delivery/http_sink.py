@@ -1,0 +1,111 @@
+"""Forwarding to the app's endpoint (``GATEWAY_FORWARD_URL``), signed as a Standard Webhooks sender.
+
+Each request carries ``webhook-id`` (the event's stable id, so the app deduplicates retries and
+replays), ``webhook-timestamp`` and, with ``GATEWAY_FORWARD_SIGNING_KEY``, ``webhook-signature:
+v1,<base64 HMAC-SHA256 of "id.timestamp.body">``: any Standard Webhooks library verifies it. The
+answer decides the outcome: 2xx delivered; timeout, connection error, 5xx, 408, 429 retried (honouring
+``Retry-After``); 410 disables forwarding; any other answer dead-letters the event.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from collections.abc import Callable
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+
+import httpx
+from opentelemetry import propagate
+
+from gateway import __version__
+from gateway.delivery.sink import Attempt, Dead, Delivered, Delivery, Gone, Retry
+
+__all__ = ("HttpSink", "retry_after", "sign")
+
+_RETRIED = frozenset({408, 429})
+
+
+def sign(key: bytes, message_id: str, timestamp: str, body: bytes) -> str:
+    """The Standard Webhooks ``webhook-signature`` value for one message."""
+    signed = b"%s.%s.%s" % (message_id.encode(), timestamp.encode(), body)
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def retry_after(value: str | None, now: float) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date), ``None`` if absent or
+    unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdecimal():
+        return float(value)
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, moment.timestamp() - now)
+
+
+class HttpSink:
+    """:class:`~gateway.delivery.sink.Sink` POSTing each event to one URL over a pooled HTTP client."""
+
+    name = "http"
+
+    def __init__(
+        self,
+        url: str,
+        signing_key: bytes | None,
+        timeout_seconds: float,
+        *,
+        max_connections: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._url = url
+        self._key = signing_key
+        self._timeout = timeout_seconds
+        self._clock = clock
+        self._client = httpx.AsyncClient(
+            timeout=timeout_seconds,
+            follow_redirects=False,  # a redirect is the endpoint's misconfiguration: dead-lettered, visible
+            limits=httpx.Limits(max_connections=max_connections),
+            headers={"user-agent": f"gateway/{__version__}"},
+        )
+
+    async def send(self, delivery: Delivery) -> Attempt:
+        now = self._clock()
+        timestamp = str(int(now))
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": delivery.event_id,
+            "webhook-timestamp": timestamp,
+        }
+        if self._key is not None:
+            headers["webhook-signature"] = sign(self._key, delivery.event_id, timestamp, delivery.body)
+        propagate.inject(headers)  # the delivery span, so the app's trace continues the gateway's
+        try:
+            response = await self._client.post(self._url, content=delivery.body, headers=headers)
+        except httpx.TimeoutException:
+            return Retry(f"no answer within {self._timeout:g} s")
+        except httpx.TransportError as error:
+            return Retry(f"connection failed: {type(error).__name__}")
+        code = response.status_code
+        if 200 <= code < 300:
+            return Delivered()
+        if code == 410:
+            return Gone(f"{self._shown()} answered 410 Gone")
+        if code >= 500 or code in _RETRIED:
+            return Retry(f"HTTP {code}", retry_after(response.headers.get("retry-after"), self._clock()))
+        return Dead(f"HTTP {code}")
+
+    def _shown(self) -> str:
+        """The endpoint without credentials or query, for messages."""
+        url = httpx.URL(self._url)
+        return f"{url.scheme}://{url.host}{f':{url.port}' if url.port else ''}{url.path}"
+
+    async def close(self) -> None:
+        await self._client.aclose()

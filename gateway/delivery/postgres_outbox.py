@@ -1,0 +1,253 @@
+"""The outbox on PostgreSQL, shared by every replica.
+
+A claim takes the due head of each job's queue with ``FOR UPDATE SKIP LOCKED`` and leases it (owner and
+expiry) in the same statement: two replicas never claim one row, and the rows of a replica that died
+mid-delivery are claimed again once their lease expired. Settling a row checks the lease is still ours,
+so a replica that lost its lease (stalled past it) cannot overwrite the new owner's result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import msgspec
+
+from gateway.delivery.outbox import (
+    Backlog,
+    Claimed,
+    DeliveryPage,
+    DeliveryRecord,
+    DeliveryState,
+    DisabledSink,
+    OutboxWriter,
+    event_body,
+    event_id,
+)
+from gateway.delivery.sink import Delivery
+
+if TYPE_CHECKING:
+    from gateway.model import JobEvent
+    from gateway.stores.postgres import Connection, PostgresJobStore
+
+__all__ = ("PostgresOutbox", "enqueue")
+
+_RECORD_COLUMNS = (
+    "id, event_id, sequence, sink, job_id, kind, status, state, attempts, next_attempt_at, last_error,"
+    " created_at, updated_at, delivered_at, body"
+)
+_CLAIM = """
+WITH due AS (
+    SELECT id FROM deliveries d
+    WHERE state = 'pending' AND sink = ANY($1::text[]) AND next_attempt_at <= $2
+      AND (lease_expires_at IS NULL OR lease_expires_at <= $2)
+      AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.job_id = d.job_id AND e.sink = d.sink
+                      AND e.state = 'pending' AND e.sequence < d.sequence)
+    ORDER BY next_attempt_at, id
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE deliveries SET lease_owner = $4, lease_expires_at = $5, attempts = attempts + 1
+FROM due WHERE deliveries.id = due.id AND deliveries.state = 'pending'
+RETURNING deliveries.id, event_id, sequence, sink, job_id, kind, status, body, attempts, traceparent
+"""
+
+
+async def enqueue(
+    db: Connection, writer: OutboxWriter, event: JobEvent, sequence: int, traceparent: str | None
+) -> None:
+    """Write the event's rows, one per sink, inside the job store's transaction."""
+    sinks = writer.sinks_for(event)
+    if not sinks:
+        return
+    await db.executemany(
+        "INSERT INTO deliveries (sequence, event_id, sink, job_id, kind, status, body, traceparent,"
+        " next_attempt_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9)",
+        [
+            (
+                sequence,
+                event_id(sequence),
+                sink,
+                event.job_id,
+                event.kind,
+                event.status.value,
+                event_body(event, sequence),
+                traceparent,
+                event.received_at,
+            )
+            for sink in sinks
+        ],
+    )
+
+
+class PostgresOutbox:
+    """:class:`~gateway.delivery.outbox.Outbox` in the PostgreSQL job store's database."""
+
+    def __init__(self, store: PostgresJobStore) -> None:
+        self._store = store
+
+    async def claim(
+        self, owner: str, sinks: Sequence[str], limit: int, lease_seconds: float, now: datetime
+    ) -> list[Claimed]:
+        until = now + timedelta(seconds=lease_seconds)
+        rows = await self._store.run("outbox_claim", lambda db: db.fetch(_CLAIM, list(sinks), now, limit, owner, until))
+        return [
+            Claimed(
+                row["sink"],
+                Delivery(
+                    id=row["id"],
+                    event_id=row["event_id"],
+                    sequence=row["sequence"],
+                    job_id=row["job_id"],
+                    kind=row["kind"],
+                    status=row["status"],
+                    body=bytes(row["body"]),
+                    attempt=row["attempts"],
+                    traceparent=row["traceparent"],
+                ),
+            )
+            for row in sorted(rows, key=lambda row: row["id"])
+        ]
+
+    async def delivered(self, row_id: int, owner: str, now: datetime) -> bool:
+        return await self._settle(
+            "outbox_delivered", "state = 'delivered', delivered_at = $4, last_error = NULL", (now,), row_id, owner, now
+        )
+
+    async def retry(self, row_id: int, owner: str, at: datetime, error: str, now: datetime) -> bool:
+        return await self._settle(
+            "outbox_retry", "next_attempt_at = $4, last_error = $5", (at, error), row_id, owner, now
+        )
+
+    async def dead(self, row_id: int, owner: str, error: str, now: datetime) -> bool:
+        return await self._settle("outbox_dead", "state = 'dead', last_error = $4", (error,), row_id, owner, now)
+
+    async def release(self, row_id: int, owner: str, error: str, now: datetime) -> bool:
+        return await self._settle(
+            "outbox_release", "attempts = attempts - 1, last_error = $4", (error,), row_id, owner, now
+        )
+
+    async def _settle(
+        self, operation: str, assignments: str, values: tuple[Any, ...], row_id: int, owner: str, now: datetime
+    ) -> bool:
+        sql = (
+            f"UPDATE deliveries SET {assignments}, lease_owner = NULL, lease_expires_at = NULL, updated_at = $3"  # noqa: S608
+            " WHERE id = $1 AND lease_owner = $2 AND state = 'pending'"
+        )
+        status = await self._store.run(operation, lambda db: db.execute(sql, row_id, owner, now, *values))
+        return bool(status == "UPDATE 1")
+
+    async def disable_sink(self, sink: str, reason: str, now: datetime) -> None:
+        await self._store.run(
+            "outbox_disable",
+            lambda db: db.execute(
+                "INSERT INTO delivery_sinks_disabled (sink, reason, disabled_at) VALUES ($1, $2, $3)"
+                " ON CONFLICT (sink) DO UPDATE SET reason = excluded.reason, disabled_at = excluded.disabled_at",
+                sink,
+                reason,
+                now,
+            ),
+        )
+
+    async def enable_sink(self, sink: str) -> bool:
+        status = await self._store.run(
+            "outbox_enable", lambda db: db.execute("DELETE FROM delivery_sinks_disabled WHERE sink = $1", sink)
+        )
+        return bool(status == "DELETE 1")
+
+    async def disabled_sinks(self) -> list[DisabledSink]:
+        rows = await self._store.run(
+            "outbox_disabled", lambda db: db.fetch("SELECT sink, reason, disabled_at FROM delivery_sinks_disabled")
+        )
+        return [DisabledSink(sink=row["sink"], reason=row["reason"], disabled_at=row["disabled_at"]) for row in rows]
+
+    async def list_deliveries(
+        self, *, state: DeliveryState | None, job_id: str | None, limit: int, cursor: int | None
+    ) -> DeliveryPage:
+        clauses: list[str] = []
+        params: list[object] = []
+        for column, value in (("state =", state and state.value), ("job_id =", job_id), ("id <", cursor)):
+            if value is not None:
+                params.append(value)
+                clauses.append(f"{column} ${len(params)}")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        params.append(limit + 1)
+        sql = f"SELECT {_RECORD_COLUMNS} FROM deliveries {where} ORDER BY id DESC LIMIT ${len(params)}"  # noqa: S608
+        rows = await self._store.run("outbox_list", lambda db: db.fetch(sql, *params))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return DeliveryPage(
+            deliveries=[_record(row) for row in rows], next_cursor=str(rows[-1]["id"]) if more else None
+        )
+
+    async def replay(self, row_id: int, now: datetime) -> DeliveryRecord | None:
+        async def replay(db: Connection) -> asyncpg.Record | None:
+            await db.execute(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = $2, updated_at = $2,"
+                " delivered_at = NULL, lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE id = $1 AND state <> 'pending'",
+                row_id,
+                now,
+            )
+            return await db.fetchrow(f"SELECT {_RECORD_COLUMNS} FROM deliveries WHERE id = $1", row_id)  # noqa: S608
+
+        row = await self._store.run("outbox_replay", replay)
+        return _record(row) if row is not None else None
+
+    async def replay_all(self, state: DeliveryState, job_id: str | None, now: datetime) -> int:
+        status = await self._store.run(
+            "outbox_replay_all",
+            lambda db: db.execute(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = $1, updated_at = $1,"
+                " delivered_at = NULL, lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE state = $2 AND ($3::text IS NULL OR job_id = $3)",
+                now,
+                state.value,
+                job_id,
+            ),
+        )
+        return int(status.rpartition(" ")[2])
+
+    async def backlog(self) -> list[Backlog]:
+        rows = await self._store.run(
+            "outbox_backlog",
+            lambda db: db.fetch(
+                "SELECT sink, count(*) AS count, min(created_at) AS oldest FROM deliveries"
+                " WHERE state = 'pending' GROUP BY sink"
+            ),
+        )
+        return [Backlog(sink=row["sink"], count=row["count"], oldest_created_at=row["oldest"]) for row in rows]
+
+    async def prune_finished(self, before: datetime, limit: int) -> int:
+        status = await self._store.run(
+            "outbox_prune",
+            lambda db: db.execute(
+                "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries"
+                " WHERE state IN ('delivered', 'dead') AND updated_at < $1 LIMIT $2)",
+                before,
+                limit,
+            ),
+        )
+        return int(status.rpartition(" ")[2])
+
+
+def _record(row: asyncpg.Record) -> DeliveryRecord:
+    return DeliveryRecord(
+        id=row["id"],
+        event_id=row["event_id"],
+        sequence=row["sequence"],
+        sink=row["sink"],
+        job_id=row["job_id"],
+        kind=row["kind"],
+        status=row["status"],
+        state=DeliveryState(row["state"]),
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"],
+        last_error=row["last_error"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        delivered_at=row["delivered_at"],
+        body=msgspec.Raw(bytes(row["body"])),
+    )

@@ -1,0 +1,297 @@
+"""The outbox on the embedded SQLite store: rows written by the job store's writer thread, in the
+transaction that applies the event; claims and settlements go through the same thread.
+
+SQLite means one gateway process, so leases only matter within it: at start, the leases a crashed
+process left behind are freed at once (:meth:`SqliteOutbox.release_leases`) instead of timing out.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from gateway.delivery.outbox import (
+    Backlog,
+    Claimed,
+    DeliveryPage,
+    DeliveryRecord,
+    DeliveryState,
+    DisabledSink,
+    OutboxWriter,
+    event_body,
+    event_id,
+)
+from gateway.delivery.sink import Delivery
+
+if TYPE_CHECKING:
+    from gateway.model import JobEvent
+    from gateway.stores.sqlite import SqliteJobStore
+
+__all__ = ("SqliteOutbox", "enqueue")
+
+_RECORD_COLUMNS = (
+    "id, event_id, sequence, sink, job_id, kind, status, state, attempts, next_attempt_at, last_error,"
+    " created_at, updated_at, delivered_at, body"
+)
+_PENDING = DeliveryState.PENDING.value
+_DELIVERED = DeliveryState.DELIVERED.value
+_DEAD = DeliveryState.DEAD.value
+
+
+def enqueue(
+    db: sqlite3.Connection,
+    writer: OutboxWriter,
+    event: JobEvent,
+    sequence: int,
+    traceparent: str | None,
+    received: str,
+) -> None:
+    """Write the event's rows, one per sink, inside the job store's transaction."""
+    sinks = writer.sinks_for(event)
+    if not sinks:
+        return
+    body = event_body(event, sequence)
+    times = (received, received, received)  # due now; created; updated
+    db.executemany(
+        "INSERT INTO deliveries (sequence, event_id, sink, job_id, kind, status, body, traceparent,"
+        " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (sequence, event_id(sequence), sink, event.job_id, event.kind, event.status, body, traceparent, *times)
+            for sink in sinks
+        ],
+    )
+
+
+class SqliteOutbox:
+    """:class:`~gateway.delivery.outbox.Outbox` in the SQLite job store's file."""
+
+    def __init__(self, store: SqliteJobStore) -> None:
+        self._store = store
+
+    async def claim(
+        self, owner: str, sinks: Sequence[str], limit: int, lease_seconds: float, now: datetime
+    ) -> list[Claimed]:
+        until = _iso(now + timedelta(seconds=lease_seconds))
+        claimed: list[Claimed] = await self._store.run(
+            "outbox_claim", lambda db: _claim(db, owner, sinks, limit, until, now)
+        )
+        return claimed
+
+    async def delivered(self, row_id: int, owner: str, now: datetime) -> bool:
+        return await self._settle(
+            "outbox_delivered",
+            "state = ?, delivered_at = ?, last_error = NULL",
+            (_DELIVERED, _iso(now)),
+            row_id,
+            owner,
+            now,
+        )
+
+    async def retry(self, row_id: int, owner: str, at: datetime, error: str, now: datetime) -> bool:
+        return await self._settle(
+            "outbox_retry", "next_attempt_at = ?, last_error = ?", (_iso(at), error), row_id, owner, now
+        )
+
+    async def dead(self, row_id: int, owner: str, error: str, now: datetime) -> bool:
+        return await self._settle("outbox_dead", "state = ?, last_error = ?", (_DEAD, error), row_id, owner, now)
+
+    async def release(self, row_id: int, owner: str, error: str, now: datetime) -> bool:
+        return await self._settle(
+            "outbox_release", "attempts = attempts - 1, last_error = ?", (error,), row_id, owner, now
+        )
+
+    async def _settle(
+        self, operation: str, assignments: str, values: tuple[Any, ...], row_id: int, owner: str, now: datetime
+    ) -> bool:
+        sql = (
+            f"UPDATE deliveries SET {assignments}, lease_owner = NULL, lease_expires_at = NULL, updated_at = ?"  # noqa: S608
+            " WHERE id = ? AND lease_owner = ? AND state = 'pending'"
+        )
+        changed: int = await self._store.run(
+            operation, lambda db: db.execute(sql, (*values, _iso(now), row_id, owner)).rowcount
+        )
+        return changed == 1
+
+    async def release_leases(self) -> int:
+        """Free every lease, at start: SQLite means this process is the only one, so a lease still held
+        is a crashed run's (PostgreSQL's leases, shared by replicas, only expire)."""
+        changed: int = await self._store.run(
+            "outbox_release_leases",
+            lambda db: (
+                db.execute(
+                    "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner IS NOT NULL"
+                ).rowcount
+            ),
+        )
+        return changed
+
+    async def disable_sink(self, sink: str, reason: str, now: datetime) -> None:
+        await self._store.run(
+            "outbox_disable",
+            lambda db: db.execute(
+                "INSERT INTO delivery_sinks_disabled (sink, reason, disabled_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (sink) DO UPDATE SET reason = excluded.reason, disabled_at = excluded.disabled_at",
+                (sink, reason, _iso(now)),
+            ),
+        )
+
+    async def enable_sink(self, sink: str) -> bool:
+        changed: int = await self._store.run(
+            "outbox_enable",
+            lambda db: db.execute("DELETE FROM delivery_sinks_disabled WHERE sink = ?", (sink,)).rowcount,
+        )
+        return changed == 1
+
+    async def disabled_sinks(self) -> list[DisabledSink]:
+        rows = await self._store.run(
+            "outbox_disabled",
+            lambda db: db.execute("SELECT sink, reason, disabled_at FROM delivery_sinks_disabled").fetchall(),
+            write=False,
+        )
+        return [
+            DisabledSink(sink=sink, reason=reason, disabled_at=datetime.fromisoformat(at)) for sink, reason, at in rows
+        ]
+
+    async def list_deliveries(
+        self, *, state: DeliveryState | None, job_id: str | None, limit: int, cursor: int | None
+    ) -> DeliveryPage:
+        page: DeliveryPage = await self._store.run(
+            "outbox_list", lambda db: _list(db, state, job_id, limit, cursor), write=False
+        )
+        return page
+
+    async def replay(self, row_id: int, now: datetime) -> DeliveryRecord | None:
+        def replay(db: sqlite3.Connection) -> DeliveryRecord | None:
+            db.execute(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ?,"
+                " delivered_at = NULL, lease_owner = NULL, lease_expires_at = NULL"
+                " WHERE id = ? AND state != 'pending'",
+                (_iso(now), _iso(now), row_id),
+            )
+            row = db.execute(f"SELECT {_RECORD_COLUMNS} FROM deliveries WHERE id = ?", (row_id,)).fetchone()  # noqa: S608
+            return _record(row) if row is not None else None
+
+        record: DeliveryRecord | None = await self._store.run("outbox_replay", replay)
+        return record
+
+    async def replay_all(self, state: DeliveryState, job_id: str | None, now: datetime) -> int:
+        sql = (
+            "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ?,"
+            " delivered_at = NULL, lease_owner = NULL, lease_expires_at = NULL WHERE state = ?"
+        )
+        params: tuple[Any, ...] = (_iso(now), _iso(now), state.value)
+        if job_id is not None:
+            sql += " AND job_id = ?"
+            params += (job_id,)
+        changed: int = await self._store.run("outbox_replay_all", lambda db: db.execute(sql, params).rowcount)
+        return changed
+
+    async def backlog(self) -> list[Backlog]:
+        rows = await self._store.run(
+            "outbox_backlog",
+            lambda db: db.execute(
+                "SELECT sink, count(*), min(created_at) FROM deliveries WHERE state = 'pending' GROUP BY sink"
+            ).fetchall(),
+            write=False,
+        )
+        return [
+            Backlog(sink=sink, count=count, oldest_created_at=datetime.fromisoformat(oldest))
+            for sink, count, oldest in rows
+        ]
+
+    async def prune_finished(self, before: datetime, limit: int) -> int:
+        changed: int = await self._store.run(
+            "outbox_prune",
+            lambda db: (
+                db.execute(
+                    "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries"
+                    " WHERE state IN ('delivered', 'dead') AND updated_at < ? LIMIT ?)",
+                    (_iso(before), limit),
+                ).rowcount
+            ),
+        )
+        return changed
+
+
+def _claim(
+    db: sqlite3.Connection, owner: str, sinks: Sequence[str], limit: int, lease_until: str, now: datetime
+) -> list[Claimed]:
+    """On the writer thread, inside its transaction: the due heads of every job's queue, leased."""
+    moment = _iso(now)
+    marks = ", ".join("?" * len(sinks))
+    rows = db.execute(
+        "SELECT id, event_id, sequence, sink, job_id, kind, status, body, attempts, traceparent FROM deliveries d"  # noqa: S608
+        f" WHERE state = 'pending' AND sink IN ({marks}) AND next_attempt_at <= ?"
+        " AND (lease_expires_at IS NULL OR lease_expires_at <= ?)"
+        " AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.job_id = d.job_id AND e.sink = d.sink"
+        " AND e.state = 'pending' AND e.sequence < d.sequence)"
+        " ORDER BY next_attempt_at, id LIMIT ?",
+        (*sinks, moment, moment, limit),
+    ).fetchall()
+    db.executemany(
+        "UPDATE deliveries SET lease_owner = ?, lease_expires_at = ?, attempts = attempts + 1 WHERE id = ?",
+        [(owner, lease_until, row[0]) for row in rows],
+    )
+    return [
+        Claimed(
+            row[3],
+            Delivery(
+                id=row[0],
+                event_id=row[1],
+                sequence=row[2],
+                job_id=row[4],
+                kind=row[5],
+                status=row[6],
+                body=bytes(row[7]),
+                attempt=row[8] + 1,
+                traceparent=row[9],
+            ),
+        )
+        for row in rows
+    ]
+
+
+def _list(
+    db: sqlite3.Connection, state: DeliveryState | None, job_id: str | None, limit: int, cursor: int | None
+) -> DeliveryPage:
+    clauses, params = [], []
+    for clause, value in (("state = ?", state and state.value), ("job_id = ?", job_id), ("id < ?", cursor)):
+        if value is not None:
+            clauses.append(clause)
+            params.append(value)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    rows = db.execute(
+        f"SELECT {_RECORD_COLUMNS} FROM deliveries {where} ORDER BY id DESC LIMIT ?",  # noqa: S608
+        (*params, limit + 1),
+    ).fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return DeliveryPage(deliveries=[_record(row) for row in rows], next_cursor=str(rows[-1][0]) if more else None)
+
+
+def _record(row: Any) -> DeliveryRecord:
+    return DeliveryRecord(
+        id=row[0],
+        event_id=row[1],
+        sequence=row[2],
+        sink=row[3],
+        job_id=row[4],
+        kind=row[5],
+        status=row[6],
+        state=DeliveryState(row[7]),
+        attempts=row[8],
+        next_attempt_at=datetime.fromisoformat(row[9]),
+        last_error=row[10],
+        created_at=datetime.fromisoformat(row[11]),
+        updated_at=datetime.fromisoformat(row[12]),
+        delivered_at=datetime.fromisoformat(row[13]) if row[13] is not None else None,
+        body=msgspec.Raw(bytes(row[14])),
+    )
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
