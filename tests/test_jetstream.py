@@ -6,6 +6,7 @@ runs sharing one NATS never see each other's messages.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import socket
@@ -15,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import msgspec
 import nats
 import nats.js.errors
@@ -24,9 +26,11 @@ from nats.js.api import ConsumerConfig, DeliverPolicy, StreamConfig
 
 from gateway.delivery.jetstream import DUPLICATE_WINDOW_SECONDS, JetStreamSink, subject_token
 from gateway.delivery.sink import Dead, Delivered, Delivery, Retry
-from tests.conftest import _unavailable, free_port
+from tests.conftest import SECRET, LiveServer, _unavailable, completed_image, free_port, progress
 
 pytestmark = pytest.mark.timeout(60)
+
+IMAGE = "/api/webhooks/image-completion"
 
 
 class Namespace(msgspec.Struct, frozen=True, kw_only=True):
@@ -260,3 +264,66 @@ async def test_nats_down_is_a_retry_and_the_event_is_delivered_once_it_is_back(n
         await sink.close()
     messages = await stored(nats_server.url, "GW", "gw.jobs")
     assert [m.headers and m.headers["Nats-Msg-Id"] for m in messages] == ["evt_1", "evt_2"]
+
+
+async def test_a_live_gateway_publishes_each_applied_event_once(
+    nats_url: str, namespace: Namespace, tmp_path: Path
+) -> None:
+    """Webhooks (with duplicates and stale ones) to a gateway with GATEWAY_NATS_URL, then a replay of every
+    delivered event: the stream holds each applied event once, in order per job."""
+    env = {
+        "WEBHOOK_SECRET": SECRET,
+        "GATEWAY_NATS_URL": nats_url,
+        "GATEWAY_NATS_SUBJECT_PREFIX": namespace.prefix,
+        "GATEWAY_NATS_STREAM": namespace.stream,
+    }
+    server = LiveServer(tmp_path, env)
+    try:
+        async with httpx.AsyncClient(base_url=server.url, headers={"X-Webhook-Secret": SECRET}) as http:
+            applied: list[tuple[str, str]] = []
+            for number in range(8):
+                job_id = f"nats-{number}"
+                for status, timestamp in (("pending", "16:40"), ("generating", "16:42"), ("completed", "16:45")):
+                    payload = (
+                        completed_image(job_id=job_id)
+                        if status == "completed"
+                        else progress(status, job_id=job_id, timestamp=f"2025-10-21T{timestamp}:00Z")
+                    )
+                    answer = (await http.post(IMAGE, json=payload)).json()
+                    assert answer["outcome"] == "applied", answer
+                    applied.append((job_id, status))
+                    # A retried webhook: answered 200, never published.
+                    assert (await http.post(IMAGE, json=payload)).json()["outcome"] == "duplicate"
+                stale = progress("saving", job_id=job_id, timestamp="2025-10-21T16:50:00Z")
+                assert (await http.post(IMAGE, json=stale)).json()["outcome"] == "stale"
+            await _until_nothing_pending(http)
+            # The gateway publishes every event again (an operator's replay): JetStream drops each copy.
+            replayed = (await http.post("/api/deliveries/replay", params={"state": "delivered"})).json()
+            assert replayed == {"replayed": len(applied)}
+            await _until_nothing_pending(http)
+            # Each event was published twice, and JetStream acknowledged both.
+            metrics = (await http.get("/metrics")).text
+            assert f'gateway_deliveries_total{{result="delivered",sink="nats"}} {2 * len(applied)}.0' in metrics
+    finally:
+        server.stop()
+
+    messages = await stored(nats_url, namespace.stream, namespace.prefix)
+    events = [msgspec.json.decode(message.data) for message in messages]
+    assert sorted((event["job_id"], event["status"]) for event in events) == sorted(applied)
+    ids = [message.headers and message.headers["Nats-Msg-Id"] for message in messages]
+    assert ids == [event["event_id"] for event in events]
+    assert len(set(ids)) == len(ids)
+    assert [m.subject for m in messages] == [f"{namespace.prefix}.image.{event['status']}" for event in events]
+    for number in range(8):
+        statuses = [event["status"] for event in events if event["job_id"] == f"nats-{number}"]
+        assert statuses == ["pending", "generating", "completed"]
+
+
+async def _until_nothing_pending(http: httpx.AsyncClient) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        page = (await http.get("/api/deliveries", params={"state": "pending"})).json()
+        if not page["deliveries"]:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"deliveries still pending after 20 s: {page}")

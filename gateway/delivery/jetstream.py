@@ -28,8 +28,6 @@ from nats.js.api import StorageType, StreamConfig
 from gateway.delivery.sink import Attempt, Dead, Delivered, Delivery, Retry
 
 __all__ = (
-    "DEFAULT_STREAM",
-    "DEFAULT_SUBJECT_PREFIX",
     "DUPLICATE_WINDOW_SECONDS",
     "MAX_AGE_SECONDS",
     "JetStreamSink",
@@ -38,8 +36,6 @@ __all__ = (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SUBJECT_PREFIX = "gateway.jobs"
-DEFAULT_STREAM = "GATEWAY_JOBS"
 DUPLICATE_WINDOW_SECONDS = 3600.0
 """Duplicate window of a stream the gateway creates: covers retries after a lost ack and a lease taken
 over from a dead replica. JetStream remembers every id for that long, so it is not days."""
@@ -70,8 +66,8 @@ class JetStreamSink:
         self,
         url: str,
         *,
-        subject_prefix: str = DEFAULT_SUBJECT_PREFIX,
-        stream: str = DEFAULT_STREAM,
+        subject_prefix: str,
+        stream: str,
         timeout: float = ACK_TIMEOUT_SECONDS,
     ) -> None:
         self._url = url
