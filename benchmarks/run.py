@@ -16,6 +16,9 @@ saves them as JSON. Configurations:
            machine's own servers on loopback (BENCH_REDIS_URL, BENCH_DATABASE_URL; a schema and key
            prefix of the run's own, dropped after). Not pinned: Redis and PostgreSQL share wrk's core
            (and the server's), so the figure is a floor, not what dedicated database hosts give
+  G-fwd    the gateway forwarding every applied event (signed) to a local receiver that answers 200
+           at once (sharing wrk's core): the cost of the outbox row and of the dispatcher on the
+           server's core; how many events reached the receiver during the run is printed
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class Config:
     command: list[str]
     env: dict[str, str]
     needs_sink: bool = False
+    forwards: bool = False
 
 
 @dataclass
@@ -103,6 +107,14 @@ def configs(tmp: Path) -> dict[str, Config]:
             {**base, "DATABASE_URL": f"{DIST_DATABASE}{separator}search_path={DIST_SCHEMA}", "REDIS_URL": DIST_REDIS,
              "GATEWAY_REDIS_KEY_PREFIX": f"bench:{DIST_SCHEMA}:", "GATEWAY_IDEMPOTENCY_TTL_SECONDS": "600"},
         ),
+        "G-fwd": Config(
+            "G-fwd",
+            "gateway forwarding every event (receiver on wrk's core)",
+            gateway,
+            {**base, "DATABASE_URL": f"sqlite:///{tmp}/f.db",
+             "GATEWAY_FORWARD_SIGNING_KEY": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"},
+            forwards=True,
+        ),
     }
 
 
@@ -145,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few seconds in all: A, B and G at 10 connections, once")
-    parser.add_argument("--configs", default="A,B,E,G,G-notel,G-otlp", help="comma-separated configurations")
+    parser.add_argument("--configs", default="A,B,E,G,G-notel,G-otlp,G-fwd", help="comma-separated configurations")
     parser.add_argument("--connections", default="10,50", help="comma-separated concurrencies (default 10,50)")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds measured per run (default 8)")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per server (default 2)")
@@ -197,12 +209,16 @@ class Server:
         self.sink_core = sink_core
         self.port = free_port()
         self.sink: Sink | None = None
+        self.receiver: Sink | None = None
 
     def __enter__(self) -> Server:
         env = {**os.environ, **self.config.env, "GATEWAY_PORT": str(self.port), "PYTHONPATH": str(ROOT)}
         if self.config.needs_sink:
             self.sink = Sink()
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{self.sink.port}"
+        if self.config.forwards:
+            self.receiver = Sink()
+            env["GATEWAY_FORWARD_URL"] = f"http://127.0.0.1:{self.receiver.port}/hooks"
         command = [*self.config.command, "--port", str(self.port)]
         self.process = subprocess.Popen(
             ["taskset", "-c", self.core, *command], env=env, cwd=ROOT,
@@ -224,15 +240,25 @@ class Server:
         self.process.wait(timeout=15)
         if self.sink is not None:
             self.sink.close()
+        if self.receiver is not None:
+            print(f"{self.config.name}: the receiver got {self.receiver.count} forwarded events", flush=True)
+            self.receiver.close()
 
 
 class Sink:
-    """A stand-in OTLP/HTTP collector that accepts every export, so export costs what it would."""
+    """A stand-in OTLP/HTTP collector (or forwarding receiver) that accepts every POST, so export costs
+    what it would. HTTP/1.1, so clients keep their connections."""
 
     def __init__(self) -> None:
+        self.count = 0
+        sink = self
+
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
             def do_POST(self) -> None:  # noqa: N802 - the stdlib's naming
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                sink.count += 1
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
                 self.send_header("Content-Length", "0")
@@ -291,7 +317,7 @@ def report(results: list[Result], chosen: list[Config], concurrencies: list[int]
     ratios: dict[str, float] = {}
     for connections in concurrencies:
         for top, bottom in (("G", "B"), ("G", "E"), ("G", "A"), ("G", "G-notel"), ("G-otlp", "B"), ("B", "A"),
-                            ("G-dist", "B"), ("G-dist", "G")):
+                            ("G-dist", "B"), ("G-dist", "G"), ("G-fwd", "G")):
             if (top, connections) in best and (bottom, connections) in best:
                 name = f"{top}/{bottom}@{connections}"
                 ratios[name] = best[(top, connections)].requests_per_second / best[(bottom, connections)].requests_per_second
@@ -303,6 +329,10 @@ def report(results: list[Result], chosen: list[Config], concurrencies: list[int]
             key = f"G/G-notel@{connections}"
             if key in ratios:
                 print(f"telemetry cost at {connections} connections: {100 * (1 - ratios[key]):.1f}% of throughput")
+    for connections in concurrencies:
+        key = f"G-fwd/G@{connections}"
+        if key in ratios:
+            print(f"forwarding cost at {connections} connections: {100 * (1 - ratios[key]):.1f}% of throughput")
     path.write_text(json.dumps({
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},

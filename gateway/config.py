@@ -173,11 +173,6 @@ class Settings:
     a database started afresh) must not share one stream, or new events are dropped as duplicates."""
 
     @property
-    def forward_sinks(self) -> tuple[str, ...]:
-        """The outbox's enabled sinks: one row per applied event and sink."""
-        return (*(("http",) if self.forward_url else ()), *(("nats",) if self.nats_url else ()))
-
-    @property
     def authenticates(self) -> bool:
         """Whether any sender credential is configured (otherwise webhooks are accepted unauthenticated)."""
         return self.webhook_secret is not None or bool(self.signing_keys)

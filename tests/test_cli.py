@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from gateway import __version__
+from gateway.stores import migrations
 
 _OUR_VARIABLES = ("GATEWAY_", "WEBHOOK_", "DATABASE_URL")
 
@@ -98,9 +99,9 @@ def test_migrate_creates_the_schema_then_is_a_no_op(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr
     assert "applied migrations 1" in first.stdout
     tables = {name for kind, name, _ in schema_of(database) if kind == "table"}
-    assert {"jobs", "job_events", "schema_migrations"} <= tables
+    assert {"jobs", "job_events", "deliveries", "schema_migrations"} <= tables
     recorded = migrations_of(database)
-    assert [version for version, _, _ in recorded] == [1]
+    assert [version for version, _, _ in recorded] == [migration.version for migration in migrations.load("sqlite")]
 
     schema = schema_of(database)
     second = run_gateway(tmp_path, "migrate", env=env)

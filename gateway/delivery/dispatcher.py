@@ -40,6 +40,8 @@ __all__ = ("Dispatcher",)
 logger = logging.getLogger(__name__)
 
 _STOP_GRACE_SECONDS = 5.0
+_DISABLED_REFRESH_SECONDS = 1.0
+"""How often the sinks disabled by a 410 (possibly on another replica) are read again."""
 _propagator = TraceContextTextMapPropagator()
 
 
@@ -69,10 +71,19 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._failing = False
+        self._disabled: set[str] = set()
+        self._disabled_read_at = -_DISABLED_REFRESH_SECONDS
 
     def wake(self) -> None:
-        """Look for due rows now (new rows were committed, or a sink was re-enabled)."""
+        """Look for due rows now: new rows were committed."""
+        self._wake.set()
+
+    def reconsider(self) -> None:
+        """Read the disabled sinks again and look for due rows now: an operator replayed rows or
+        re-enabled a sink."""
+        self._disabled_read_at = -_DISABLED_REFRESH_SECONDS
         self._wake.set()
 
     def start(self) -> None:
@@ -82,10 +93,17 @@ class Dispatcher:
         """Stop claiming, give deliveries in flight a moment to finish, then close the sinks. A delivery
         cut off is retried once its lease expires."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+            # A flag rather than only a cancellation: the loop may be between two awaits, and a flag
+            # cannot be lost the way a cancellation racing a completed wait can.
+            self._stopping = True
+            self._wake.set()
+            task, self._task = self._task, None
+            try:
+                await asyncio.wait_for(asyncio.shield(task), _STOP_GRACE_SECONDS)
+            except TimeoutError:  # a claim stuck on the store: cut it off
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._in_flight:
             _, late = await asyncio.wait(self._in_flight, timeout=_STOP_GRACE_SECONDS)
             for task in late:
@@ -96,7 +114,7 @@ class Dispatcher:
 
     async def _run(self) -> None:
         poll = self._schedule.poll_seconds
-        while True:
+        while not self._stopping:
             self._wake.clear()
             full = False
             try:
@@ -107,17 +125,20 @@ class Dispatcher:
                 await asyncio.sleep(0)  # more may be due: claim again, after letting the loop breathe
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), poll)
+                async with asyncio.timeout(poll):
+                    await self._wake.wait()
 
     async def _claim(self) -> bool:
         """Claim and start what is due; ``True`` when the claim was limited by free slots."""
         free = self._concurrency - len(self._in_flight)
         if free <= 0:
             return False
-        disabled = {row.sink for row in await self._outbox.disabled_sinks()}
-        for name in self._sinks:
-            self._metrics.delivery_sink_disabled.labels(name).set(1 if name in disabled else 0)
-        active = [name for name in self._sinks if name not in disabled]
+        if time.monotonic() - self._disabled_read_at >= _DISABLED_REFRESH_SECONDS:
+            self._disabled = {row.sink for row in await self._outbox.disabled_sinks()}
+            self._disabled_read_at = time.monotonic()
+            for name in self._sinks:
+                self._metrics.delivery_sink_disabled.labels(name).set(1 if name in self._disabled else 0)
+        active = [name for name in self._sinks if name not in self._disabled]
         if not active:
             return False
         claimed = await self._outbox.claim(self.owner, active, free, self._lease_seconds, _now())
@@ -132,7 +153,10 @@ class Dispatcher:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
-        self._wake.set()  # a slot is free, and the job's next event may now be due
+        # Slots are free and the job's next event may now be due. Under load, claim once half the slots
+        # are free rather than once per delivery (a claim is a store round trip); the poll takes the rest.
+        if len(self._in_flight) <= self._concurrency // 2:
+            self._wake.set()
 
     async def _deliver(self, sink: Sink, delivery: Delivery) -> None:
         started = time.perf_counter()
@@ -173,6 +197,7 @@ class Dispatcher:
             result = "delivered"
         elif isinstance(attempt, Gone):
             await self._outbox.disable_sink(sink, attempt.reason, now)
+            self._disabled.add(sink)
             kept = await self._outbox.release(delivery.id, self.owner, attempt.reason, now)
             self._metrics.delivery_sink_disabled.labels(sink).set(1)
             logger.error(

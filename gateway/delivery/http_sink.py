@@ -9,6 +9,7 @@ answer decides the outcome: 2xx delivered; timeout, connection error, 5xx, 408, 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -16,11 +17,12 @@ import time
 from collections.abc import Callable
 from datetime import UTC
 from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
 
-import httpx
 from opentelemetry import propagate
 
 from gateway import __version__
+from gateway.delivery.http_client import HttpClient
 from gateway.delivery.sink import Attempt, Dead, Delivered, Delivery, Gone, Retry
 
 __all__ = ("HttpSink", "retry_after", "sign")
@@ -52,29 +54,23 @@ def retry_after(value: str | None, now: float) -> float | None:
 
 
 class HttpSink:
-    """:class:`~gateway.delivery.sink.Sink` POSTing each event to one URL over a pooled HTTP client."""
+    """:class:`~gateway.delivery.sink.Sink` POSTing each event to one URL over keep-alive connections.
+
+    Redirects are not followed: a 3xx is the endpoint's misconfiguration, dead-lettered and visible.
+    """
 
     name = "http"
 
     def __init__(
-        self,
-        url: str,
-        signing_key: bytes | None,
-        timeout_seconds: float,
-        *,
-        max_connections: int,
-        clock: Callable[[], float] = time.time,
+        self, url: str, signing_key: bytes | None, timeout_seconds: float, *, clock: Callable[[], float] = time.time
     ) -> None:
-        self._url = url
+        parts = urlsplit(url)
+        self._shown = f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
+        """The endpoint without credentials or query, for messages."""
         self._key = signing_key
         self._timeout = timeout_seconds
         self._clock = clock
-        self._client = httpx.AsyncClient(
-            timeout=timeout_seconds,
-            follow_redirects=False,  # a redirect is the endpoint's misconfiguration: dead-lettered, visible
-            limits=httpx.Limits(max_connections=max_connections),
-            headers={"user-agent": f"gateway/{__version__}"},
-        )
+        self._client = HttpClient(url, user_agent=f"gateway/{__version__}")
 
     async def send(self, delivery: Delivery) -> Attempt:
         now = self._clock()
@@ -88,24 +84,20 @@ class HttpSink:
             headers["webhook-signature"] = sign(self._key, delivery.event_id, timestamp, delivery.body)
         propagate.inject(headers)  # the delivery span, so the app's trace continues the gateway's
         try:
-            response = await self._client.post(self._url, content=delivery.body, headers=headers)
-        except httpx.TimeoutException:
+            async with asyncio.timeout(self._timeout):
+                response = await self._client.post(delivery.body, headers)
+        except TimeoutError:
             return Retry(f"no answer within {self._timeout:g} s")
-        except httpx.TransportError as error:
+        except OSError as error:
             return Retry(f"connection failed: {type(error).__name__}")
-        code = response.status_code
+        code = response.status
         if 200 <= code < 300:
             return Delivered()
         if code == 410:
-            return Gone(f"{self._shown()} answered 410 Gone")
+            return Gone(f"{self._shown} answered 410 Gone")
         if code >= 500 or code in _RETRIED:
             return Retry(f"HTTP {code}", retry_after(response.headers.get("retry-after"), self._clock()))
         return Dead(f"HTTP {code}")
 
-    def _shown(self) -> str:
-        """The endpoint without credentials or query, for messages."""
-        url = httpx.URL(self._url)
-        return f"{url.scheme}://{url.host}{f':{url.port}' if url.port else ''}{url.path}"
-
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._client.close()

@@ -80,14 +80,15 @@ def create_app(
     tracer = provider.get_tracer("gateway", __version__)
     telemetry = Telemetry(metrics)
 
-    writer = OutboxWriter(settings.forward_sinks, settings.forward_statuses) if settings.forward_sinks else None
+    sinks = _sinks(settings)
+    forwarding = tuple(sinks)
+    writer = OutboxWriter(forwarding, settings.forward_statuses) if sinks else None
     jobs = _job_store(settings, writer)
     outbox = SqliteOutbox(jobs) if isinstance(jobs, SqliteJobStore) else PostgresOutbox(jobs)
-    dispatcher = _dispatcher(settings, outbox, metrics, tracer)
-    if dispatcher is not None:
-        assert writer is not None  # a sink is configured
+    dispatcher = _dispatcher(settings, sinks, outbox, metrics, tracer) if sinks else None
+    if dispatcher is not None and writer is not None:
         writer.on_written = dispatcher.wake
-        metrics.forwarding(settings.forward_sinks)
+        metrics.forwarding(forwarding)
     idempotency = _idempotency_store(settings)
     limits = _rate_limit_store(settings)
     limiter = RateLimiter.from_settings(settings, limits, MemoryRateLimitStore(max_keys=1), metrics=metrics)
@@ -132,7 +133,7 @@ def create_app(
             unknown_webhook_route(tuple(kind.route for kind in KINDS), telemetry),
             *job_routes(jobs),
             *health_routes(jobs, idempotency),
-            delivery_controller(outbox, dispatcher.wake if dispatcher is not None else _nothing),
+            delivery_controller(outbox, dispatcher.reconsider if dispatcher is not None else _nothing),
             metrics_route(
                 registry,
                 metrics,
@@ -140,8 +141,8 @@ def create_app(
                 kinds,
                 jobs,
                 idempotency,
-                outbox if settings.forward_sinks else None,
-                settings.forward_sinks,
+                outbox if sinks else None,
+                forwarding,
             ),
         ],
         middleware=[server_spans(tracer)],
@@ -178,24 +179,26 @@ def _job_store(settings: Settings, outbox: OutboxWriter | None) -> SqliteJobStor
     return SqliteJobStore(database.path, outbox)
 
 
-def _dispatcher(
-    settings: Settings, outbox: SqliteOutbox | PostgresOutbox, metrics: Metrics, tracer: Tracer
-) -> Dispatcher | None:
-    """The background delivery of the outbox, when a sink is configured."""
+def _sinks(settings: Settings) -> dict[str, Sink]:
+    """The configured sinks, by their outbox name: the job store writes one row per applied event for each."""
     sinks: dict[str, Sink] = {}
     if settings.forward_url is not None:
-        sinks["http"] = HttpSink(
-            settings.forward_url,
-            settings.forward_signing_key,
-            settings.forward_timeout_seconds,
-            max_connections=_DELIVERY_CONCURRENCY,
-        )
+        sinks["http"] = HttpSink(settings.forward_url, settings.forward_signing_key, settings.forward_timeout_seconds)
     if settings.nats_url is not None:
         sinks["nats"] = JetStreamSink(
             settings.nats_url, subject_prefix=settings.nats_subject_prefix, stream=settings.nats_stream
         )
-    if not sinks:
-        return None
+    return sinks
+
+
+def _dispatcher(
+    settings: Settings,
+    sinks: dict[str, Sink],
+    outbox: SqliteOutbox | PostgresOutbox,
+    metrics: Metrics,
+    tracer: Tracer,
+) -> Dispatcher:
+    """The background delivery of the outbox to ``sinks``."""
     return Dispatcher(
         outbox,
         sinks,

@@ -1,0 +1,153 @@
+"""The forwarding HTTP client against real sockets that answer the ways HTTP/1.1 servers do: chunked and
+close-delimited bodies, idle connections closed by the server, silence, garbage."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from gateway.delivery.http_client import HttpClient
+from gateway.delivery.http_sink import HttpSink
+from gateway.delivery.sink import Delivered, Delivery, Retry
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class Server:
+    """A raw TCP server whose every connection is handled by ``handler``; counts connections and requests."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.requests: list[dict[str, str]] = []
+        self.url = ""
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Server:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://user:p%40ss@127.0.0.1:{self._server.sockets[0].getsockname()[1]}/in?x=1"
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await self.handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def read_request(self, reader: asyncio.StreamReader) -> bool:
+        """Read one request (``False`` when the client closed the connection)."""
+        line = await reader.readline()
+        if not line:
+            return False
+        headers = {"request-line": line.decode().strip()}
+        while (header := await reader.readline()) != b"\r\n":
+            name, _, value = header.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        await reader.readexactly(int(headers["content-length"]))
+        self.requests.append(headers)
+        return True
+
+
+def delivery() -> Delivery:
+    return Delivery(
+        id=1, event_id="evt_1", sequence=1, job_id="j", kind="image", status="pending", body=b"{}", attempt=1,
+        traceparent=None,
+    )  # fmt: skip
+
+
+@pytest.fixture
+async def chunked() -> AsyncIterator[Server]:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await server.read_request(reader):
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\n\r\n")
+
+    server = Server(handler)
+    async with server:
+        yield server
+
+
+async def test_a_chunked_answer_is_read_and_the_connection_kept(chunked: Server) -> None:
+    client = HttpClient(chunked.url, user_agent="test")
+    for _ in range(3):
+        response = await client.post(b'{"a": 1}', {"webhook-id": "evt_1"})
+        assert response.status == 200
+    await client.close()
+    assert chunked.connections == 1
+    first = chunked.requests[0]
+    assert first["request-line"] == "POST /in?x=1 HTTP/1.1"
+    assert first["host"] == chunked.url.split("@")[1].split("/")[0]
+    assert first["authorization"] == "Basic dXNlcjpwQHNz"  # user:p@ss, from the URL
+    assert first["webhook-id"] == "evt_1"
+
+
+async def test_a_close_delimited_answer_gets_a_new_connection_next_time() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.0 202 Accepted\r\ncontent-type: text/plain\r\n\r\nqueued")
+
+    server = Server(handler)
+    async with server:
+        client = HttpClient(server.url, user_agent="test")
+        assert (await client.post(b"{}", {})).status == 202
+        assert (await client.post(b"{}", {})).status == 202
+        await client.close()
+    assert server.connections == 2
+
+
+async def test_an_idle_connection_the_server_closed_is_replaced_without_losing_the_request() -> None:
+    """Keep-alive connections die while idle (server timeouts): the request goes out on a fresh one, once."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await writer.drain()
+        # then close while the client thinks the connection is reusable
+
+    server = Server(handler)
+    async with server:
+        client = HttpClient(server.url, user_agent="test")
+        assert (await client.post(b"{}", {})).status == 204
+        await asyncio.sleep(0.05)
+        assert (await client.post(b"{}", {})).status == 204
+        await client.close()
+    assert len(server.requests) == 2
+    assert server.connections == 2
+
+
+async def test_silence_is_a_retry_after_the_timeout_and_garbage_a_connection_failure() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        await asyncio.sleep(5)
+
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"SMTP ready\r\n\r\n")
+
+    server = Server(silent)
+    async with server:
+        sink = HttpSink(server.url, None, 0.2)
+        assert await sink.send(delivery()) == Retry("no answer within 0.2 s")
+        await sink.close()
+    server = Server(garbage)
+    async with server:
+        sink = HttpSink(server.url, None, 1.0)
+        attempt = await sink.send(delivery())
+        await sink.close()
+    assert isinstance(attempt, Retry)
+    assert attempt.reason == "connection failed: ConnectionError"
+
+
+async def test_a_success_is_delivered(chunked: Server) -> None:
+    sink = HttpSink(chunked.url, b"k" * 24, 1.0)
+    assert await sink.send(delivery()) == Delivered()
+    await sink.close()
+    assert chunked.requests[0]["webhook-signature"].startswith("v1,")

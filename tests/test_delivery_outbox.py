@@ -1,0 +1,170 @@
+"""The outbox stores under the dispatcher: leases, per-job order, takeover and retention, on SQLite and
+a real PostgreSQL; and two PostgreSQL replicas delivering one outbox under a storm of webhooks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+from prometheus_client import CollectorRegistry
+
+from gateway.config import PostgresDatabase, Settings
+from gateway.delivery.outbox import DeliveryState, OutboxWriter
+from gateway.delivery.postgres_outbox import PostgresOutbox
+from gateway.delivery.sqlite_outbox import SqliteOutbox
+from gateway.http.app import create_app
+from gateway.model import JobEvent, Status
+from gateway.stores.postgres import PostgresJobStore
+from gateway.stores.sqlite import SqliteJobStore
+from tests.conftest import SECRET, completed_image, progress
+from tests.receiver import Receiver
+from tests.test_delivery import forwarding
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def event(job_id: str, status: Status, minute: int) -> JobEvent:
+    moment = NOW + timedelta(minutes=minute)
+    return JobEvent(kind="image", job_id=job_id, status=status, timestamp=moment, received_at=moment)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def outbox(
+    request: pytest.FixtureRequest, tmp_path: Any
+) -> AsyncIterator[tuple[Any, SqliteOutbox | PostgresOutbox]]:
+    writer = OutboxWriter(("http",), None)
+    store: SqliteJobStore | PostgresJobStore
+    if request.param == "sqlite":
+        store = SqliteJobStore(str(tmp_path / "outbox.db"), writer)
+        await store.open()
+        yield store, SqliteOutbox(store)
+    else:
+        store = PostgresJobStore(request.getfixturevalue("database_url"), outbox=writer)
+        await store.open()
+        yield store, PostgresOutbox(store)
+    await store.close()
+
+
+async def test_claims_take_each_jobs_oldest_pending_row_only(outbox: tuple[Any, Any]) -> None:
+    """A job's later event waits while an earlier one is pending (leased or retrying); a dead one stops
+    blocking; different jobs are claimed together."""
+    store, rows = outbox
+    for job in ("a", "b"):
+        for minute, status in enumerate((Status.PENDING, Status.GENERATING, Status.COMPLETED)):
+            await store.apply(event(job, status, minute))
+    later = NOW + timedelta(hours=1)
+    first = await rows.claim("one", ["http"], 10, 30, later)
+    assert sorted((c.delivery.job_id, c.delivery.status) for c in first) == [("a", "pending"), ("b", "pending")]
+    assert all(c.delivery.attempt == 1 and c.delivery.event_id == f"evt_{c.delivery.sequence}" for c in first)
+    assert await rows.claim("two", ["http"], 10, 30, later) == []  # heads leased, the rest wait behind them
+
+    a, b = sorted(first, key=lambda c: c.delivery.job_id)
+    assert await rows.retry(a.delivery.id, "one", later + timedelta(minutes=5), "HTTP 503", later)
+    assert await rows.dead(b.delivery.id, "one", "HTTP 400", later)
+    # a's head is pending again but not due: it still blocks a; b's dead head no longer blocks b.
+    second = await rows.claim("two", ["http"], 10, 3600, later)
+    assert [(c.delivery.job_id, c.delivery.status) for c in second] == [("b", "generating")]
+    retried = await rows.claim("two", ["http"], 10, 30, later + timedelta(minutes=6))
+    assert [(c.delivery.job_id, c.delivery.status, c.delivery.attempt) for c in retried] == [("a", "pending", 2)]
+
+
+async def test_an_expired_lease_is_taken_over_and_the_old_owner_cannot_settle(outbox: tuple[Any, Any]) -> None:
+    """A dispatcher that died (or stalled past its lease) loses its rows to another after the lease expires;
+    its late result is refused, so it cannot overwrite the new owner's."""
+    store, rows = outbox
+    await store.apply(event("lease", Status.PENDING, 0))
+    later = NOW + timedelta(hours=1)
+    [mine] = await rows.claim("dead-replica", ["http"], 10, 5, later)
+    assert await rows.claim("survivor", ["http"], 10, 5, later + timedelta(seconds=4)) == []
+    [taken] = await rows.claim("survivor", ["http"], 10, 5, later + timedelta(seconds=6))
+    assert taken.delivery.id == mine.delivery.id
+    assert taken.delivery.attempt == 2
+    assert not await rows.delivered(mine.delivery.id, "dead-replica", later)
+    assert await rows.delivered(taken.delivery.id, "survivor", later)
+    [record] = (await rows.list_deliveries(state=None, job_id="lease", limit=10, cursor=None)).deliveries
+    assert record.state is DeliveryState.DELIVERED
+
+
+async def test_prune_finished_deletes_old_delivered_and_dead_rows_in_batches(outbox: tuple[Any, Any]) -> None:
+    """The retention hook: finished rows older than the cut-off go, a batch at a time; pending rows stay."""
+    store, rows = outbox
+    for job in ("p1", "p2", "p3"):
+        await store.apply(event(job, Status.PENDING, 0))
+    claimed = await rows.claim("me", ["http"], 10, 30, NOW + timedelta(minutes=1))
+    by_job = {c.delivery.job_id: c.delivery for c in claimed}
+    assert await rows.delivered(by_job["p1"].id, "me", NOW)
+    assert await rows.dead(by_job["p2"].id, "me", "HTTP 400", NOW)
+    assert await rows.retry(by_job["p3"].id, "me", NOW, "HTTP 503", NOW)
+    cutoff = NOW + timedelta(days=1)
+    assert await rows.prune_finished(cutoff, 1) == 1
+    assert await rows.prune_finished(cutoff, 1) == 1
+    assert await rows.prune_finished(cutoff, 1) == 0
+    left = (await rows.list_deliveries(state=None, job_id=None, limit=10, cursor=None)).deliveries
+    assert [(r.job_id, r.state) for r in left] == [("p3", DeliveryState.PENDING)]
+    assert await rows.prune_finished(NOW - timedelta(days=1), 10) == 0
+
+
+async def test_listing_pages_newest_first(outbox: tuple[Any, Any]) -> None:
+    store, rows = outbox
+    for n in range(5):
+        await store.apply(event(f"page-{n}", Status.PENDING, n))
+    first = await rows.list_deliveries(state=DeliveryState.PENDING, job_id=None, limit=3, cursor=None)
+    assert [r.job_id for r in first.deliveries] == ["page-4", "page-3", "page-2"]
+    assert first.next_cursor is not None
+    rest = await rows.list_deliveries(state=None, job_id=None, limit=3, cursor=int(first.next_cursor))
+    assert [r.job_id for r in rest.deliveries] == ["page-1", "page-0"]
+    assert rest.next_cursor is None
+
+
+async def test_two_postgres_replicas_never_deliver_an_event_twice(database_url: str, tmp_path: Any) -> None:
+    """Two gateways on one PostgreSQL, a storm of webhooks spread over both, a receiver that is slow and
+    fails some first attempts: every applied event arrives once, each job's in order, and both replicas
+    delivered (so they really competed for the outbox)."""
+    receiver = Receiver(delay=0.01)
+    receiver.policy = lambda event, count: 503 if count == 1 and event["sequence"] % 5 == 0 else 204
+    await receiver.start()
+    base = forwarding(Settings(webhook_secret=SECRET, database=PostgresDatabase(database_url)), receiver)
+    registries = [CollectorRegistry(), CollectorRegistry()]
+    statuses = ("pending", "generating", "completed")
+    try:
+        async with (
+            AsyncTestClient(app=create_app(base, registry=registries[0])) as one,
+            AsyncTestClient(app=create_app(replace(base, migrate_on_start=False), registry=registries[1])) as two,
+        ):
+
+            async def job(n: int) -> None:
+                for minute, status in enumerate(statuses):
+                    client = (one, two)[(n + minute) % 2]
+                    timestamp = f"2025-10-21T16:{minute:02d}:00Z"
+                    payload = (
+                        completed_image(f"storm-{n}", timestamp)
+                        if status == "completed"
+                        else progress(status, f"storm-{n}", timestamp)
+                    )
+                    response = await client.post(
+                        "/api/webhooks/image-completion", json=payload, headers={"X-Webhook-Secret": SECRET}
+                    )
+                    assert response.status_code == 200, response.text
+
+            await asyncio.gather(*(job(n) for n in range(40)))
+            expected = 40 * len(statuses)
+            await receiver.wait_until(lambda: len(receiver.accepted) >= expected, timeout=30)
+            await asyncio.sleep(0.5)
+    finally:
+        await receiver.stop()
+    ids = receiver.accepted_ids()
+    assert len(ids) == expected
+    assert len(set(ids)) == expected, "an event was delivered twice"
+    for n in range(40):
+        assert [a.event["status"] for a in receiver.accepted if a.event["job_id"] == f"storm-{n}"] == list(statuses)
+    delivered = [
+        registry.get_sample_value("gateway_deliveries_total", {"sink": "http", "result": "delivered"}) or 0
+        for registry in registries
+    ]
+    assert sum(delivered) == expected
+    assert min(delivered) > 0, f"one replica delivered nothing: {delivered}"
