@@ -114,6 +114,18 @@ class Config:
     absent_for: str = "5m"
     no_webhooks_for: str = "1h"
     """How long without a single webhook before someone should look at the sender."""
+    delivery_backlog_min: float = 100
+    """Pending deliveries below this are ordinary traffic in flight, whatever their trend."""
+    delivery_backlog_window: str = "15m"
+    """Window over which a backlog above the floor must keep growing to raise the backlog alert."""
+    delivery_backlog_for: str = "15m"
+    delivery_pending_seconds: float = 1800
+    """A delivery pending for longer than this means the receiver has missed events for that long (the
+    retry schedule's first attempts span about half an hour)."""
+    delivery_pending_for: str = "5m"
+    dead_letter_window: str = "15m"
+    """A dead letter keeps its alert firing for this long, so one dead delivery is not lost between
+    evaluations; the alert resolves by itself once no new one appears."""
     runbook_url: str = "dashboards/runbook.md"
     """Base of every alert's ``runbook_url``; point it at where your copy of the repo is browsable
     (e.g. ``https://<forge>/<owner>/gateway/blob/main/dashboards/runbook.md``)."""

@@ -2,7 +2,8 @@
 
 The SLO group records the failed-generation ratio over every window and alerts on multi-window,
 multi-burn-rate conditions; the operations group watches what the SLI cannot see (stuck jobs, latency,
-refusals, a gateway that is down or silent). Every alert carries ``severity`` (``critical`` pages,
+refusals, a gateway that is down or silent); the delivery group watches the events delivered onward
+(backlog, old pending deliveries, dead letters). Every alert carries ``severity`` (``critical`` pages,
 ``warning`` opens a ticket), a static ``summary``, a templated ``description`` and a ``runbook_url``.
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 from dashboards.config import Config, duration_seconds, humanize_seconds
 from dashboards.promql import failed_ratio, failed_ratio_record, matchers, quantile
 
-__all__ = ("alert_names", "operations_group", "rule_file", "runbook_anchor", "slo_group")
+__all__ = ("alert_names", "delivery_group", "operations_group", "rule_file", "runbook_anchor", "slo_group")
 
 Rule = dict[str, Any]
 Group = dict[str, Any]
@@ -178,9 +179,59 @@ def operations_group(config: Config, name: str = "gateway") -> Group:
     return {"name": name, "rules": rules}
 
 
+def delivery_group(config: Config, name: str = "gateway-delivery") -> Group:
+    """Alerts on delivering accepted events onward: a growing backlog, old pending deliveries, dead letters.
+
+    Backlog and age come from the shared outbox, so every replica reports the same value: ``max`` per sink
+    (a ``sink`` label, when the gateway exports one), then summed, never summed across replicas.
+    """
+    sel = config.selector
+    backlog = f"sum by (job) (max by (job, sink) (gateway_delivery_backlog{{{sel}}}))"
+    window = config.delivery_backlog_window
+    growth = f"sum by (job) (max by (job, sink) (delta(gateway_delivery_backlog{{{sel}}}[{window}])))"
+    dead_sel = matchers(sel, 'result="dead"')
+    dead = f"sum by (job) (increase(gateway_deliveries_total{{{dead_sel}}}[{config.dead_letter_window}]))"
+    rules = [
+        _alert(
+            config,
+            "DeliveryBacklogGrowing",
+            f"{backlog} > {config.delivery_backlog_min:g}\nand on (job)\n{growth} > 0",
+            config.delivery_backlog_for,
+            "warning",
+            "Deliveries pile up faster than they are delivered.",
+            f"{_JOB} has {{{{ $value | humanize }}}} deliveries pending, and the backlog has kept growing over "
+            f"the last {window} (floor {config.delivery_backlog_min:g}): a receiver is failing or slow, or the "
+            "dispatcher cannot keep up with the events applied.",
+        ),
+        _alert(
+            config,
+            "DeliveryPendingTooLong",
+            f"max by (job) (gateway_delivery_oldest_pending_seconds{{{sel}}}) > {config.delivery_pending_seconds:g}",
+            config.delivery_pending_for,
+            "warning",
+            "An accepted event has waited too long to be delivered.",
+            f"The oldest delivery still pending on {_JOB} has waited {_DURATION} (threshold "
+            f"{humanize_seconds(config.delivery_pending_seconds)}): its receiver has not taken it, and the "
+            "events of that job queue behind it.",
+        ),
+        _alert(
+            config,
+            "DeliveryDeadLetters",
+            f"{dead} > 0",
+            "0s",
+            "warning",
+            "Deliveries went to the dead letters.",
+            f"Deliveries from {_JOB} went to the dead letters over the last {config.dead_letter_window} (about "
+            "{{ $value | humanize }}): the receiver refused them for good, or their retry schedule ran out. "
+            "They are not delivered until someone replays them.",
+        ),
+    ]
+    return {"name": name, "rules": rules}
+
+
 def rule_file(config: Config) -> dict[str, list[Group]]:
-    """The rule file Prometheus loads: the SLO group and the operations group."""
-    return {"groups": [slo_group(config), operations_group(config)]}
+    """The rule file Prometheus loads: the SLO, operations and delivery groups."""
+    return {"groups": [slo_group(config), operations_group(config), delivery_group(config)]}
 
 
 def alert_names(document: dict[str, list[Group]]) -> list[str]:

@@ -10,6 +10,7 @@ import base64
 import binascii
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,6 +165,12 @@ class Settings:
     jitter); once exhausted the delivery is dead-lettered."""
     nats_url: str | None = field(default=None, repr=False)
     """``GATEWAY_NATS_URL``: a NATS server with JetStream; every applied event is also published there."""
+    nats_subject_prefix: str = "gateway.jobs"
+    """``GATEWAY_NATS_SUBJECT_PREFIX``: events are published to ``<prefix>.<kind>.<status>``."""
+    nats_stream: str = "GATEWAY_JOBS"
+    """``GATEWAY_NATS_STREAM``: the JetStream stream created for ``<prefix>.>`` unless one covers it.
+    Event ids are unique per job database, and JetStream deduplicates per stream: two deployments (or
+    a database started afresh) must not share one stream, or new events are dropped as duplicates."""
 
     @property
     def authenticates(self) -> bool:
@@ -251,6 +258,8 @@ class Settings:
             forward_statuses=_forward_statuses(get("GATEWAY_FORWARD_STATUSES")),
             forward_retry_schedule=_retry_schedule(get("GATEWAY_FORWARD_RETRY_SCHEDULE")),
             nats_url=_nats_url(get("GATEWAY_NATS_URL")),
+            nats_subject_prefix=_nats_subject_prefix(get("GATEWAY_NATS_SUBJECT_PREFIX")) or cls.nats_subject_prefix,
+            nats_stream=_nats_stream(get("GATEWAY_NATS_STREAM")) or cls.nats_stream,
         )
         if settings.env == "production" and settings.forward_url and settings.forward_signing_key is None:
             raise ConfigError(
@@ -489,4 +498,26 @@ def _nats_url(value: str | None) -> str | None:
     scheme, sep, _ = value.partition("://")
     if not sep or scheme.lower() not in ("nats", "tls"):
         raise ConfigError("GATEWAY_NATS_URL must start with nats:// or tls://")
+    return value
+
+
+_NATS_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _nats_subject_prefix(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not all(_NATS_TOKEN.fullmatch(token) for token in value.split(".")):
+        raise ConfigError(
+            "GATEWAY_NATS_SUBJECT_PREFIX must be dot-separated tokens of letters, digits, _ and - "
+            f"(no wildcard), e.g. gateway.jobs; got {value!r}"
+        )
+    return value
+
+
+def _nats_stream(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not _NATS_TOKEN.fullmatch(value):
+        raise ConfigError(f"GATEWAY_NATS_STREAM must be letters, digits, _ and -, e.g. GATEWAY_JOBS; got {value!r}")
     return value

@@ -1,5 +1,5 @@
 """Shared fixtures: an in-process app over either store family, a real server subprocess, a real Redis, a
-real PostgreSQL (a throwaway database per session, a fresh schema per test)."""
+real PostgreSQL (a throwaway database per session, a fresh schema per test), a real NATS with JetStream."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
+import nats
+import nats.errors
 import pytest
 import redis
 from litestar.testing import AsyncTestClient
@@ -199,6 +201,31 @@ def redis_prefix() -> Iterator[str]:
         pass  # no Redis: the test that asked for a prefix was skipped or failed for it already
     finally:
         client.close()
+
+
+async def _jetstream_answers(url: str) -> None:
+    client = await nats.connect(url, connect_timeout=1, allow_reconnect=False)
+    try:
+        await client.jetstream(timeout=2).account_info()
+    finally:
+        await client.close()
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> str:
+    """A real NATS server with JetStream (``TEST_NATS_URL``, default the machine's on 127.0.0.1:4222); never a
+    fake. Tests keep to subjects and streams of their own."""
+    url = os.environ.get("TEST_NATS_URL", "nats://127.0.0.1:4222")
+    try:
+        # On its own thread and loop, like _admin: a test's loop may already be running.
+        with ThreadPoolExecutor(1) as thread:
+            thread.submit(asyncio.run, _jetstream_answers(url)).result()
+    except (OSError, TimeoutError, nats.errors.Error) as error:
+        _unavailable(
+            f"no NATS with JetStream answers at TEST_NATS_URL={urlsplit(url).hostname}:{urlsplit(url).port} "
+            f"({type(error).__name__}: {error}); run `nats-server -js` (apt-get install nats-server)"
+        )
+    return url
 
 
 class RedisServer:

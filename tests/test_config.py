@@ -98,6 +98,11 @@ def test_without_a_mapping_the_process_environment_is_read(monkeypatch: pytest.M
         ("DATABASE_URL", "sqlite://"),
         ("DATABASE_URL", "sqlite:////nonexistent-dir/x.db"),
         ("WEBHOOK_SIGNING_KEYS", "whsec_!!!notbase64"),
+        ("GATEWAY_NATS_SUBJECT_PREFIX", "gateway.*"),
+        ("GATEWAY_NATS_SUBJECT_PREFIX", "gateway..jobs"),
+        ("GATEWAY_NATS_SUBJECT_PREFIX", "gateway.jobs."),
+        ("GATEWAY_NATS_STREAM", "GATEWAY.JOBS"),
+        ("GATEWAY_NATS_STREAM", "gateway jobs"),
     ],
 )
 def test_a_bad_value_stops_start_up_naming_the_variable(name: str, value: str) -> None:
@@ -196,3 +201,10 @@ def test_a_mistyped_database_url_is_refused_without_echoing_its_password() -> No
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({"DATABASE_URL": "gateway:s3cret-pw@db/gateway"})
     assert "s3cret-pw" not in str(caught.value)
+
+
+def test_nats_subjects_and_stream_default_to_the_documented_names_and_can_be_moved() -> None:
+    defaults = Settings.from_env({"GATEWAY_NATS_URL": "nats://127.0.0.1:4222"})
+    assert (defaults.nats_subject_prefix, defaults.nats_stream) == ("gateway.jobs", "GATEWAY_JOBS")
+    moved = Settings.from_env({"GATEWAY_NATS_SUBJECT_PREFIX": "staging.gw-1.jobs", "GATEWAY_NATS_STREAM": "GW_STAGING"})
+    assert (moved.nats_subject_prefix, moved.nats_stream) == ("staging.gw-1.jobs", "GW_STAGING")

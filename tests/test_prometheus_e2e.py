@@ -1,7 +1,8 @@
 """The dashboards and alerts against a real Prometheus scraping a real gateway.
 
-One gateway and one ``prometheus`` (scraping every second, with the generated rules and their fast test
-variant) serve the whole module. A scripted mix of webhooks (two kinds, several models, every outcome)
+One gateway (publishing applied events to a JetStream stream of its own, so deliveries happen) and one
+``prometheus`` (scraping every second, with the generated rules and their fast test variant) serve the
+whole module. A scripted mix of webhooks (two kinds, several models, every outcome)
 runs first; then every panel query of every dashboard, with its template variables substituted as
 Grafana would, must return data; then a burst of failures must make the failure alert fire, and its end
 must resolve it.
@@ -9,17 +10,23 @@ must resolve it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import re
 import time
+import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
+import nats.js.errors
 import pytest
 from standardwebhooks import Webhook
 
@@ -148,10 +155,23 @@ def prometheus_config(target: str) -> dict[str, Any]:
     return config
 
 
+async def _delete_stream(url: str, name: str) -> None:
+    client = await nats.connect(url, connect_timeout=1, allow_reconnect=False)
+    try:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await client.jetstream(timeout=2).delete_stream(name)
+    finally:
+        await client.close()
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, nats_url: str) -> Iterator[Stack]:
     executable = binary("prometheus")
     workdir: Path = tmp_path_factory.mktemp("e2e")
+    # Applied events are published to JetStream (a stream of this run's own), so the forwarding panels
+    # show real deliveries.
+    tag = uuid.uuid4().hex[:12]
+    stream = f"TEST_E2E_{tag}"
     # Spans are recorded (and exemplars attached) only when a collector receives them: a stand-in one.
     collector = Sink()
     gateway = LiveServer(
@@ -160,6 +180,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "WEBHOOK_SECRET": SECRET,
             "WEBHOOK_SIGNING_KEYS": SIGNING_KEY,
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.port}",
+            # Far above the test's traffic: nothing is refused, but the limiter's decisions are counted.
+            "GATEWAY_RATE_LIMIT": "10000/second",
+            "GATEWAY_NATS_URL": nats_url,
+            "GATEWAY_NATS_SUBJECT_PREFIX": f"test_e2e_{tag}.jobs",
+            "GATEWAY_NATS_STREAM": stream,
         },
     )
     try:
@@ -183,6 +208,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         prometheus.stop()
         gateway.stop()
         collector.close()
+        with ThreadPoolExecutor(1) as thread:
+            thread.submit(asyncio.run, _delete_stream(nats_url, stream)).result()
 
 
 def substituted(expr: str, values: dict[str, list[str]]) -> str:

@@ -82,6 +82,9 @@ def test_alerts_follow_the_conventions() -> None:
         "GatewayDown",
         "GatewayAbsent",
         "GatewayNoWebhooks",
+        "GatewayDeliveryBacklogGrowing",
+        "GatewayDeliveryPendingTooLong",
+        "GatewayDeliveryDeadLetters",
     }
     for alert in alerts:
         name = alert["alert"]
@@ -157,4 +160,4 @@ def test_a_bad_objective_is_refused() -> None:
 def test_alert_names_lists_each_alert_once() -> None:
     names = alert_names(rule_file(CONFIG))
     assert names[0] == "GatewayJobFailureBudgetBurn"
-    assert len(names) == len(set(names)) == 8
+    assert len(names) == len(set(names)) == 11

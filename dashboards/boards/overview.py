@@ -1,4 +1,5 @@
-"""Gateway overview: what the gateway answers, how fast, what it refuses, and whether it is up."""
+"""Gateway overview: what the gateway answers, how fast, what it refuses, what it delivers onward, and whether
+it is up."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ __all__ = ("overview",)
 RI = "$__rate_interval"
 REQUESTS = f"sum(rate(gateway_webhook_requests_total{{{SEL}}}[{RI}]))"
 REFUSED = "invalid|conflict|rate_limited|too_large|unsupported_media_type"
+DEAD = matchers(SEL, 'result="dead"')
 
 
 def _rate(metric: str, *extra: str, by: str = "") -> str:
@@ -37,7 +39,7 @@ def overview(config: Config) -> dict[str, Any]:
         "gateway-overview",
         "Gateway overview",
         "Webhooks received by the gateway: answers by outcome and kind, latency, refusals, duplicates, "
-        "store errors and replicas.",
+        "store errors, deliveries onward and replicas.",
     )
     board.row(
         "Health",
@@ -117,6 +119,7 @@ def overview(config: Config) -> dict[str, Any]:
             "too eagerly or the backend reorders events.",
             "reqps",
             [query(repeated, "{{kind}} {{outcome}}")],
+            span=8,
         ),
         timeseries(
             "Store errors",
@@ -130,6 +133,17 @@ def overview(config: Config) -> dict[str, Any]:
                     "{{store}} {{operation}}",
                 )
             ],
+            span=8,
+        ),
+        timeseries(
+            "Rate limiter decisions",
+            "The rate limiter's decisions per second: allowed, limited (answered 429) or error (its store "
+            "failed; GATEWAY_RATE_LIMIT_ON_ERROR decided). No data when GATEWAY_RATE_LIMIT is unset: nothing "
+            "is limited.",
+            "reqps",
+            [query(_rate("gateway_rate_limit_decisions_total", by="result"), "{{result}}")],
+            stacked=True,
+            span=8,
         ),
     )
     board.row(
@@ -148,6 +162,59 @@ def overview(config: Config) -> dict[str, Any]:
             "s",
             [query(f"max by (kind) (gateway_job_oldest_in_progress_seconds{{{SEL}}})", "{{kind}}")],
             thresholds=((config.stuck_job_seconds, "red"),),
+        ),
+    )
+    board.row(
+        "Forwarding",
+        timeseries(
+            "Deliveries by result",
+            "Delivery attempts per second of applied events sent onward (HTTP forwarding, NATS JetStream), by "
+            "result: delivered, retried (a timeout, a connection error, a 5xx, 408 or 429; tried again later) "
+            "or dead (refused for good, or the retry schedule ran out). No data when no sink is configured.",
+            "ops",
+            [query(_rate("gateway_deliveries_total", by="sink, result"), "{{result}} {{sink}}")],
+            stacked=True,
+            span=8,
+        ),
+        timeseries(
+            "Delivery latency",
+            "Time one delivery attempt takes, from sending to the receiver's answer (or the timeout), "
+            "50th/95th/99th percentiles from the histogram.",
+            "s",
+            [
+                query(quantile(q, "gateway_delivery_duration_seconds", SEL, RI), f"p{round(q * 100)}")
+                for q in (0.5, 0.95, 0.99)
+            ],
+            span=8,
+        ),
+        timeseries(
+            "New dead letters",
+            "Deliveries that went to the dead letters, per sink: they wait for a replay (gateway deliveries "
+            "replay). Any at all raises GatewayDeliveryDeadLetters.",
+            "short",
+            [
+                query(
+                    f"sum by (sink) (increase(gateway_deliveries_total{{{DEAD}}}[{RI}]))",
+                    "dead {{sink}}",
+                )
+            ],
+            span=8,
+        ),
+        timeseries(
+            "Delivery backlog",
+            "Deliveries pending in the outbox, per sink (every replica reports the same value: max, not sum). "
+            "Above the dashed line, and still growing, GatewayDeliveryBacklogGrowing fires.",
+            "short",
+            [query(f"max by (sink) (gateway_delivery_backlog{{{SEL}}})", "pending {{sink}}")],
+            thresholds=((config.delivery_backlog_min, "red"),),
+        ),
+        timeseries(
+            "Oldest pending delivery",
+            "Age of the oldest delivery still pending, per sink: how long the receiver has missed an event. "
+            "Above the dashed line GatewayDeliveryPendingTooLong fires.",
+            "s",
+            [query(f"max by (sink) (gateway_delivery_oldest_pending_seconds{{{SEL}}})", "oldest {{sink}}")],
+            thresholds=((config.delivery_pending_seconds, "red"),),
         ),
     )
     board.row(

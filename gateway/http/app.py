@@ -14,6 +14,7 @@ from gateway import __version__
 from gateway.config import PostgresDatabase, Settings
 from gateway.delivery.dispatcher import Dispatcher
 from gateway.delivery.http_sink import HttpSink
+from gateway.delivery.jetstream import JetStreamSink
 from gateway.delivery.outbox import OutboxWriter
 from gateway.delivery.postgres_outbox import PostgresOutbox
 from gateway.delivery.schedule import RetrySchedule
@@ -183,6 +184,10 @@ def _sinks(settings: Settings) -> dict[str, Sink]:
     sinks: dict[str, Sink] = {}
     if settings.forward_url is not None:
         sinks["http"] = HttpSink(settings.forward_url, settings.forward_signing_key, settings.forward_timeout_seconds)
+    if settings.nats_url is not None:
+        sinks["nats"] = JetStreamSink(
+            settings.nats_url, subject_prefix=settings.nats_subject_prefix, stream=settings.nats_stream
+        )
     return sinks
 
 
