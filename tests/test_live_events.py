@@ -11,7 +11,7 @@ import signal
 import time
 import tracemalloc
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -253,3 +253,29 @@ def test_a_webhook_into_one_replica_shows_on_a_stream_from_the_other(
             event = next(stream)
             assert event.payload["job_id"] == f"x-{number}"
             assert time.monotonic() - started < 5
+
+
+async def test_a_finished_jobs_long_history_is_sent_whole_then_the_stream_ends(tmp_path: Path) -> None:
+    """More events than one read (100), the terminal one among them and stale ones after it: all are sent."""
+    jobs = SqliteJobStore(str(tmp_path / "long.db"))
+    await jobs.open()
+    start = datetime(2025, 10, 21, 16, 0, tzinfo=UTC)
+
+    def event(status: Status, second: int) -> JobEvent:
+        moment = start + timedelta(seconds=second)
+        return JobEvent(kind="image", job_id="long", status=status, timestamp=moment, received_at=moment)
+
+    try:
+        for second in range(60):
+            await jobs.apply(event(Status.GENERATING, second))
+        await jobs.apply(event(Status.COMPLETED, 60))
+        for second in range(61, 140):  # late progress reports: recorded as stale, after the terminal one
+            await jobs.apply(event(Status.SAVING, second))
+        streams = Streams(jobs, Wakeup(), max_streams=1, heartbeat=5, buffer=32)
+        async with asyncio.timeout(5):
+            text = b"".join([chunk async for chunk in streams.run(0, job_id="long", user_id=None)]).decode()
+    finally:
+        await jobs.close()
+    got = list(messages(iter(text.split("\n"))))
+    assert [int(m["id"]) for m in got if "id" in m] == list(range(1, 141))
+    assert got[-1]["event"] == "end"

@@ -124,7 +124,9 @@ class Streams:
         loop = asyncio.get_running_loop()
         closed = self._wakeup.closed
         heartbeat_due = loop.time() + self._heartbeat
-        first = True
+        # Asked before the first read: a job finished by then has all its events up to the end stored, so
+        # the stream sends them and ends; a job finishing later ends it with its terminal event.
+        finished = job_id is not None and await self._terminal(job_id)
         while not closed.is_set():
             changed = self._wakeup.changed()
             try:
@@ -136,12 +138,10 @@ class Streams:
                     return
                 after = event.id
                 heartbeat_due = loop.time() + self._heartbeat
-            if job_id is not None and len(events) < _READ_BATCH:
-                finished = any(e.status.terminal and e.outcome is Outcome.APPLIED for e in events)
-                if finished or (first and await self._terminal(job_id)):
-                    await self._put(queue, room, dropped, _End(b"event: end\ndata: {}\n\n"))
-                    return
-            first = False
+            finished = finished or any(e.status.terminal and e.outcome is Outcome.APPLIED for e in events)
+            if job_id is not None and finished and len(events) < _READ_BATCH:
+                await self._put(queue, room, dropped, _End(b"event: end\ndata: {}\n\n"))
+                return
             if len(events) == _READ_BATCH:
                 continue
             timeout = heartbeat_due - loop.time()
