@@ -6,6 +6,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from litestar import Litestar, Request, Response
+from litestar.datastructures import State
 from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
@@ -19,7 +20,9 @@ from gateway.delivery.outbox import OutboxWriter
 from gateway.delivery.postgres_outbox import PostgresOutbox
 from gateway.delivery.schedule import RetrySchedule
 from gateway.delivery.sqlite_outbox import SqliteOutbox
+from gateway.http.auth import ReadAccess, session_routes
 from gateway.http.deliveries import delivery_controller
+from gateway.http.events import Streams, event_routes
 from gateway.http.health import health_routes
 from gateway.http.jobs import job_routes
 from gateway.http.metrics import metrics_route
@@ -38,8 +41,10 @@ from gateway.stores.sqlite import SqliteJobStore
 from gateway.telemetry.metrics import Metrics, ModelLabels
 from gateway.telemetry.recorder import Telemetry
 from gateway.telemetry.tracing import tracer_provider_from_env
+from gateway.wakeup import Wakeup
 
 if TYPE_CHECKING:
+    from litestar.types import Guard
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import Tracer
 
@@ -92,10 +97,22 @@ def create_app(
     idempotency = _idempotency_store(settings)
     limits = _rate_limit_store(settings)
     limiter = RateLimiter.from_settings(settings, limits, MemoryRateLimitStore(max_keys=1), metrics=metrics)
-    pipeline = Pipeline(settings, jobs, idempotency, telemetry, limiter=limiter)
+    # Live streams are woken after each commit; with REDIS_URL (distributed mode) other replicas' too.
+    wakeup = Wakeup(settings.redis_url, prefix=settings.redis_key_prefix, timeout=settings.store_timeout_seconds)
+    pipeline = Pipeline(settings, jobs, idempotency, telemetry, limiter=limiter, stored=wakeup.stored)
+    streams = Streams(
+        jobs,
+        wakeup,
+        max_streams=settings.sse_max_streams,
+        heartbeat=settings.sse_heartbeat_seconds,
+        buffer=settings.sse_buffer_events,
+    )
+    access = ReadAccess(settings.api_token)
+    read_guards: list[Guard] = [access.guard]
 
     async def start() -> None:
         await jobs.open(apply_migrations=settings.migrate_on_start)
+        await wakeup.start()
         if dispatcher is not None:
             if isinstance(outbox, SqliteOutbox):
                 await outbox.release_leases()  # a crashed run's: this process is the file's only user
@@ -111,10 +128,16 @@ def create_app(
                 "NO AUTHENTICATION: neither WEBHOOK_SECRET nor WEBHOOK_SIGNING_KEYS is set, so webhooks "
                 "from anyone are accepted. Fine for development; GATEWAY_ENV=production refuses this."
             )
+        if not access.required:
+            logger.warning(
+                "OPEN READ API: GATEWAY_API_TOKEN is not set, so anyone who reaches the gateway reads every "
+                "job. GATEWAY_ENV=production refuses this unless GATEWAY_PUBLIC_READ=true."
+            )
 
     async def stop() -> None:
         if dispatcher is not None:
             await dispatcher.stop()
+        await wakeup.stop()
         await jobs.close()
         await idempotency.close()
         if limits is not None:
@@ -131,9 +154,11 @@ def create_app(
         route_handlers=[
             *(webhook_route(kind, pipeline) for kind in KINDS),
             unknown_webhook_route(tuple(kind.route for kind in KINDS), telemetry),
-            *job_routes(jobs),
+            *job_routes(jobs, read_guards, settings.max_body_bytes),
+            *event_routes(streams, jobs, read_guards),
+            *session_routes(access),
             *health_routes(jobs, idempotency),
-            delivery_controller(outbox, dispatcher.reconsider if dispatcher is not None else _nothing),
+            delivery_controller(outbox, dispatcher.reconsider if dispatcher is not None else _nothing, read_guards),
             metrics_route(
                 registry,
                 metrics,
@@ -149,6 +174,9 @@ def create_app(
         exception_handlers={StoreUnavailable: store_unavailable},
         on_startup=[start],
         on_shutdown=[stop],
+        # `gateway serve` ends the live streams when the server is told to stop (see gateway.cli), before
+        # it waits for open connections: an open stream must not hold up a graceful shutdown.
+        state=State({"wakeup": wakeup}),
         # Litestar's records (unhandled exceptions included) go to the root logger, which the gateway
         # configures (JSON or console); Litestar must not install its own root handler.
         logging_config=LoggingConfig(
@@ -174,9 +202,13 @@ def _job_store(settings: Settings, outbox: OutboxWriter | None) -> SqliteJobStor
     database = settings.database
     if isinstance(database, PostgresDatabase):
         return PostgresJobStore(
-            database.url, pool_size=settings.db_pool_size, timeout=settings.store_timeout_seconds, outbox=outbox
+            database.url,
+            pool_size=settings.db_pool_size,
+            timeout=settings.store_timeout_seconds,
+            outbox=outbox,
+            require_registered=settings.require_registered_jobs,
         )
-    return SqliteJobStore(database.path, outbox)
+    return SqliteJobStore(database.path, outbox, require_registered=settings.require_registered_jobs)
 
 
 def _sinks(settings: Settings) -> dict[str, Sink]:

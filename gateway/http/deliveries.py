@@ -15,6 +15,7 @@ import msgspec
 from litestar import Controller, get, post
 from litestar.exceptions import NotFoundException, ValidationException
 from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.types import Guard
 
 from gateway.delivery.outbox import DeliveryPage, DeliveryRecord, DeliveryState, Outbox
 from gateway.telemetry.metrics import SINKS
@@ -36,12 +37,15 @@ class Enabled(msgspec.Struct, frozen=True, kw_only=True):
     """Whether the sink had been disabled (by a 410 Gone); ``false``: it was already enabled."""
 
 
-def delivery_controller(outbox: Outbox, wake: Callable[[], None]) -> type[Controller]:
-    """The deliveries routes over ``outbox``; ``wake`` tells the dispatcher there is work now."""
+def delivery_controller(outbox: Outbox, wake: Callable[[], None], guards: list[Guard]) -> type[Controller]:
+    """The deliveries routes over ``outbox``, behind ``guards`` (the read API's token); ``wake`` tells the
+    dispatcher there is work now."""
+    route_guards = guards
 
     class Deliveries(Controller):
         path = "/api/deliveries"
         tags = ["deliveries"]  # noqa: RUF012 -- Litestar's own attribute
+        guards = route_guards
 
         @get("/", summary="List deliveries, newest first")
         async def list_deliveries(
