@@ -1,4 +1,5 @@
-"""The ``gateway`` command: ``serve`` runs the HTTP server, ``migrate`` brings the schema up to date."""
+"""The ``gateway`` command: ``serve`` runs the HTTP server, ``migrate`` brings the schema up to date,
+``send`` posts a test webhook to a running gateway."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import asyncpg
 
 from gateway import __version__
 from gateway.config import ConfigError, PostgresDatabase, Settings
+from gateway.send import add_send_parser, run_send
 from gateway.telemetry.logs import configure_logging
 from gateway.telemetry.tracing import check_tracing_env
 
@@ -28,6 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     if args.command == "serve":
         return _serve(settings, args.host, args.port, args.workers)
+    if args.command == "send":
+        return run_send(args, settings)
     return _migrate(settings)
 
 
@@ -60,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         help="apply pending database migrations and exit",
         description="Apply pending schema migrations to DATABASE_URL; safe to run repeatedly.",
     )
+    add_send_parser(commands)
     return parser
 
 
