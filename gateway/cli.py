@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import asyncpg
 
@@ -14,6 +17,11 @@ from gateway.config import ConfigError, PostgresDatabase, Settings
 from gateway.send import add_send_parser, run_send
 from gateway.telemetry.logs import configure_logging
 from gateway.telemetry.tracing import check_tracing_env
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from gateway.wakeup import Wakeup
 
 __all__ = ("main",)
 
@@ -95,9 +103,11 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int)
             "webhooks (development mode only)",
             file=sys.stderr,
         )
-    uvicorn.run(
-        "gateway.http.app:create_app",
-        factory=True,
+    from gateway.http.app import create_app
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=host or settings.host,
         port=port if port is not None else settings.port,
         loop="auto",
@@ -107,14 +117,27 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int)
         access_log=False,
         proxy_headers=False,
     )
+    wakeup: Wakeup = app.state["wakeup"]
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, which also ends the live streams the moment it is told to stop.
+
+        uvicorn waits for open connections before the app's shutdown hooks run, and a live stream never
+        ends by itself: without this, SIGTERM would wait for every browser tab to go away.
+        """
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            with contextlib.suppress(RuntimeError):  # no loop running yet: no stream to end
+                asyncio.get_running_loop().call_soon_threadsafe(wakeup.close)
+            super().handle_exit(sig, frame)
+
+    Server(config).run()
     return 0
 
 
 def _migrate(settings: Settings) -> int:
     database = settings.database
     if isinstance(database, PostgresDatabase):
-        import asyncio
-
         from gateway.stores import postgres
 
         where = database.shown

@@ -142,6 +142,22 @@ class Settings:
     redis_key_prefix: str = "gateway:"
     """``GATEWAY_REDIS_KEY_PREFIX``: prefix of every key the gateway writes to Redis, so several
     deployments can share one server."""
+    require_registered_jobs: bool = False
+    """``GATEWAY_REQUIRE_REGISTERED_JOBS``: a webhook for a job the app never registered (``POST /api/jobs``)
+    is refused with 404; by default its first webhook creates the job."""
+    api_token: str | None = field(default=None, repr=False)
+    """``GATEWAY_API_TOKEN``: bearer token of the read API (``/api/jobs*``, ``/api/session``); unset, the
+    read API is open. Webhook secrets never open it."""
+    public_read: bool = False
+    """``GATEWAY_PUBLIC_READ``: says job data may be public, so production starts without ``GATEWAY_API_TOKEN``."""
+    sse_max_streams: int = 100
+    """``GATEWAY_SSE_MAX_STREAMS``: live streams (``/api/jobs/events``...) open at once per process; 503 beyond."""
+    sse_heartbeat_seconds: float = 15.0
+    """``GATEWAY_SSE_HEARTBEAT_SECONDS``: a comment line on an idle stream this often (keeps proxies from
+    closing it); also how long a stream waits before re-reading the store without a wake-up."""
+    sse_buffer_events: int = 256
+    """``GATEWAY_SSE_BUFFER_EVENTS``: events buffered per stream for a slow client; when full the client is
+    sent ``event: overflow`` with the id to resume from, and the stream ends."""
 
     @property
     def authenticates(self) -> bool:
@@ -221,11 +237,34 @@ class Settings:
                 maximum=10_000,
             ),
             redis_key_prefix=get("GATEWAY_REDIS_KEY_PREFIX") or cls.redis_key_prefix,
+            require_registered_jobs=_boolean(
+                "GATEWAY_REQUIRE_REGISTERED_JOBS", get("GATEWAY_REQUIRE_REGISTERED_JOBS"), cls.require_registered_jobs
+            ),
+            api_token=_api_token(get("GATEWAY_API_TOKEN")),
+            public_read=_boolean("GATEWAY_PUBLIC_READ", get("GATEWAY_PUBLIC_READ"), cls.public_read),
+            sse_max_streams=_integer(
+                "GATEWAY_SSE_MAX_STREAMS", get("GATEWAY_SSE_MAX_STREAMS"), cls.sse_max_streams, minimum=1
+            ),
+            sse_heartbeat_seconds=_seconds(
+                "GATEWAY_SSE_HEARTBEAT_SECONDS", get("GATEWAY_SSE_HEARTBEAT_SECONDS"), cls.sse_heartbeat_seconds
+            ),
+            sse_buffer_events=_integer(
+                "GATEWAY_SSE_BUFFER_EVENTS",
+                get("GATEWAY_SSE_BUFFER_EVENTS"),
+                cls.sse_buffer_events,
+                minimum=1,
+                maximum=100_000,
+            ),
         )
         if settings.env == "production" and not settings.authenticates:
             raise ConfigError(
                 "GATEWAY_ENV=production needs WEBHOOK_SECRET or WEBHOOK_SIGNING_KEYS: "
                 "refusing to accept unauthenticated webhooks in production"
+            )
+        if settings.env == "production" and settings.api_token is None and not settings.public_read:
+            raise ConfigError(
+                "GATEWAY_ENV=production needs GATEWAY_API_TOKEN to protect the read API (/api/jobs), or "
+                "GATEWAY_PUBLIC_READ=true to say the job data may be public"
             )
         return settings
 
@@ -376,6 +415,13 @@ def _networks(value: str | None) -> tuple[IPNetwork, ...]:
                 f"GATEWAY_TRUSTED_PROXIES: {token!r} is not an IP address or CIDR network ({error})"
             ) from None
     return tuple(networks)
+
+
+def _api_token(value: str | None) -> str | None:
+    if value is not None and len(value) < 16:
+        # Never echo the token: this message ends up in logs.
+        raise ConfigError(f"GATEWAY_API_TOKEN must be at least 16 characters, got {len(value)}")
+    return value
 
 
 def _redis_url(value: str | None) -> str | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import msgspec
 
@@ -18,12 +19,17 @@ __all__ = (
     "HistoryEntry",
     "InProgress",
     "Job",
+    "JobContext",
     "JobEvent",
     "JobPage",
+    "JobStats",
     "JobSummary",
     "KindConflict",
     "Outcome",
+    "Refused",
     "Status",
+    "StreamEvent",
+    "Unregistered",
 )
 
 
@@ -106,13 +112,25 @@ class Applied(msgspec.Struct, frozen=True, kw_only=True):
     """When the gateway first heard of the job."""
 
 
-class KindConflict(Exception):
+class Refused(Exception):
+    """An event the job store refused before writing anything: the other writes of its batch go on."""
+
+
+class KindConflict(Refused):
     """The job exists under another kind: its webhooks belong on that kind's route."""
 
     def __init__(self, job_id: str, kind: str) -> None:
         super().__init__(f"job {job_id!r} is a {kind!r} job")
         self.job_id = job_id
         self.kind = kind
+
+
+class Unregistered(Refused):
+    """``GATEWAY_REQUIRE_REGISTERED_JOBS`` is on and the app never registered this job."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} is not registered")
+        self.job_id = job_id
 
 
 class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -129,14 +147,29 @@ class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):
     metadata: Metadata | None = None
 
 
+class JobContext(msgspec.Struct, frozen=True, kw_only=True):
+    """What the app said about a job when it registered it (``POST /api/jobs``): the seed's
+    ``ImageGeneration`` fields; every one optional, since a blog job has no image size."""
+
+    prompt: str | None = None
+    num_images: int | None = None
+    size: str | None = None
+    format: str | None = None
+    style: str | None = None
+    quality: str | None = None
+    metadata: dict[str, Any] | None = None
+    """Free-form, the app's own (distinct from the backend's ``metadata`` of the job)."""
+
+
 class JobSummary(msgspec.Struct, frozen=True, kw_only=True):
     """A job as listings return it: its current state without the history."""
 
     job_id: str
     kind: str
     status: Status
+    """``pending`` for a registered job the backend has not reported on yet."""
     created_at: datetime
-    """When the gateway first heard of the job."""
+    """When the gateway first heard of the job (its registration or its first webhook)."""
     updated_at: datetime
     """When an event last changed the job."""
     completed_at: datetime | None = None
@@ -145,6 +178,12 @@ class JobSummary(msgspec.Struct, frozen=True, kw_only=True):
     """``{"images": [...]}`` or ``{"article": {...}}`` once completed."""
     metadata: Metadata | None = None
     error_message: str | None = None
+    user_id: str | None = None
+    """From the job's registration; ``None`` for a job only its webhooks told us about."""
+    organization_id: str | None = None
+    registered_at: datetime | None = None
+    """When the app registered the job (``None``: never registered)."""
+    context: JobContext | None = None
 
 
 class Job(JobSummary, frozen=True, kw_only=True):
@@ -158,6 +197,38 @@ class JobPage(msgspec.Struct, frozen=True, kw_only=True):
 
     jobs: list[JobSummary]
     next_cursor: str | None = None
+
+
+class StreamEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One recorded event as the live streams send it (``data:`` of an SSE message): the history entry
+    with the job's identity, so a client following every job needs no second request."""
+
+    id: int
+    """The event's global id, also the SSE ``id:``: resume after it with ``Last-Event-ID``."""
+    job_id: str
+    kind: str
+    status: Status
+    """The status this event reported (``outcome`` says whether the job took it)."""
+    outcome: Outcome
+    timestamp: datetime
+    received_at: datetime
+    user_id: str | None = None
+    organization_id: str | None = None
+
+
+class JobStats(msgspec.Struct, frozen=True, kw_only=True):
+    """Counts over a window, for a status page that has no Prometheus."""
+
+    since: datetime
+    until: datetime
+    created: dict[str, int]
+    """Jobs first heard of in the window, by their current status (every status present, 0 included)."""
+    completed: int
+    """Jobs that reached ``completed`` in the window."""
+    failed: int
+    """Jobs that reached ``failed`` in the window."""
+    failure_ratio: float | None
+    """``failed / (completed + failed)``; ``None`` when no job finished in the window."""
 
 
 class InProgress(msgspec.Struct, frozen=True, kw_only=True):

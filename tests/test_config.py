@@ -151,7 +151,7 @@ def test_production_without_credentials_refuses_to_start() -> None:
 )
 def test_production_with_a_credential_starts(credentials: dict[str, str]) -> None:
     """Either way of authenticating senders is enough for production."""
-    settings = Settings.from_env({"GATEWAY_ENV": "production", **credentials})
+    settings = Settings.from_env({"GATEWAY_ENV": "production", "GATEWAY_PUBLIC_READ": "true", **credentials})
     assert settings.env == "production"
     assert settings.authenticates is True
 

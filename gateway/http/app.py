@@ -6,12 +6,15 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from litestar import Litestar, Request, Response
+from litestar.datastructures import State
 from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from gateway import __version__
 from gateway.config import PostgresDatabase, Settings
+from gateway.http.auth import ReadAccess, session_routes
+from gateway.http.events import Streams, event_routes
 from gateway.http.health import health_routes
 from gateway.http.jobs import job_routes
 from gateway.http.metrics import metrics_route
@@ -30,8 +33,10 @@ from gateway.stores.sqlite import SqliteJobStore
 from gateway.telemetry.metrics import Metrics, ModelLabels
 from gateway.telemetry.recorder import Telemetry
 from gateway.telemetry.tracing import tracer_provider_from_env
+from gateway.wakeup import Wakeup
 
 if TYPE_CHECKING:
+    from litestar.types import Guard
     from opentelemetry.sdk.trace import TracerProvider
 
 __all__ = ("create_app",)
@@ -68,10 +73,22 @@ def create_app(
     idempotency = _idempotency_store(settings)
     limits = _rate_limit_store(settings)
     limiter = RateLimiter.from_settings(settings, limits, MemoryRateLimitStore(max_keys=1), metrics=metrics)
-    pipeline = Pipeline(settings, jobs, idempotency, telemetry, limiter=limiter)
+    # Live streams are woken after each commit; with REDIS_URL (distributed mode) other replicas' too.
+    wakeup = Wakeup(settings.redis_url, prefix=settings.redis_key_prefix, timeout=settings.store_timeout_seconds)
+    pipeline = Pipeline(settings, jobs, idempotency, telemetry, limiter=limiter, stored=wakeup.stored)
+    streams = Streams(
+        jobs,
+        wakeup,
+        max_streams=settings.sse_max_streams,
+        heartbeat=settings.sse_heartbeat_seconds,
+        buffer=settings.sse_buffer_events,
+    )
+    access = ReadAccess(settings.api_token)
+    read_guards: list[Guard] = [access.guard]
 
     async def start() -> None:
         await jobs.open(apply_migrations=settings.migrate_on_start)
+        await wakeup.start()
         if isinstance(limits, RedisRateLimitStore):
             try:
                 await limits.ping()
@@ -83,8 +100,14 @@ def create_app(
                 "NO AUTHENTICATION: neither WEBHOOK_SECRET nor WEBHOOK_SIGNING_KEYS is set, so webhooks "
                 "from anyone are accepted. Fine for development; GATEWAY_ENV=production refuses this."
             )
+        if not access.required:
+            logger.warning(
+                "OPEN READ API: GATEWAY_API_TOKEN is not set, so anyone who reaches the gateway reads every "
+                "job. GATEWAY_ENV=production refuses this unless GATEWAY_PUBLIC_READ=true."
+            )
 
     async def stop() -> None:
+        await wakeup.stop()
         await jobs.close()
         await idempotency.close()
         if limits is not None:
@@ -101,7 +124,9 @@ def create_app(
         route_handlers=[
             *(webhook_route(kind, pipeline) for kind in KINDS),
             unknown_webhook_route(tuple(kind.route for kind in KINDS), telemetry),
-            *job_routes(jobs),
+            *job_routes(jobs, read_guards, settings.max_body_bytes),
+            *event_routes(streams, jobs, read_guards),
+            *session_routes(access),
             *health_routes(jobs, idempotency),
             metrics_route(registry, metrics, telemetry, kinds, jobs, idempotency),
         ],
@@ -109,6 +134,9 @@ def create_app(
         exception_handlers={StoreUnavailable: store_unavailable},
         on_startup=[start],
         on_shutdown=[stop],
+        # `gateway serve` ends the live streams when the server is told to stop (see gateway.cli), before
+        # it waits for open connections: an open stream must not hold up a graceful shutdown.
+        state=State({"wakeup": wakeup}),
         # Litestar's records (unhandled exceptions included) go to the root logger, which the gateway
         # configures (JSON or console); Litestar must not install its own root handler.
         logging_config=LoggingConfig(
@@ -132,8 +160,13 @@ def _job_store(settings: Settings) -> SqliteJobStore | PostgresJobStore:
     """Jobs and their history: PostgreSQL when ``DATABASE_URL`` says so (shared by replicas), else SQLite."""
     database = settings.database
     if isinstance(database, PostgresDatabase):
-        return PostgresJobStore(database.url, pool_size=settings.db_pool_size, timeout=settings.store_timeout_seconds)
-    return SqliteJobStore(database.path)
+        return PostgresJobStore(
+            database.url,
+            pool_size=settings.db_pool_size,
+            timeout=settings.store_timeout_seconds,
+            require_registered=settings.require_registered_jobs,
+        )
+    return SqliteJobStore(database.path, require_registered=settings.require_registered_jobs)
 
 
 def _idempotency_store(settings: Settings) -> IdempotencyStore:

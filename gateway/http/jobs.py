@@ -1,38 +1,118 @@
-"""The read API: ``GET /api/jobs/{job_id}`` and ``GET /api/jobs``."""
+"""The jobs API: register a job (``POST /api/jobs``), read one, list them with filters, and stats."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Annotated, Any
 
-from litestar import get
+from litestar import Request, Response, get, post
 from litestar.exceptions import NotFoundException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, QueryParameter
 
+from gateway.http.responses import ErrorBody, error_response, json_response
 from gateway.kinds import kind_named
-from gateway.model import Job, JobPage, Status
+from gateway.model import Job, JobPage, JobStats, KindConflict, Status
+from gateway.registration import RegisterOutcome, Registration, RegistrationError, decode_registration
+from gateway.stores.queries import JobQuery
 
 if TYPE_CHECKING:
     from litestar.handlers import HTTPRouteHandler
+    from litestar.types import Guard
 
     from gateway.stores.base import JobStore
 
 __all__ = ("job_routes",)
 
+_REGISTER_RESPONSES = {
+    201: ResponseSpec(Job, description="Registered: the job, `pending` until its first webhook."),
+    200: ResponseSpec(
+        Job,
+        description="Registered before with the same body (nothing changed), or its webhooks came first and "
+        "this registration's context was attached to the job they created.",
+    ),
+    400: ResponseSpec(ErrorBody, description="Not a valid registration; `detail` names the field path."),
+    401: ResponseSpec(ErrorBody, description="`GATEWAY_API_TOKEN` is set and was not sent."),
+    409: ResponseSpec(
+        ErrorBody,
+        description="Registered before with a different body (`detail` names the fields), or the job is "
+        "known under another kind (`detail` names its webhook route). Nothing changed.",
+    ),
+    413: ResponseSpec(ErrorBody, description="Body larger than `GATEWAY_MAX_BODY_BYTES`."),
+}
 
-def job_routes(jobs: JobStore) -> list[HTTPRouteHandler]:
-    """The read routes over ``jobs``."""
 
-    @get("/api/jobs/{job_id:str}", tags=["jobs"], summary="Read a job with its full history")
+def _aware(moment: datetime | None) -> datetime | None:
+    """A time without a zone is read as UTC, as webhook timestamps are."""
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+
+
+def job_routes(jobs: JobStore, guards: list[Guard], max_body_bytes: int) -> list[HTTPRouteHandler]:
+    """The jobs routes over ``jobs``, each behind ``guards`` (the read API's token)."""
+
+    @post(
+        "/api/jobs",
+        tags=["jobs"],
+        summary="Register a job before the backend reports on it",
+        guards=guards,
+        responses=_REGISTER_RESPONSES,
+        status_code=201,
+    )
+    async def register_job(request: Request[Any, Any, Any]) -> Response[bytes]:
+        body = await request.body()
+        if len(body) > max_body_bytes:
+            return error_response(413, f"Body larger than GATEWAY_MAX_BODY_BYTES ({max_body_bytes} bytes)")
+        try:
+            registration: Registration = decode_registration(body)
+        except RegistrationError as error:
+            return error_response(400, str(error))
+        try:
+            registered = await jobs.register(registration, datetime.now(UTC))
+        except KindConflict as conflict:
+            return error_response(
+                409,
+                f"Job {conflict.job_id!r} is a {conflict.kind!r} job: its webhooks go to "
+                f"/api/webhooks/{conflict.kind}-completion; register it with kind {conflict.kind!r}",
+            )
+        if registered.outcome is RegisterOutcome.CONFLICT:
+            return error_response(
+                409,
+                f"Job {registration.job_id!r} is already registered with a different "
+                f"{', '.join(registered.differs)}: nothing changed",
+            )
+        job = await jobs.get(registration.job_id)
+        return json_response(job, 201 if registered.outcome is RegisterOutcome.CREATED else 200)
+
+    @get(
+        "/api/jobs/stats", tags=["jobs"], summary="Counts by status and the failure ratio over a window", guards=guards
+    )
+    async def job_stats(
+        window_seconds: Annotated[
+            int, QueryParameter(ge=60, le=7 * 86400, description="The window, ending now (default an hour)")
+        ] = 3600,
+    ) -> JobStats:
+        until = datetime.now(UTC)
+        return await jobs.stats(until - timedelta(seconds=window_seconds), until)
+
+    @get("/api/jobs/{job_id:str}", tags=["jobs"], summary="Read a job with its context and full history", guards=guards)
     async def read_job(job_id: FromPath[str]) -> Job:
         job = await jobs.get(job_id)
         if job is None:
             raise NotFoundException(f"No job with id {job_id!r}")
         return job
 
-    @get("/api/jobs", tags=["jobs"], summary="List jobs, newest first")
+    @get("/api/jobs", tags=["jobs"], summary="List jobs, newest first", guards=guards)
     async def list_jobs(
         kind: FromQuery[str | None] = None,
         status: FromQuery[Status | None] = None,
+        user_id: FromQuery[str | None] = None,
+        organization_id: FromQuery[str | None] = None,
+        created_after: Annotated[
+            datetime | None, QueryParameter(description="Only jobs created at or after this time (RFC 3339)")
+        ] = None,
+        created_before: Annotated[
+            datetime | None, QueryParameter(description="Only jobs created before this time (RFC 3339)")
+        ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
         cursor: Annotated[str | None, QueryParameter(description="`next_cursor` of the previous page")] = None,
     ) -> JobPage:
@@ -40,6 +120,16 @@ def job_routes(jobs: JobStore) -> list[HTTPRouteHandler]:
             raise ValidationException(f"Unknown kind {kind!r}")
         if cursor is not None and not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 18):
             raise ValidationException("Invalid cursor: pass back the `next_cursor` of a previous page")
-        return await jobs.list_jobs(kind=kind, status=status, limit=limit, cursor=int(cursor) if cursor else None)
+        query = JobQuery(
+            kind=kind,
+            status=status,
+            user_id=user_id,
+            organization_id=organization_id,
+            created_after=_aware(created_after),
+            created_before=_aware(created_before),
+            cursor=int(cursor) if cursor else None,
+            limit=limit,
+        )
+        return await jobs.list_jobs(query)
 
-    return [read_job, list_jobs]
+    return [register_job, job_stats, read_job, list_jobs]

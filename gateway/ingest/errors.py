@@ -17,6 +17,8 @@ class Refusal(enum.StrEnum):
     INVALID = "invalid"
     UNAUTHORIZED = "unauthorized"
     CONFLICT = "conflict"
+    UNREGISTERED = "unregistered"
+    """``GATEWAY_REQUIRE_REGISTERED_JOBS`` is on and the job was never registered (404)."""
     TOO_LARGE = "too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     RATE_LIMITED = "rate_limited"

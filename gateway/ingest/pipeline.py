@@ -8,7 +8,8 @@
 5. decode     -- msgspec validation into a normalised event (400 naming the field path)
 6. deduplicate -- a delivery seen before is acknowledged as ``duplicate`` and changes nothing
 7. transition + persist -- one job-store transaction decides the status change and records the event
-   (409 for a job of another kind; 503 with ``Retry-After`` when a store fails, never half-applied)
+   (409 for a job of another kind; 404 for an unregistered job when registration is required; 503 with
+   ``Retry-After`` when a store fails, never half-applied); live streams are told something new is stored
 8. telemetry  -- metrics, span attributes and one log line for every answer, refusals included
 
 The transport (:mod:`gateway.http`) only turns a request into headers and body chunks and the result
@@ -32,7 +33,7 @@ from gateway.ingest.authenticate import Authenticator
 from gateway.ingest.decode import decode_event
 from gateway.ingest.deduplicate import idempotency_keys
 from gateway.ingest.errors import Refusal, Rejection, unavailable
-from gateway.model import KindConflict, Outcome, Status
+from gateway.model import KindConflict, Outcome, Status, Unregistered
 from gateway.stores.base import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -74,8 +75,11 @@ class Pipeline:
         telemetry: Telemetry,
         clock: Callable[[], float] = time.time,
         limiter: RateLimiter | None = None,
+        stored: Callable[[], None] | None = None,
     ) -> None:
         self._limiter = limiter
+        self._stored = stored
+        """Called after an event is committed (the live streams' wake-up); never awaited, never fails."""
         self._max_body_bytes = settings.max_body_bytes
         self._authenticator = Authenticator(settings.webhook_secret, settings.signing_keys, settings.tolerance_seconds)
         self._jobs = jobs
@@ -142,6 +146,8 @@ class Pipeline:
 
         with self._stage("persist"):  # the transition is decided inside the persisting transaction
             applied = await self._apply(event, keys)
+        if applied.event_id is not None and self._stored is not None:
+            self._stored()
         answer = Accepted(job_id=event.job_id, status=applied.status, outcome=applied.outcome)
         return event, answer, applied, answer_headers
 
@@ -186,6 +192,15 @@ class Pipeline:
                 f"Job {conflict.job_id!r} is a {conflict.kind!r} job: post its webhooks to "
                 f"/api/webhooks/{conflict.kind}-completion",
                 job_id=conflict.job_id,
+            ) from None
+        except Unregistered as refused:
+            await self._release_quietly(keys)
+            raise Rejection(
+                404,
+                Refusal.UNREGISTERED,
+                f"Job {refused.job_id!r} is not registered: GATEWAY_REQUIRE_REGISTERED_JOBS is on, so the app "
+                "registers each job with POST /api/jobs before the backend reports on it",
+                job_id=refused.job_id,
             ) from None
         except StoreUnavailable as error:
             await self._release_quietly(keys)

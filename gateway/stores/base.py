@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import NamedTuple, Protocol
 
-from gateway.model import Applied, InProgress, Job, JobEvent, JobPage, Status
+from gateway.model import Applied, InProgress, Job, JobEvent, JobPage, JobStats, Status, StreamEvent
+from gateway.registration import Registered, Registration
+from gateway.stores.queries import JobQuery
 
 __all__ = ("IdempotencyStore", "JobStore", "RateDecision", "RateLimitStore", "StoreUnavailable")
 
@@ -49,7 +52,8 @@ class JobStore(Protocol):
         """Record ``event`` and apply its transition in one transaction.
 
         Returns outcome ``duplicate`` when the event (its key or its ``delivery_id``) is already
-        recorded. Raises :class:`~gateway.model.KindConflict` when the job exists under another kind.
+        recorded. Raises :class:`~gateway.model.KindConflict` when the job exists under another kind, and
+        :class:`~gateway.model.Unregistered` when registration is required and the app never registered it.
         """
         ...
 
@@ -67,8 +71,28 @@ class JobStore(Protocol):
         """The job with its full history, or ``None``."""
         ...
 
-    async def list_jobs(self, *, kind: str | None, status: Status | None, limit: int, cursor: int | None) -> JobPage:
-        """Jobs newest first, optionally filtered; ``cursor`` is the previous page's ``next_cursor``."""
+    async def list_jobs(self, query: JobQuery) -> JobPage:
+        """Jobs newest first, filtered by ``query``; its ``cursor`` is the previous page's ``next_cursor``."""
+        ...
+
+    async def register(self, registration: Registration, now: datetime) -> Registered:
+        """Create the job (``pending``) with its context, or attach the context to the job its webhooks
+        created, or compare with the registration already stored. Raises
+        :class:`~gateway.model.KindConflict` when the job exists under another kind."""
+        ...
+
+    async def events_after(
+        self, after: int, limit: int, *, job_id: str | None = None, user_id: str | None = None
+    ) -> list[StreamEvent]:
+        """Up to ``limit`` recorded events with an id above ``after``, in id order (what live streams read)."""
+        ...
+
+    async def last_event_id(self) -> int:
+        """The highest event id recorded (0 when none): where a stream of new events starts."""
+        ...
+
+    async def stats(self, since: datetime, until: datetime) -> JobStats:
+        """Jobs created in ``[since, until)`` by status, and how many finished in it, and how."""
         ...
 
     async def in_progress(self) -> list[InProgress]:

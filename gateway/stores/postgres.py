@@ -27,19 +27,29 @@ from gateway.model import (
     Job,
     JobEvent,
     JobPage,
+    JobStats,
     JobSummary,
     KindConflict,
     Outcome,
+    Refused,
     Status,
+    StreamEvent,
+    Unregistered,
 )
+from gateway.registration import Registered, RegisterOutcome, differing_fields
 from gateway.stores import migrations
 from gateway.stores.base import StoreUnavailable
+from gateway.stores.queries import EVENT_COLUMNS, decode_context, events_where, job_stats, jobs_where
 from gateway.stores.records import answer, decode_metadata, merge_metadata, to_json
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+    from datetime import datetime
 
     from asyncpg.pool import PoolConnectionProxy
+
+    from gateway.registration import Registration
+    from gateway.stores.queries import JobQuery
 
     Connection = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
 
@@ -49,8 +59,11 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_JOB_COLUMNS = "seq, job_id, kind, status, result, metadata, error_message, created_at, updated_at, completed_at"
-_LOCK_JOB = "SELECT kind, status, metadata, created_at FROM jobs WHERE job_id = $1 FOR UPDATE"
+_JOB_COLUMNS = (
+    "seq, job_id, kind, status, result, metadata, error_message, created_at, updated_at, completed_at,"
+    " user_id, organization_id, registered_at, context"
+)
+_LOCK_JOB = "SELECT kind, status, metadata, created_at, registered_at FROM jobs WHERE job_id = $1 FOR UPDATE"
 _MIGRATION_LOCK = 0x6761746577617901  # pg_advisory_lock key: replicas starting together migrate one at a time
 
 
@@ -66,8 +79,12 @@ class _Duplicate(Exception):
 class PostgresJobStore:
     """:class:`~gateway.stores.base.JobStore` on PostgreSQL; ``pool_size`` connections at most per process."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, timeout: float = 2.0) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 10, timeout: float = 2.0, require_registered: bool = False
+    ) -> None:
         self._url = url
+        self._require_registered = require_registered
+        """``GATEWAY_REQUIRE_REGISTERED_JOBS``: refuse events of jobs the app did not register."""
         self._pool_size = pool_size
         self._timeout = timeout
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
@@ -106,7 +123,7 @@ class PostgresJobStore:
 
     async def apply(self, event: JobEvent) -> Applied:
         try:
-            return await self._run("apply", lambda db: _apply(db, event))
+            return await self._run("apply", lambda db: _apply(db, event, self._require_registered))
         except _Duplicate as duplicate:
             # Already recorded: the database's word is final.
             return Applied(outcome=Outcome.DUPLICATE, status=duplicate.status or event.status)
@@ -130,8 +147,62 @@ class PostgresJobStore:
     async def get(self, job_id: str) -> Job | None:
         return await self._run("get", lambda db: _get(db, job_id))
 
-    async def list_jobs(self, *, kind: str | None, status: Status | None, limit: int, cursor: int | None) -> JobPage:
-        return await self._run("list", lambda db: _list(db, kind, status, limit, cursor))
+    async def list_jobs(self, query: JobQuery) -> JobPage:
+        return await self._run("list", lambda db: _list(db, query))
+
+    async def register(self, registration: Registration, now: datetime) -> Registered:
+        return await self._run("register", lambda db: _register(db, registration, now))
+
+    async def events_after(
+        self, after: int, limit: int, *, job_id: str | None = None, user_id: str | None = None
+    ) -> list[StreamEvent]:
+        where, params = events_where(after, job_id, user_id, lambda n: f"${n}")
+        rows = await self._run(
+            "events",
+            lambda db: db.fetch(
+                f"SELECT {EVENT_COLUMNS} FROM job_events e JOIN jobs j ON j.job_id = e.job_id"  # noqa: S608
+                f" {where} ORDER BY e.id LIMIT ${len(params) + 1}",
+                *params,
+                limit,
+            ),
+        )
+        return [
+            StreamEvent(
+                id=r["id"],
+                job_id=r["job_id"],
+                kind=r["kind"],
+                status=Status(r["status"]),
+                outcome=Outcome(r["outcome"]),
+                timestamp=r["timestamp"],
+                received_at=r["received_at"],
+                user_id=r["user_id"],
+                organization_id=r["organization_id"],
+            )
+            for r in rows
+        ]
+
+    async def last_event_id(self) -> int:
+        last = await self._run("events", lambda db: db.fetchval("SELECT max(id) FROM job_events"))
+        return int(last or 0)
+
+    async def stats(self, since: datetime, until: datetime) -> JobStats:
+        async def count(db: Connection) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+            created = await db.fetch(
+                "SELECT status, count(*) AS n FROM jobs WHERE created_at >= $1 AND created_at < $2 GROUP BY status",
+                since,
+                until,
+            )
+            finished = await db.fetch(
+                "SELECT status, count(*) AS n FROM jobs WHERE completed_at >= $1 AND completed_at < $2 GROUP BY status",
+                since,
+                until,
+            )
+            return created, finished
+
+        created, finished = await self._run("stats", count)
+        by_status = dict.fromkeys((status.value for status in Status), 0)
+        by_status.update({r["status"]: r["n"] for r in created})
+        return job_stats(since, until, by_status, {r["status"]: r["n"] for r in finished})
 
     async def in_progress(self) -> list[InProgress]:
         rows = await self._run(
@@ -153,7 +224,7 @@ class PostgresJobStore:
         try:
             async with asyncio.timeout(self._timeout), self._pool.acquire() as connection:
                 result = await work(connection)
-        except (KindConflict, _Duplicate):
+        except (Refused, _Duplicate):
             raise
         except Exception as error:
             # Refused connection, server restart, timeout, lost connection: all mean "retry later".
@@ -174,13 +245,15 @@ async def _reset(connection: Connection) -> None:
         await connection.execute("ROLLBACK")
 
 
-async def _apply(db: Connection, event: JobEvent) -> Applied:
+async def _apply(db: Connection, event: JobEvent, require_registered: bool) -> Applied:
     """Lock (or create) the job's row, decide, record the event, update the job: one transaction."""
     received = event.received_at
     result = bytes(event.result).decode() if event.result is not None else None
     async with db.transaction():
         row = await db.fetchrow(_LOCK_JOB, event.job_id)
         created = False
+        if row is None and require_registered:
+            raise Unregistered(event.job_id)
         if row is None:
             completed = received if event.status.terminal else None
             created = (
@@ -203,6 +276,8 @@ async def _apply(db: Connection, event: JobEvent) -> Applied:
                 row = await db.fetchrow(_LOCK_JOB, event.job_id)
         if row is not None and row["kind"] != event.kind:
             raise KindConflict(event.job_id, row["kind"])
+        if require_registered and row is not None and row["registered_at"] is None:
+            raise Unregistered(event.job_id)
         previous = Status(row["status"]) if row is not None else None
         transition = decide(previous, event.status)
         event_id = await db.fetchval(
@@ -269,21 +344,15 @@ async def _get(db: Connection, job_id: str) -> Job | None:
     return Job(**_job_fields(row), history=history)
 
 
-async def _list(db: Connection, kind: str | None, status: Status | None, limit: int, cursor: int | None) -> JobPage:
-    clauses: list[str] = []
-    params: list[object] = []
-    for column, value in (("kind =", kind), ("status =", status and status.value), ("seq <", cursor)):
-        if value is not None:
-            params.append(value)
-            clauses.append(f"{column} ${len(params)}")
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    params.append(limit + 1)
+async def _list(db: Connection, query: JobQuery) -> JobPage:
+    where, params = jobs_where(query, lambda n: f"${n}", lambda moment: moment)
+    params.append(query.limit + 1)
     rows = await db.fetch(
         f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT ${len(params)}",  # noqa: S608
         *params,
     )
-    more = len(rows) > limit
-    rows = rows[:limit]
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
     return JobPage(
         jobs=[JobSummary(**_job_fields(row)) for row in rows], next_cursor=str(rows[-1]["seq"]) if more else None
     )
@@ -300,7 +369,50 @@ def _job_fields(row: asyncpg.Record) -> dict[str, Any]:
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
         "completed_at": row["completed_at"],
+        "user_id": row["user_id"],
+        "organization_id": row["organization_id"],
+        "registered_at": row["registered_at"],
+        "context": decode_context(row["context"]),
     }
+
+
+async def _register(db: Connection, registration: Registration, now: datetime) -> Registered:
+    """Create the job as ``pending``, or attach the context to the job its webhooks created, or compare."""
+    context = to_json(registration.context)
+    async with db.transaction():
+        created = await db.fetchval(
+            "INSERT INTO jobs (job_id, kind, status, created_at, updated_at, user_id, organization_id,"
+            " registered_at, context) VALUES ($1, $2, 'pending', $3, $3, $4, $5, $3, $6)"
+            " ON CONFLICT (job_id) DO NOTHING RETURNING seq",
+            registration.job_id,
+            registration.kind,
+            now,
+            registration.user_id,
+            registration.organization_id,
+            context,
+        )
+        if created is not None:
+            return Registered(outcome=RegisterOutcome.CREATED)
+        row = await db.fetchrow(
+            "SELECT kind, user_id, organization_id, registered_at, context FROM jobs WHERE job_id = $1 FOR UPDATE",
+            registration.job_id,
+        )
+        assert row is not None  # the insert just found it, and jobs are never deleted
+        if row["kind"] != registration.kind:
+            raise KindConflict(registration.job_id, row["kind"])
+        if row["registered_at"] is None:
+            await db.execute(
+                "UPDATE jobs SET user_id = $1, organization_id = $2, registered_at = $3, context = $4"
+                " WHERE job_id = $5",
+                registration.user_id,
+                registration.organization_id,
+                now,
+                context,
+                registration.job_id,
+            )
+            return Registered(outcome=RegisterOutcome.ATTACHED)
+    differs = differing_fields(registration, row["user_id"], row["organization_id"], decode_context(row["context"]))
+    return Registered(outcome=RegisterOutcome.CONFLICT if differs else RegisterOutcome.UNCHANGED, differs=differs)
 
 
 async def _migrate(db: Connection) -> list[int]:

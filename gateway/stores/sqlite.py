@@ -31,24 +31,36 @@ from gateway.model import (
     Job,
     JobEvent,
     JobPage,
+    JobStats,
     JobSummary,
     KindConflict,
     Outcome,
+    Refused,
     Status,
+    StreamEvent,
+    Unregistered,
 )
+from gateway.registration import Registered, RegisterOutcome, differing_fields
 from gateway.stores import migrations
 from gateway.stores.base import StoreUnavailable
+from gateway.stores.queries import EVENT_COLUMNS, decode_context, events_where, job_stats, jobs_where
 from gateway.stores.records import answer, decode_metadata, merge_metadata, to_json
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+
+    from gateway.registration import Registration
+    from gateway.stores.queries import JobQuery
 
 __all__ = ("SqliteJobStore", "migrate")
 
 logger = logging.getLogger(__name__)
 
 
-_JOB_COLUMNS = "seq, job_id, kind, status, result, metadata, error_message, created_at, updated_at, completed_at"
+_JOB_COLUMNS = (
+    "seq, job_id, kind, status, result, metadata, error_message, created_at, updated_at, completed_at,"
+    " user_id, organization_id, registered_at, context"
+)
 _MAX_BATCH = 256
 _CALL_TIMEOUT_SECONDS = 15.0
 """Longer than SQLite's busy timeout (5 s) plus a batch: past it the caller gets a 503, not a hang."""
@@ -64,8 +76,10 @@ class _Op(NamedTuple):
 class SqliteJobStore:
     """:class:`~gateway.stores.base.JobStore` on one SQLite file."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, require_registered: bool = False) -> None:
         self._path = path
+        self._require_registered = require_registered
+        """``GATEWAY_REQUIRE_REGISTERED_JOBS``: refuse events of jobs the app did not register."""
         self._queue: queue.SimpleQueue[list[_Op] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -134,9 +148,29 @@ class SqliteJobStore:
         rows: list[InProgress] = await self._read("in_progress", _in_progress)
         return rows
 
-    async def list_jobs(self, *, kind: str | None, status: Status | None, limit: int, cursor: int | None) -> JobPage:
-        page: JobPage = await self._read("list", lambda db: _list(db, kind, status, limit, cursor))
+    async def list_jobs(self, query: JobQuery) -> JobPage:
+        page: JobPage = await self._read("list", lambda db: _list(db, query))
         return page
+
+    async def register(self, registration: Registration, now: datetime) -> Registered:
+        result: Registered = await self._submit("register", lambda db: _register(db, registration, now), write=True)
+        return result
+
+    async def events_after(
+        self, after: int, limit: int, *, job_id: str | None = None, user_id: str | None = None
+    ) -> list[StreamEvent]:
+        events: list[StreamEvent] = await self._read(
+            "events", lambda db: _events_after(db, after, limit, job_id, user_id)
+        )
+        return events
+
+    async def last_event_id(self) -> int:
+        row = await self._read("events", lambda db: db.execute("SELECT max(id) FROM job_events").fetchone())
+        return int(row[0] or 0)
+
+    async def stats(self, since: datetime, until: datetime) -> JobStats:
+        stats: JobStats = await self._read("stats", lambda db: _stats(db, since, until))
+        return stats
 
     async def _read(self, operation: str, run: Callable[[sqlite3.Connection], Any]) -> Any:
         """Reads run on a reader thread with its own connection (WAL lets it read while the writer
@@ -205,10 +239,12 @@ class SqliteJobStore:
         constraint refuses it before anything else was written, so the batch's transaction goes on.
         """
         row = db.execute(
-            "SELECT kind, status, metadata, created_at FROM jobs WHERE job_id = ?", (event.job_id,)
+            "SELECT kind, status, metadata, created_at, registered_at FROM jobs WHERE job_id = ?", (event.job_id,)
         ).fetchone()
         if row is not None and row[0] != event.kind:
             raise KindConflict(event.job_id, row[0])
+        if self._require_registered and (row is None or row[4] is None):
+            raise Unregistered(event.job_id)
         previous = Status(row[1]) if row is not None else None
         transition = decide(previous, event.status)
         received = _iso(event.received_at)
@@ -307,7 +343,7 @@ def _transaction(db: sqlite3.Connection, writes: list[_Op]) -> list[Settled]:
         for op in writes:
             try:
                 answers.append((op.future, op.run(db), None))
-            except KindConflict as error:  # refused before it wrote anything; the others go on
+            except Refused as error:  # refused before it wrote anything; the others go on
                 answers.append((op.future, None, error))
         db.execute("COMMIT")
     except Exception as error:
@@ -324,7 +360,7 @@ async def _answer(operation: str, pending: Awaitable[Any]) -> Any:
     """Await a store call within its deadline; every failure becomes :class:`StoreUnavailable` (a 503)."""
     try:
         return await asyncio.wait_for(pending, _CALL_TIMEOUT_SECONDS)
-    except (KindConflict, StoreUnavailable):
+    except (Refused, StoreUnavailable):
         raise
     except TimeoutError:
         logger.error("job store %s: no answer within %s s", operation, _CALL_TIMEOUT_SECONDS)
@@ -387,19 +423,14 @@ def _get(db: sqlite3.Connection, job_id: str) -> Job | None:
     return Job(**_job_fields(row), history=history)
 
 
-def _list(db: sqlite3.Connection, kind: str | None, status: Status | None, limit: int, cursor: int | None) -> JobPage:
-    clauses, params = [], []
-    for clause, value in (("kind = ?", kind), ("status = ?", status), ("seq < ?", cursor)):
-        if value is not None:
-            clauses.append(clause)
-            params.append(value)
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+def _list(db: sqlite3.Connection, query: JobQuery) -> JobPage:
+    where, params = jobs_where(query, lambda _: "?", _iso)
     rows = db.execute(
         f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT ?",  # noqa: S608
-        (*params, limit + 1),
+        (*params, query.limit + 1),
     ).fetchall()
-    more = len(rows) > limit
-    rows = rows[:limit]
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
     return JobPage(
         jobs=[JobSummary(**_job_fields(row)) for row in rows], next_cursor=str(rows[-1][0]) if more else None
     )
@@ -416,7 +447,89 @@ def _job_fields(row: Any) -> dict[str, Any]:
         "created_at": datetime.fromisoformat(row[7]),
         "updated_at": datetime.fromisoformat(row[8]),
         "completed_at": datetime.fromisoformat(row[9]) if row[9] is not None else None,
+        "user_id": row[10],
+        "organization_id": row[11],
+        "registered_at": datetime.fromisoformat(row[12]) if row[12] is not None else None,
+        "context": decode_context(row[13]),
     }
+
+
+def _register(db: sqlite3.Connection, registration: Registration, now: datetime) -> Registered:
+    """Create the job as ``pending``, or attach the context to the job its webhooks created, or compare."""
+    row = db.execute(
+        "SELECT kind, user_id, organization_id, registered_at, context FROM jobs WHERE job_id = ?",
+        (registration.job_id,),
+    ).fetchone()
+    context = to_json(registration.context)
+    moment = _iso(now)
+    if row is None:
+        db.execute(
+            "INSERT INTO jobs (job_id, kind, status, created_at, updated_at, user_id, organization_id,"
+            " registered_at, context) VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
+            (
+                registration.job_id,
+                registration.kind,
+                moment,
+                moment,
+                registration.user_id,
+                registration.organization_id,
+                moment,
+                context,
+            ),
+        )
+        return Registered(outcome=RegisterOutcome.CREATED)
+    if row[0] != registration.kind:
+        raise KindConflict(registration.job_id, row[0])
+    if row[3] is None:
+        db.execute(
+            "UPDATE jobs SET user_id = ?, organization_id = ?, registered_at = ?, context = ? WHERE job_id = ?",
+            (registration.user_id, registration.organization_id, moment, context, registration.job_id),
+        )
+        return Registered(outcome=RegisterOutcome.ATTACHED)
+    differs = differing_fields(registration, row[1], row[2], decode_context(row[4]))
+    if differs:
+        return Registered(outcome=RegisterOutcome.CONFLICT, differs=differs)
+    return Registered(outcome=RegisterOutcome.UNCHANGED)
+
+
+def _events_after(
+    db: sqlite3.Connection, after: int, limit: int, job_id: str | None, user_id: str | None
+) -> list[StreamEvent]:
+    where, params = events_where(after, job_id, user_id, lambda _: "?")
+    rows = db.execute(
+        f"SELECT {EVENT_COLUMNS} FROM job_events e JOIN jobs j ON j.job_id = e.job_id"  # noqa: S608
+        f" {where} ORDER BY e.id LIMIT ?",
+        (*params, limit),
+    ).fetchall()
+    return [
+        StreamEvent(
+            id=r[0],
+            job_id=r[1],
+            kind=r[2],
+            status=Status(r[3]),
+            outcome=Outcome(r[4]),
+            timestamp=datetime.fromisoformat(r[5]),
+            received_at=datetime.fromisoformat(r[6]),
+            user_id=r[7],
+            organization_id=r[8],
+        )
+        for r in rows
+    ]
+
+
+def _stats(db: sqlite3.Connection, since: datetime, until: datetime) -> JobStats:
+    window = (_iso(since), _iso(until))
+    created = dict.fromkeys((status.value for status in Status), 0)
+    for status, count in db.execute(
+        "SELECT status, count(*) FROM jobs WHERE created_at >= ? AND created_at < ? GROUP BY status", window
+    ):
+        created[status] = count
+    finished = dict(
+        db.execute(
+            "SELECT status, count(*) FROM jobs WHERE completed_at >= ? AND completed_at < ? GROUP BY status", window
+        ).fetchall()
+    )
+    return job_stats(since, until, created, finished)
 
 
 def _iso(moment: datetime) -> str:

@@ -1,0 +1,145 @@
+"""The read API's own credential: ``GATEWAY_API_TOKEN`` as a bearer token, or a session cookie signed with it.
+
+A browser's ``EventSource`` cannot send an ``Authorization`` header, so a page signs in once
+(``POST /api/session`` with the token) and gets an HttpOnly, SameSite=Strict cookie holding an expiry and
+an HMAC of it, keyed by a key derived from the token: nothing to store server-side, any replica with the
+same token verifies it, and changing the token signs every session out. Webhook secrets never open the
+read API. Every comparison is constant-time.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from litestar import Request, Response, delete, post
+from litestar.datastructures import Cookie
+from litestar.exceptions import NotAuthorizedException
+from litestar.params import JSONBody
+
+from gateway.http.responses import json_response
+
+if TYPE_CHECKING:
+    from litestar.connection import ASGIConnection
+    from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
+
+__all__ = ("SESSION_COOKIE", "SESSION_SECONDS", "ReadAccess", "Session", "SignIn", "session_routes")
+
+SESSION_COOKIE = "gateway_session"
+SESSION_SECONDS = 8 * 3600
+"""A working day: the status page signs in again after that."""
+
+_NEEDS = (
+    "The read API needs GATEWAY_API_TOKEN: send `Authorization: Bearer <token>`, or sign in with "
+    'POST /api/session and body {"token": "<token>"} for a session cookie'
+)
+
+
+def _digest(value: str) -> bytes:
+    """Hash before comparing, so the comparison takes the same time whatever the lengths."""
+    return hashlib.sha256(value.encode()).digest()
+
+
+class ReadAccess:
+    """Decides who may read jobs; :meth:`guard` is a Litestar guard for every read route."""
+
+    def __init__(self, token: str | None, clock: Callable[[], float] = time.time) -> None:
+        self._token = _digest(token) if token is not None else None
+        self._key = hmac.new(token.encode(), b"gateway-session-v1", hashlib.sha256).digest() if token else b""
+        self._clock = clock
+
+    @property
+    def required(self) -> bool:
+        return self._token is not None
+
+    def guard(self, connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+        """Let the request through with the right bearer token or a valid session cookie; else 401."""
+        if self._token is None:
+            return
+        authorization = connection.headers.get("authorization")
+        if authorization is not None:
+            scheme, _, credential = authorization.partition(" ")
+            if scheme.lower() == "bearer" and self.token_matches(credential.strip()):
+                return
+            raise NotAuthorizedException(
+                f"Invalid credentials. {_NEEDS}", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+            )
+        cookie = connection.cookies.get(SESSION_COOKIE)
+        if cookie is not None and self.session_valid(cookie):
+            return
+        detail = f"Session expired or invalid. {_NEEDS}" if cookie is not None else _NEEDS
+        raise NotAuthorizedException(detail, headers={"WWW-Authenticate": "Bearer"})
+
+    def token_matches(self, given: str) -> bool:
+        return self._token is not None and hmac.compare_digest(_digest(given), self._token)
+
+    def sign(self) -> tuple[str, int]:
+        """A session value and its expiry (epoch seconds)."""
+        expires = int(self._clock()) + SESSION_SECONDS
+        return f"{expires}.{self._mac(expires)}", expires
+
+    def session_valid(self, value: str) -> bool:
+        expires_text, _, mac = value.partition(".")
+        if not (expires_text.isascii() and expires_text.isdigit() and len(expires_text) <= 12):
+            return False
+        expires = int(expires_text)
+        return hmac.compare_digest(mac.encode(), self._mac(expires).encode()) and expires > self._clock()
+
+    def _mac(self, expires: int) -> str:
+        signature = hmac.new(self._key, f"session:{expires}".encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(signature).decode().rstrip("=")
+
+
+class SignIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The body of ``POST /api/session``."""
+
+    token: str
+
+
+class Session(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to a sign-in."""
+
+    token_required: bool
+    """``False``: no ``GATEWAY_API_TOKEN`` is set, the read API is open and no cookie was needed."""
+    expires_at: datetime | None = None
+
+
+def session_routes(access: ReadAccess) -> list[HTTPRouteHandler]:
+    """``POST /api/session`` (sign in with the token, get the cookie) and ``DELETE /api/session``."""
+
+    @post("/api/session", tags=["session"], summary="Exchange the API token for a session cookie (browsers)")
+    async def sign_in(data: JSONBody[SignIn], request: Request[Any, Any, Any]) -> Response[bytes]:
+        if not access.required:
+            return json_response(Session(token_required=False))
+        if not access.token_matches(data.token):
+            raise NotAuthorizedException(f"Wrong token. {_NEEDS}")
+        value, expires = access.sign()
+        response = json_response(
+            Session(token_required=True, expires_at=datetime.fromtimestamp(expires, UTC)), status_code=200
+        )
+        response.set_cookie(
+            Cookie(
+                key=SESSION_COOKIE,
+                value=value,
+                max_age=SESSION_SECONDS,
+                path="/",
+                httponly=True,
+                samesite="strict",
+                secure=request.url.scheme == "https",
+            )
+        )
+        return response
+
+    @delete("/api/session", tags=["session"], summary="Sign out: clear the session cookie", status_code=204)
+    async def sign_out() -> Response[None]:
+        response: Response[None] = Response(None, status_code=204)
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    return [sign_in, sign_out]

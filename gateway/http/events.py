@@ -1,0 +1,237 @@
+"""Live progress as Server-Sent Events: ``GET /api/jobs/{job_id}/events`` and ``GET /api/jobs/events``.
+
+Every message is one recorded event, read from the job store by its global id (``id:``), so a client
+that reconnects with ``Last-Event-ID`` (or ``?after=``) gets exactly the events it has not seen: none
+missed, none repeated. A stream reads the store when :class:`~gateway.wakeup.Wakeup` says something new
+was stored, and at least every heartbeat. Each stream buffers at most ``GATEWAY_SSE_BUFFER_EVENTS``
+messages; a client that leaves that buffer full for a heartbeat interval gets ``event: overflow`` (with
+the id to resume from) and the stream ends, so a slow client costs bounded memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+from litestar import Request, Response, get
+from litestar.exceptions import NotFoundException, ValidationException
+from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.response import Stream
+
+from gateway.http.responses import error_response
+from gateway.model import Outcome, StreamEvent
+from gateway.stores.base import StoreUnavailable
+
+if TYPE_CHECKING:
+    from litestar.handlers import HTTPRouteHandler
+    from litestar.types import Guard
+
+    from gateway.stores.base import JobStore
+    from gateway.wakeup import Wakeup
+
+__all__ = ("Streams", "event_routes")
+
+logger = logging.getLogger(__name__)
+
+_READ_BATCH = 100
+_RETRY_MS = 2000
+"""Sent first: how long a browser's EventSource waits before reconnecting."""
+_encode = msgspec.json.Encoder().encode
+
+
+class _End:
+    """The last item of a stream's buffer: the stream ends after it (its text may be empty)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: bytes = b"") -> None:
+        self.text = text
+
+
+class _Overflow:
+    """The client left the buffer full: the writer sends ``event: overflow`` with the last id it sent."""
+
+
+_OVERFLOW = _Overflow()
+_Item = tuple[int, bytes] | bytes | _End | _Overflow
+"""An event (its id, its text), a comment, the end, or the overflow marker."""
+
+
+_After = Annotated[int | None, QueryParameter(ge=0, description="Resume after this event id (as `Last-Event-ID` does)")]
+
+
+def _message(event: StreamEvent) -> bytes:
+    return b"id: %d\ndata: %s\n\n" % (event.id, _encode(event))
+
+
+class Streams:
+    """The open live streams of this process: at most ``max_streams``, each bounded to ``buffer`` messages."""
+
+    def __init__(self, jobs: JobStore, wakeup: Wakeup, *, max_streams: int, heartbeat: float, buffer: int) -> None:
+        self._jobs = jobs
+        self._wakeup = wakeup
+        self._max_streams = max_streams
+        self._heartbeat = heartbeat
+        self._buffer = buffer
+        self.open = 0
+
+    def full(self) -> bool:
+        return self.open >= self._max_streams
+
+    async def run(self, after: int, *, job_id: str | None, user_id: str | None) -> AsyncIterator[bytes]:
+        """The stream's bytes. The slot is taken here, before the first byte, and given back however it ends."""
+        self.open += 1
+        queue: asyncio.Queue[_Item] = asyncio.Queue(self._buffer)
+        room = asyncio.Event()
+        producer = asyncio.create_task(self._produce(queue, room, after, job_id, user_id))
+        sent = after
+        try:
+            yield b"retry: %d\n\n" % _RETRY_MS
+            while True:
+                item = await queue.get()
+                room.set()
+                if isinstance(item, _End):
+                    if item.text:
+                        yield item.text
+                    return
+                if isinstance(item, _Overflow):
+                    logger.warning("live stream dropped a slow client after event %d", sent)
+                    resume = _encode({"resume_after": sent, "reason": "the client read too slowly"})
+                    yield b"event: overflow\nid: %d\ndata: %s\n\n" % (sent, resume)
+                    return
+                if isinstance(item, bytes):
+                    yield item
+                    continue
+                sent, text = item
+                yield text
+        finally:
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
+            self.open -= 1
+
+    async def _produce(
+        self, queue: asyncio.Queue[_Item], room: asyncio.Event, after: int, job_id: str | None, user_id: str | None
+    ) -> None:
+        """Read the store into the buffer until the stream ends; runs beside the writer (:meth:`run`)."""
+        loop = asyncio.get_running_loop()
+        closed = self._wakeup.closed
+        heartbeat_due = loop.time() + self._heartbeat
+        first = True
+        while not closed.is_set():
+            changed = self._wakeup.changed()
+            try:
+                events = await self._jobs.events_after(after, _READ_BATCH, job_id=job_id, user_id=user_id)
+            except StoreUnavailable:
+                events = []  # tried again at the next wake-up or heartbeat; the client keeps its place
+            for event in events:
+                if not await self._put(queue, room, (event.id, _message(event))):
+                    return
+                after = event.id
+                heartbeat_due = loop.time() + self._heartbeat
+            if job_id is not None and len(events) < _READ_BATCH:
+                finished = any(e.status.terminal and e.outcome is Outcome.APPLIED for e in events)
+                if finished or (first and await self._terminal(job_id)):
+                    await self._put(queue, room, _End(b"event: end\ndata: {}\n\n"))
+                    return
+            first = False
+            if len(events) == _READ_BATCH:
+                continue
+            timeout = heartbeat_due - loop.time()
+            if timeout > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await changed.wait()
+            if loop.time() >= heartbeat_due:
+                if not await self._put(queue, room, b": heartbeat\n\n"):
+                    return
+                heartbeat_due = loop.time() + self._heartbeat
+        await self._put(queue, room, _End())
+
+    async def _terminal(self, job_id: str) -> bool:
+        try:
+            status = await self._jobs.status_of(job_id)
+        except StoreUnavailable:
+            return False
+        return status is not None and status.terminal
+
+    async def _put(self, queue: asyncio.Queue[_Item], room: asyncio.Event, item: _Item) -> bool:
+        """Buffer ``item``, waiting up to a heartbeat for the client to make room; else overflow (``False``)."""
+        while queue.full():
+            room.clear()
+            try:
+                async with asyncio.timeout(self._heartbeat):
+                    await room.wait()
+            except TimeoutError:
+                while not queue.empty():  # what is buffered was never sent: the client resumes before it
+                    queue.get_nowait()
+                queue.put_nowait(_OVERFLOW)
+                return False
+        queue.put_nowait(item)
+        return True
+
+
+def _resume_point(request: Request[Any, Any, Any], after: int | None) -> int | None:
+    """``Last-Event-ID`` (what a reconnecting EventSource sends) wins over ``?after=``."""
+    header = request.headers.get("last-event-id")
+    if header is None or not header.strip():
+        return after
+    text = header.strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
+        raise ValidationException("Last-Event-ID must be the id of an event this stream sent (a number)")
+    return int(text)
+
+
+def event_routes(streams: Streams, jobs: JobStore, guards: list[Guard]) -> list[HTTPRouteHandler]:
+    """The two live-stream routes, behind ``guards`` (the read API's token)."""
+
+    def open_stream(after: int, job_id: str | None, user_id: str | None) -> Response[Any]:
+        if streams.full():
+            return error_response(
+                503,
+                "Too many live streams open on this replica (GATEWAY_SSE_MAX_STREAMS): retry later",
+                {"Retry-After": "5"},
+            )
+        return Stream(
+            streams.run(after, job_id=job_id, user_id=user_id),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @get(
+        "/api/jobs/{job_id:str}/events",
+        tags=["jobs"],
+        summary="Live progress of one job (SSE): its history, then new events; ends after a terminal status",
+        guards=guards,
+    )
+    async def job_events(request: Request[Any, Any, Any], job_id: FromPath[str], after: _After = None) -> Response[Any]:
+        status = await jobs.status_of(job_id)
+        if status is None:
+            raise NotFoundException(f"No job with id {job_id!r}")
+        start = _resume_point(request, after) or 0
+        if status.terminal and not await jobs.events_after(start, 1, job_id=job_id):
+            # Finished and nothing left to send: 204 tells an EventSource to stop reconnecting.
+            return Response(None, status_code=204)
+        return open_stream(start, job_id, None)
+
+    @get(
+        "/api/jobs/events",
+        tags=["jobs"],
+        summary="Live progress of every job, or of one user's (SSE); new events unless told where to resume",
+        guards=guards,
+    )
+    async def all_events(
+        request: Request[Any, Any, Any],
+        user_id: FromQuery[str | None] = None,
+        after: _After = None,
+    ) -> Response[Any]:
+        start = _resume_point(request, after)
+        if start is None:
+            start = await jobs.last_event_id()
+        return open_stream(start, None, user_id)
+
+    return [job_events, all_events]
