@@ -12,6 +12,7 @@ import argparse
 import base64
 import hashlib
 import hmac
+import http.client
 import json
 import sys
 import time
@@ -177,6 +178,12 @@ def run_send(args: argparse.Namespace, settings: Settings) -> int:
     kind = kind_named(args.kind)
     assert kind is not None  # argparse restricted the choices
     base = (args.url or _local_url(settings)).rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        print(f"gateway send: --url must start with http:// or https://, got {base!r}", file=sys.stderr)
+        return 2
+    if args.file is not None and args.job_id is not None:
+        print("gateway send: --job-id names the job of a --scenario payload; a --file carries its own", file=sys.stderr)
+        return 2
     url = f"{base}{kind.route}"
     credentials = Credentials.from_settings(settings)
     scenario: str = args.scenario or ("file" if args.file is not None else "completed")
@@ -275,7 +282,7 @@ class _Poster:
                 status, raw = response.status, response.read()
         except urllib.error.HTTPError as error:
             status, raw = error.code, error.read()
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+        except (OSError, http.client.HTTPException) as error:  # refused, reset, timed out, not HTTP at all
             reason = error.reason if isinstance(error, urllib.error.URLError) else error
             return Answer(None, time.perf_counter() - started, error=f"cannot reach {self._url}: {reason}")
         elapsed = time.perf_counter() - started

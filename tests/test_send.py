@@ -165,6 +165,19 @@ def test_a_missing_file_is_a_usage_error(tmp_path: Path) -> None:
     assert "cannot read" in result.stderr
 
 
+def test_usage_mistakes_exit_2_saying_what_is_wrong(tmp_path: Path) -> None:
+    result = send(tmp_path, "--url", "127.0.0.1:8000")
+    assert result.returncode == 2
+    assert "--url must start with http:// or https://" in result.stderr
+    result = send(tmp_path, "--file", "-", "--job-id", "x")
+    assert result.returncode == 2
+    assert "a --file carries its own" in result.stderr
+    result = send(tmp_path, "--scenario", "exploded")
+    assert result.returncode == 2
+    assert "invalid choice" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_no_gateway_listening_says_so(tmp_path: Path) -> None:
     result = send(tmp_path, "--url", f"http://127.0.0.1:{free_port()}")
     assert result.returncode == 1

@@ -61,7 +61,7 @@ def page(browser: Browser) -> Iterator[Page]:
             message.type == "error" and "Failed to load resource" not in message.text and problems.append(message.text)
         ),
     )
-    opened.set_default_timeout(5000)
+    opened.set_default_timeout(10_000)  # generous: CI machines are shared
     yield opened
     context.close()
     assert problems == []
@@ -141,7 +141,7 @@ def test_with_a_token_the_page_signs_in_through_its_form(
 
     page.get_by_role("button", name="Sign out").click()
     expect(token).to_be_visible()
-    assert httpx.get(f"{server.url}/api/jobs").status_code == 401
+    assert [cookie for cookie in page.context.cookies() if cookie["name"] == "gateway_session"] == []
 
 
 def test_the_page_fits_a_narrow_screen(browser: Browser, live_server: LiveServer) -> None:
@@ -151,7 +151,7 @@ def test_the_page_fits_a_narrow_screen(browser: Browser, live_server: LiveServer
     context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True)
     try:
         narrow = context.new_page()
-        narrow.set_default_timeout(5000)
+        narrow.set_default_timeout(10_000)
         narrow.goto(f"{live_server.url}/")
         expect(narrow.locator("#connection")).to_have_text("Live")
         expect(narrow.locator("#job-rows tr", has_text="a-rather-long-job-id")).to_be_visible()
