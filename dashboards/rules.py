@@ -94,7 +94,7 @@ def operations_group(config: Config, name: str = "gateway") -> Group:
     window = config.rule_window
     requests = f"sum by (job) (rate(gateway_webhook_requests_total{{{sel}}}[{window}]))"
     auth = f"sum by (job, reason) (rate(gateway_webhook_auth_failures_total{{{sel}}}[{window}]))"
-    rejected_sel = matchers(sel, 'outcome=~"invalid|rate_limited"')
+    rejected_sel = matchers(sel, 'outcome=~"invalid|rate_limited|unregistered"')
     rejected = f"sum by (job, outcome) (rate(gateway_webhook_requests_total{{{rejected_sel}}}[{window}]))"
     latency = quantile(0.99, "gateway_webhook_request_duration_seconds", sel, window, by="job")
     spike_rate = f"{config.spike_min_rate:g}"
@@ -139,10 +139,10 @@ def operations_group(config: Config, name: str = "gateway") -> Group:
             f"and on (job, outcome)\n{rejected} > {spike_rate}",
             config.spike_for,
             "warning",
-            "Many webhooks are rejected as invalid or rate-limited.",
+            "Many webhooks are rejected as invalid, rate-limited or unregistered.",
             f"{_PERCENT} of webhooks to {_JOB} were answered {{{{ $labels.outcome }}}} over the last {window} "
             f"(threshold {_percent(config.rejection_ratio)}): the backend's payloads changed shape, or a sender "
-            "is bursting past the rate limit.",
+            "is bursting past the rate limit, or (strict mode) the app stopped registering its jobs.",
         ),
         _alert(
             config,

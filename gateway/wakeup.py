@@ -56,6 +56,7 @@ class Wakeup:
     def close(self) -> None:
         """End every stream (the server is shutting down)."""
         self.closed.set()
+        self._dirty.set()
         self._wake()
 
     async def start(self) -> None:
@@ -67,9 +68,9 @@ class Wakeup:
         self.close()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            # redis-py may turn a cancellation into a connection error; the loops then see ``closed``.
+            await asyncio.wait(self._tasks, timeout=self._timeout)
         self._tasks = []
 
     def _client(self) -> Redis:
@@ -81,9 +82,11 @@ class Wakeup:
         client = self._client()
         failing = False
         try:
-            while True:
+            while not self.closed.is_set():
                 await self._dirty.wait()
                 self._dirty.clear()
+                if self.closed.is_set():
+                    return
                 try:
                     async with asyncio.timeout(self._timeout):
                         await client.publish(self._channel, self._me)
@@ -104,7 +107,7 @@ class Wakeup:
     async def _listen(self) -> None:
         """Wake the local streams on every other replica's signal; reconnect when Redis goes away."""
         failing = False
-        while True:
+        while not self.closed.is_set():
             client = self._client()
             try:
                 async with client.pubsub() as pubsub:
@@ -125,4 +128,6 @@ class Wakeup:
                 failing = True
             finally:
                 await client.aclose()
-            await asyncio.sleep(_RECONNECT_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_RECONNECT_SECONDS):
+                    await self.closed.wait()

@@ -17,7 +17,7 @@ __all__ = ("overview",)
 
 RI = "$__rate_interval"
 REQUESTS = f"sum(rate(gateway_webhook_requests_total{{{SEL}}}[{RI}]))"
-REFUSED = "invalid|conflict|rate_limited|too_large|unsupported_media_type"
+REFUSED = "invalid|conflict|unregistered|rate_limited|too_large|unsupported_media_type"
 
 
 def _rate(metric: str, *extra: str, by: str = "") -> str:

@@ -52,13 +52,8 @@ class _End:
         self.text = text
 
 
-class _Overflow:
-    """The client left the buffer full: the writer sends ``event: overflow`` with the last id it sent."""
-
-
-_OVERFLOW = _Overflow()
-_Item = tuple[int, bytes] | bytes | _End | _Overflow
-"""An event (its id, its text), a comment, the end, or the overflow marker."""
+_Item = tuple[int, bytes] | bytes | _End
+"""An event (its id, its text), a comment, or the end."""
 
 
 _After = Annotated[int | None, QueryParameter(ge=0, description="Resume after this event id (as `Last-Event-ID` does)")]
@@ -87,21 +82,23 @@ class Streams:
         self.open += 1
         queue: asyncio.Queue[_Item] = asyncio.Queue(self._buffer)
         room = asyncio.Event()
-        producer = asyncio.create_task(self._produce(queue, room, after, job_id, user_id))
+        dropped = asyncio.Event()
+        producer = asyncio.create_task(self._produce(queue, room, dropped, after, job_id, user_id))
         sent = after
         try:
             yield b"retry: %d\n\n" % _RETRY_MS
             while True:
+                if dropped.is_set() and queue.empty():
+                    # The producer gave up on this client (it stops reading more); what was buffered is sent.
+                    logger.warning("live stream dropped a slow client after event %d", sent)
+                    resume = _encode({"resume_after": sent, "reason": "the client read too slowly"})
+                    yield b"event: overflow\nid: %d\ndata: %s\n\n" % (sent, resume)
+                    return
                 item = await queue.get()
                 room.set()
                 if isinstance(item, _End):
                     if item.text:
                         yield item.text
-                    return
-                if isinstance(item, _Overflow):
-                    logger.warning("live stream dropped a slow client after event %d", sent)
-                    resume = _encode({"resume_after": sent, "reason": "the client read too slowly"})
-                    yield b"event: overflow\nid: %d\ndata: %s\n\n" % (sent, resume)
                     return
                 if isinstance(item, bytes):
                     yield item
@@ -115,13 +112,21 @@ class Streams:
             self.open -= 1
 
     async def _produce(
-        self, queue: asyncio.Queue[_Item], room: asyncio.Event, after: int, job_id: str | None, user_id: str | None
+        self,
+        queue: asyncio.Queue[_Item],
+        room: asyncio.Event,
+        dropped: asyncio.Event,
+        after: int,
+        job_id: str | None,
+        user_id: str | None,
     ) -> None:
         """Read the store into the buffer until the stream ends; runs beside the writer (:meth:`run`)."""
         loop = asyncio.get_running_loop()
         closed = self._wakeup.closed
         heartbeat_due = loop.time() + self._heartbeat
-        first = True
+        # Asked before the first read: a job finished by then has all its events up to the end stored, so
+        # the stream sends them and ends; a job finishing later ends it with its terminal event.
+        finished = job_id is not None and await self._terminal(job_id)
         while not closed.is_set():
             changed = self._wakeup.changed()
             try:
@@ -129,16 +134,14 @@ class Streams:
             except StoreUnavailable:
                 events = []  # tried again at the next wake-up or heartbeat; the client keeps its place
             for event in events:
-                if not await self._put(queue, room, (event.id, _message(event))):
+                if not await self._put(queue, room, dropped, (event.id, _message(event))):
                     return
                 after = event.id
                 heartbeat_due = loop.time() + self._heartbeat
-            if job_id is not None and len(events) < _READ_BATCH:
-                finished = any(e.status.terminal and e.outcome is Outcome.APPLIED for e in events)
-                if finished or (first and await self._terminal(job_id)):
-                    await self._put(queue, room, _End(b"event: end\ndata: {}\n\n"))
-                    return
-            first = False
+            finished = finished or any(e.status.terminal and e.outcome is Outcome.APPLIED for e in events)
+            if job_id is not None and finished and len(events) < _READ_BATCH:
+                await self._put(queue, room, dropped, _End(b"event: end\ndata: {}\n\n"))
+                return
             if len(events) == _READ_BATCH:
                 continue
             timeout = heartbeat_due - loop.time()
@@ -147,10 +150,10 @@ class Streams:
                     async with asyncio.timeout(timeout):
                         await changed.wait()
             if loop.time() >= heartbeat_due:
-                if not await self._put(queue, room, b": heartbeat\n\n"):
+                if not await self._put(queue, room, dropped, b": heartbeat\n\n"):
                     return
                 heartbeat_due = loop.time() + self._heartbeat
-        await self._put(queue, room, _End())
+        await self._put(queue, room, dropped, _End())
 
     async def _terminal(self, job_id: str) -> bool:
         try:
@@ -159,17 +162,15 @@ class Streams:
             return False
         return status is not None and status.terminal
 
-    async def _put(self, queue: asyncio.Queue[_Item], room: asyncio.Event, item: _Item) -> bool:
-        """Buffer ``item``, waiting up to a heartbeat for the client to make room; else overflow (``False``)."""
+    async def _put(self, queue: asyncio.Queue[_Item], room: asyncio.Event, dropped: asyncio.Event, item: _Item) -> bool:
+        """Buffer ``item``, waiting up to a heartbeat for the client to make room; else drop it (``False``)."""
         while queue.full():
             room.clear()
             try:
                 async with asyncio.timeout(self._heartbeat):
                     await room.wait()
             except TimeoutError:
-                while not queue.empty():  # what is buffered was never sent: the client resumes before it
-                    queue.get_nowait()
-                queue.put_nowait(_OVERFLOW)
+                dropped.set()
                 return False
         queue.put_nowait(item)
         return True

@@ -9,7 +9,7 @@
   const TERMINAL = new Set(["completed", "failed"]);
   const LABELS = [...document.querySelectorAll("thead th")].map((header) => header.textContent);
   const RELOAD_MS = 1000; // at most one list reload a second, however many events arrive
-  const STATS_MS = 15000;
+  const REFRESH_MS = 15000;
   const RETRY_MS = 3000;
 
   const byId = (id) => document.getElementById(id);
@@ -274,7 +274,8 @@
     }
     const mine = generation;
     openStream(null);
-    timers.push(setInterval(() => mine === generation && loadStats().catch(failed), STATS_MS));
+    // Registrations are not events: a periodic reload shows jobs registered but not reported on yet.
+    timers.push(setInterval(() => mine === generation && loadJobs().then(loadStats).catch(failed), REFRESH_MS));
     timers.push(setInterval(refreshTimes, 5000));
   }
 
