@@ -11,7 +11,7 @@ from litestar.testing import AsyncTestClient
 WEBHOOK_ROUTES = ("/api/webhooks/image-completion", "/api/webhooks/blog-completion")
 STATUSES = {"pending", "initializing", "generating", "saving", "completed", "failed"}
 AUTH_HEADERS = {"X-Webhook-Secret", "webhook-id", "webhook-timestamp", "webhook-signature"}
-ERROR_CODES = {"400", "401", "409", "413", "415", "503"}
+ERROR_CODES = {"400", "401", "404", "409", "413", "415", "503"}
 
 
 @pytest.fixture
@@ -151,3 +151,16 @@ def test_read_routes_are_documented(openapi: dict[str, Any]) -> None:
     assert "get" in openapi["paths"]["/api/jobs"]
     list_parameters = {parameter["name"] for parameter in openapi["paths"]["/api/jobs"]["get"]["parameters"]}
     assert {"kind", "status", "limit", "cursor"} <= list_parameters
+
+
+def test_jobs_api_routes_are_documented(openapi: dict[str, Any]) -> None:
+    """Registration, stats, the live streams and the browser session are in the document too."""
+    paths = openapi["paths"]
+    list_parameters = {parameter["name"] for parameter in paths["/api/jobs"]["get"]["parameters"]}
+    assert {"user_id", "organization_id", "created_after", "created_before"} <= list_parameters
+    registration = paths["/api/jobs"]["post"]["responses"]
+    assert {"200", "201", "400", "401", "409"} <= set(registration)
+    assert "get" in paths["/api/jobs/stats"]
+    assert "get" in paths["/api/jobs/events"]
+    assert "get" in paths["/api/jobs/{job_id}/events"]
+    assert {"post", "delete"} <= set(paths["/api/session"])

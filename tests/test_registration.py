@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import sqlite3
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +15,9 @@ from prometheus_client import CollectorRegistry
 
 from gateway.config import Settings
 from gateway.http.app import create_app
+from gateway.stores import migrations
+from gateway.stores.queries import JobQuery
+from gateway.stores.sqlite import SqliteJobStore
 from tests.conftest import SECRET, completed_image, progress
 
 IMAGE = "/api/webhooks/image-completion"
@@ -209,3 +215,28 @@ async def test_lenient_mode_still_creates_jobs_from_their_first_webhook(client: 
     assert response.json()["outcome"] == "applied"
     job = (await client.get("/api/jobs/walk-in")).json()
     assert (job["user_id"], job["registered_at"], job["context"]) == (None, None, None)
+
+
+async def test_a_database_from_before_registration_is_upgraded_in_place(tmp_path: Path) -> None:
+    """Migration 0002 only adds columns and indexes: jobs recorded before it stay, unregistered."""
+    path = str(tmp_path / "old.db")
+    first = migrations.load("sqlite")[0]
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT)")
+        for statement in migrations.statements(first.sql):
+            db.execute(statement)
+        db.execute("INSERT INTO schema_migrations VALUES (1, ?, '2025-10-21T00:00:00+00:00')", (first.name,))
+        db.execute(
+            "INSERT INTO jobs (job_id, kind, status, created_at, updated_at) VALUES ('old-1', 'image', 'generating',"
+            " '2025-10-21T16:40:00.000000+00:00', '2025-10-21T16:40:00.000000+00:00')"
+        )
+    jobs = SqliteJobStore(path)
+    await jobs.open()
+    try:
+        job = await jobs.get("old-1")
+        page = await jobs.list_jobs(JobQuery(user_id="user-42"))
+    finally:
+        await jobs.close()
+    assert job is not None
+    assert (job.status, job.user_id, job.registered_at) == ("generating", None, None)
+    assert page.jobs == []

@@ -30,6 +30,8 @@ __all__ = ("unknown_webhook_route", "webhook_route")
 _RESPONSES = {
     400: "Malformed JSON or a payload that violates the schema; `detail` names the field path.",
     401: "Missing or invalid credentials (which part was wrong is not said).",
+    404: "`GATEWAY_REQUIRE_REGISTERED_JOBS` is on and the app never registered the job (`POST /api/jobs`); "
+    "`detail` names the job id. Nothing was recorded.",
     409: "The job is known under another kind; `detail` names the route its webhooks belong to.",
     413: "Body larger than `GATEWAY_MAX_BODY_BYTES`.",
     415: "Content-Type is not application/json.",
