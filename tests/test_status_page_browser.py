@@ -87,6 +87,8 @@ def test_a_webhook_posted_while_the_page_is_open_appears_without_reload(page: Pa
     completed = page.locator("#job-rows tr", has_text="job-live-1")
     expect(completed.locator(".badge")).to_have_text("completed")
     expect(completed).to_contain_text("image")
+    expect(completed).to_contain_text("model gemini-2.0-flash-exp")  # the backend's metadata, once reloaded
+    expect(completed).to_contain_text("generation 12.5 s")
     expect(page.locator("#job-rows tr", has_text="blog-live-2")).to_contain_text("blog")
     expect(page.locator("#job-rows tr", has_text="job-before-the-page").locator(".badge")).to_have_text("saving")
     # An error message from outside is shown as text: no element of it is ever created.

@@ -81,7 +81,12 @@
     const row = document.createElement("tr");
     row.dataset.status = status;
 
-    const who = [job.user_id && `user ${job.user_id}`, job.organization_id && `org ${job.organization_id}`];
+    const reported = job.metadata || {};
+    const who = [
+      job.user_id && `user ${job.user_id}`,
+      job.organization_id && `org ${job.organization_id}`,
+      reported.model_name && `model ${reported.model_name}`,
+    ];
     const identity = document.createElement("td");
     identity.className = "job";
     const id = text("span", "job-id", job.job_id);
@@ -100,7 +105,14 @@
     updated.className = "optional";
     updated.append(time(job.updated_at));
 
-    const cells = [identity, text("td", "kind", job.kind), statusCell, created, text("td", "duration", duration(job)), updated];
+    // The gateway's view (first heard of to finished), and the backend's own figure when it sent one.
+    const took = document.createElement("td");
+    took.append(text("span", "elapsed", duration(job)));
+    if (typeof reported.generation_time_seconds === "number") {
+      took.append(text("span", "who", `generation ${reported.generation_time_seconds} s`));
+    }
+
+    const cells = [identity, text("td", "kind", job.kind), statusCell, created, took, updated];
     // Narrow screens hide the header row and show each cell's column name beside it (see status.css).
     cells.forEach((cell, index) => index > 0 && (cell.dataset.label = LABELS[index]));
     row.append(...cells);
@@ -129,6 +141,7 @@
       if (!known || JSON.stringify(known.job) !== JSON.stringify(job)) upsert(job, false);
     }
     reorder();
+    refreshTimes(); // every row's "ago" from the same instant
     byId("load-error").textContent = "";
   }
 
@@ -282,7 +295,7 @@
   function refreshTimes() {
     for (const { job, row } of jobs.values()) {
       for (const element of row.querySelectorAll("time")) element.textContent = ago(element.dateTime);
-      row.querySelector(".duration").textContent = duration(job);
+      row.querySelector(".elapsed").textContent = duration(job);
     }
   }
 
