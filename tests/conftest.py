@@ -344,8 +344,9 @@ def postgres_server() -> Iterator[PostgresServer]:
     server.remove()
 
 
-CHROMIUM = "/usr/bin/chromium"
-"""Debian's Chromium (``.ci/services`` installs it); playwright's own browser download is never used."""
+CHROMIUM = os.environ.get("TEST_CHROMIUM", "/usr/bin/chromium")
+"""Debian's Chromium (``.ci/services`` installs it), or ``TEST_CHROMIUM``; playwright's own browser download
+is never used."""
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -367,7 +368,9 @@ def browser() -> Iterator[Browser]:
     except ImportError:
         _unavailable("playwright is not installed: pip install -e '.[test]'")
     if not os.access(CHROMIUM, os.X_OK):
-        _unavailable(f"no Chromium at {CHROMIUM}: apt-get install chromium (never `playwright install`)")
+        _unavailable(
+            f"no Chromium at {CHROMIUM}: apt-get install chromium, or set TEST_CHROMIUM (never `playwright install`)"
+        )
     with sync_playwright() as playwright:
         try:
             launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)

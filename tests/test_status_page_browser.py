@@ -145,6 +145,15 @@ def test_with_a_token_the_page_signs_in_through_its_form(
     expect(token).to_be_visible()
     assert [cookie for cookie in page.context.cookies() if cookie["name"] == "gateway_session"] == []
 
+    # A session that ends while the page is open (here: the cookie is gone) brings the form back.
+    token.fill(TOKEN)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#connection")).to_have_text("Live")
+    page.context.clear_cookies()
+    post(server, progress("generating", job_id="job-signed-3"))
+    expect(token).to_be_visible()
+    expect(page.locator("#sign-in-error")).to_have_text("Your session ended: sign in again.")
+
 
 def test_the_page_fits_a_narrow_screen(browser: Browser, live_server: LiveServer) -> None:
     from playwright.sync_api import expect
