@@ -1,5 +1,5 @@
 """The ``gateway`` command: ``serve`` runs the HTTP server, ``migrate`` brings the schema up to date,
-``deliveries`` lists and replays the delivery outbox."""
+``deliveries`` lists and replays the delivery outbox, ``send`` posts a test webhook to a running gateway."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import asyncpg
 from gateway import __version__
 from gateway.config import ConfigError, PostgresDatabase, Settings
 from gateway.delivery import commands as delivery_commands
+from gateway.send import add_send_parser, run_send
 from gateway.telemetry.logs import configure_logging
 from gateway.telemetry.tracing import check_tracing_env
 
@@ -40,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(settings, args.host, args.port, args.workers)
     if args.command == "deliveries":
         return delivery_commands.run(settings, args)
+    if args.command == "send":
+        return run_send(args, settings)
     return _migrate(settings)
 
 
@@ -73,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Apply pending schema migrations to DATABASE_URL; safe to run repeatedly.",
     )
     delivery_commands.add_parser(commands)
+    add_send_parser(commands)
     return parser
 
 

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -29,6 +29,9 @@ from litestar.testing import AsyncTestClient
 
 from gateway.config import PostgresDatabase, Settings, SqliteDatabase
 from gateway.http.app import create_app
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 SECRET = "sorami-webhook-secret-key-2025"
 JOB_ID = "e0145eaa-7430-4845-bf8e-df056076db14"
@@ -366,3 +369,39 @@ def postgres_server() -> Iterator[PostgresServer]:
     server.start()
     yield server
     server.remove()
+
+
+CHROMIUM = os.environ.get("TEST_CHROMIUM", "/usr/bin/chromium")
+"""Debian's Chromium (``.ci/services`` installs it), or ``TEST_CHROMIUM``; playwright's own browser download
+is never used."""
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """A real headless Chromium driven by playwright, shared by one module's tests (it starts in about a
+    second). Skipped locally when Chromium or playwright is missing; a failure under ``CI=true``."""
+    try:
+        from playwright.sync_api import Error, sync_playwright
+    except ImportError:
+        _unavailable("playwright is not installed: pip install -e '.[test]'")
+    if not os.access(CHROMIUM, os.X_OK):
+        _unavailable(
+            f"no Chromium at {CHROMIUM}: apt-get install chromium, or set TEST_CHROMIUM (never `playwright install`)"
+        )
+    with sync_playwright() as playwright:
+        try:
+            launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        except Error as error:
+            _unavailable(f"Chromium at {CHROMIUM} does not start under playwright: {error.message.splitlines()[0]}")
+        yield launched
+        launched.close()

@@ -27,6 +27,7 @@ from gateway.http.health import health_routes
 from gateway.http.jobs import job_routes
 from gateway.http.metrics import metrics_route
 from gateway.http.responses import error_response
+from gateway.http.status_page import status_page_routes
 from gateway.http.tracing import server_spans
 from gateway.http.webhooks import unknown_webhook_route, webhook_route
 from gateway.ingest.errors import unavailable
@@ -169,6 +170,7 @@ def create_app(
                 outbox if sinks else None,
                 forwarding,
             ),
+            *status_page_routes(),
         ],
         middleware=[server_spans(tracer)],
         exception_handlers={StoreUnavailable: store_unavailable},
