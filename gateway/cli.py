@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
 import asyncpg
 
@@ -84,6 +86,11 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int)
         return 2
     import uvicorn
 
+    # uvicorn handles SIGTERM and SIGINT itself (graceful shutdown), then raises the signal again once it
+    # is done. With the default action that kills the process on the spot, skipping atexit: the last log
+    # lines (the batched writer's) would be lost. This handler makes it a normal exit instead.
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, _exit_quietly)
     if not settings.authenticates:
         print(
             "gateway: WARNING: no WEBHOOK_SECRET or WEBHOOK_SIGNING_KEYS set: accepting unauthenticated "
@@ -101,8 +108,16 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int)
         log_config=None,  # the gateway's own handler (JSON or console) formats uvicorn's records too
         access_log=False,
         proxy_headers=False,
+        # SIGTERM: stop accepting, let requests in flight finish for this long, then cut them off (a webhook
+        # cut off before its write is answered 503; one already writing finishes, see Pipeline), then the
+        # lifespan shutdown closes the stores and flushes spans.
+        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
     )
     return 0
+
+
+def _exit_quietly(signum: int, _: FrameType | None) -> None:
+    raise SystemExit(0 if signum == signal.SIGTERM else 128 + signum)
 
 
 def _migrate(settings: Settings) -> int:

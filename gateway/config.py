@@ -142,6 +142,13 @@ class Settings:
     redis_key_prefix: str = "gateway:"
     """``GATEWAY_REDIS_KEY_PREFIX``: prefix of every key the gateway writes to Redis, so several
     deployments can share one server."""
+    shutdown_timeout_seconds: int = 20
+    """``GATEWAY_SHUTDOWN_TIMEOUT_SECONDS``: after SIGTERM, how long requests in flight may take to finish
+    before they are cut off. Longer than the slowest store call (SQLite's 15 s bound) by default, so a
+    webhook in flight is answered by its own store call; keep it below the orchestrator's kill delay."""
+    retention_days: int | None = None
+    """``GATEWAY_RETENTION_DAYS``: finished jobs (and their history) older than this are deleted by a
+    background task; unset keeps everything forever."""
 
     @property
     def authenticates(self) -> bool:
@@ -221,7 +228,22 @@ class Settings:
                 maximum=10_000,
             ),
             redis_key_prefix=get("GATEWAY_REDIS_KEY_PREFIX") or cls.redis_key_prefix,
+            shutdown_timeout_seconds=_integer(
+                "GATEWAY_SHUTDOWN_TIMEOUT_SECONDS",
+                get("GATEWAY_SHUTDOWN_TIMEOUT_SECONDS"),
+                cls.shutdown_timeout_seconds,
+                minimum=1,
+                maximum=3600,
+            ),
+            retention_days=_retention_days(get("GATEWAY_RETENTION_DAYS")),
         )
+        if settings.retention_days is not None and settings.retention_days * 86400 < settings.idempotency_ttl_seconds:
+            # A retry of a pruned event would be applied again: keep events at least as long as retries come.
+            raise ConfigError(
+                f"GATEWAY_RETENTION_DAYS={settings.retention_days} is shorter than GATEWAY_IDEMPOTENCY_TTL_SECONDS "
+                f"({settings.idempotency_ttl_seconds} s, the senders' retry horizon): a retried event would be "
+                "applied again after its job was pruned"
+            )
         if settings.env == "production" and not settings.authenticates:
             raise ConfigError(
                 "GATEWAY_ENV=production needs WEBHOOK_SECRET or WEBHOOK_SIGNING_KEYS: "
@@ -282,6 +304,10 @@ def _seconds(name: str, value: str | None, default: float) -> float:
     if not 0.01 <= number <= 60:
         raise ConfigError(f"{name} must be between 0.01 and 60 seconds, got {value!r}")
     return number
+
+
+def _retention_days(value: str | None) -> int | None:
+    return None if value is None else _integer("GATEWAY_RETENTION_DAYS", value, 0, minimum=1, maximum=36500)
 
 
 def _boolean(name: str, value: str | None, default: bool) -> bool:
