@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.config import ConfigError, Settings
 from tests.conftest import SECRET, LiveServer
 from tests.traffic import IMAGE, Tally, host_port, proxied, recorded_events, send_stream, through, webhook_body
 
@@ -160,3 +161,11 @@ def test_a_write_in_flight_at_the_deadline_is_finished_and_answered_truthfully(
         assert "timeout graceful shutdown exceeded" in log  # the deadline did cut requests off
         assert "Exception in ASGI application" not in log
         _check_then_resend({**env, "GATEWAY_STORE_TIMEOUT_SECONDS": "2"}, database_url, tmp_path, "deadline", tally)
+
+
+def test_the_shutdown_deadline_is_whole_seconds_within_an_hour() -> None:
+    assert Settings.from_env({}).shutdown_timeout_seconds == 20
+    assert Settings.from_env({"GATEWAY_SHUTDOWN_TIMEOUT_SECONDS": "45"}).shutdown_timeout_seconds == 45
+    for bad in ("0", "1.5", "3601"):
+        with pytest.raises(ConfigError, match="GATEWAY_SHUTDOWN_TIMEOUT_SECONDS"):
+            Settings.from_env({"GATEWAY_SHUTDOWN_TIMEOUT_SECONDS": bad})

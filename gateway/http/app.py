@@ -22,6 +22,7 @@ from gateway.ingest.errors import unavailable
 from gateway.ingest.pipeline import Pipeline
 from gateway.ingest.ratelimit import RateLimiter
 from gateway.kinds import KINDS
+from gateway.retention import Retention
 from gateway.stores.base import IdempotencyStore, RateLimitStore, StoreUnavailable
 from gateway.stores.memory import MemoryIdempotencyStore, MemoryRateLimitStore
 from gateway.stores.postgres import PostgresJobStore
@@ -69,6 +70,14 @@ def create_app(
     limits = _rate_limit_store(settings)
     limiter = RateLimiter.from_settings(settings, limits, MemoryRateLimitStore(max_keys=1), metrics=metrics)
     pipeline = Pipeline(settings, jobs, idempotency, telemetry, limiter=limiter)
+    # Each store with finished records to expire adds its pruner here (name, prune(before, limit)).
+    retention = (
+        Retention(
+            settings.retention_days, [("jobs", jobs.prune_finished)], metrics.retention_pruned, telemetry.store_failed
+        )
+        if settings.retention_days is not None
+        else None
+    )
 
     async def start() -> None:
         await jobs.open(apply_migrations=settings.migrate_on_start)
@@ -78,6 +87,8 @@ def create_app(
             except StoreUnavailable:
                 # Not fatal: GATEWAY_RATE_LIMIT_ON_ERROR applies until Redis answers.
                 logger.warning("REDIS_URL does not answer yet: rate limiting follows GATEWAY_RATE_LIMIT_ON_ERROR")
+        if retention is not None:
+            retention.start()
         if not settings.authenticates:
             logger.warning(
                 "NO AUTHENTICATION: neither WEBHOOK_SECRET nor WEBHOOK_SIGNING_KEYS is set, so webhooks "
@@ -85,6 +96,8 @@ def create_app(
             )
 
     async def stop() -> None:
+        if retention is not None:
+            await retention.stop()
         await jobs.close()
         await idempotency.close()
         if limits is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import NamedTuple, Protocol
 
 from gateway.model import Applied, InProgress, Job, JobEvent, JobPage, Status
@@ -73,6 +74,11 @@ class JobStore(Protocol):
 
     async def in_progress(self) -> list[InProgress]:
         """Counts of jobs per kind and non-terminal status, with the oldest's creation time."""
+        ...
+
+    async def prune_finished(self, before: datetime, limit: int) -> int:
+        """Delete at most ``limit`` jobs that finished (``completed`` or ``failed``) before ``before``, with
+        their history, in one transaction; return how many jobs were deleted (retention)."""
         ...
 
     async def ping(self) -> None:

@@ -138,6 +138,11 @@ class SqliteJobStore:
         page: JobPage = await self._read("list", lambda db: _list(db, kind, status, limit, cursor))
         return page
 
+    async def prune_finished(self, before: datetime, limit: int) -> int:
+        # A write like any other: one small transaction on the writer thread, between webhooks' batches.
+        deleted: int = await self._submit("prune", lambda db: _prune(db, _iso(before), limit), write=True)
+        return deleted
+
     async def _read(self, operation: str, run: Callable[[sqlite3.Connection], Any]) -> Any:
         """Reads run on a reader thread with its own connection (WAL lets it read while the writer
         writes), so the read API never queues behind, or slows, the ingest path."""
@@ -348,6 +353,22 @@ def _settle(settled: list[Settled]) -> None:
             future.set_exception(error)
         else:
             future.set_result(result)
+
+
+def _prune(db: sqlite3.Connection, before: str, limit: int) -> int:
+    """Delete up to ``limit`` jobs finished before ``before`` (ISO-8601 UTC, so text order is time order)."""
+    doomed = [
+        row[0]
+        for row in db.execute(
+            "SELECT job_id FROM jobs WHERE status IN ('completed', 'failed') AND completed_at < ? ORDER BY seq LIMIT ?",
+            (before, limit),
+        )
+    ]
+    if doomed:
+        marks = ",".join("?" * len(doomed))
+        db.execute(f"DELETE FROM job_events WHERE job_id IN ({marks})", doomed)  # noqa: S608
+        db.execute(f"DELETE FROM jobs WHERE job_id IN ({marks})", doomed)  # noqa: S608
+    return len(doomed)
 
 
 def _in_progress(db: sqlite3.Connection) -> list[InProgress]:

@@ -162,6 +162,12 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        self.retention_pruned = Counter(
+            "gateway_retention_pruned",
+            "Records deleted by retention (GATEWAY_RETENTION_DAYS), by what they were (jobs: with their history).",
+            ["target"],
+            registry=registry,
+        )
         build_info = Gauge(
             "gateway_build_info",
             "Always 1; the gateway's version as a label.",
