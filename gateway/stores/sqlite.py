@@ -69,7 +69,7 @@ class SqliteJobStore:
         self._queue: queue.SimpleQueue[list[_Op] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-sqlite-reader")
+        self._reader = _reader_thread()
         self._reader_db: sqlite3.Connection | None = None
         self._pending: list[_Op] = []
         """Operations waiting for the thread; handed over together, as one batch."""
@@ -101,6 +101,7 @@ class SqliteJobStore:
             await asyncio.get_running_loop().run_in_executor(self._reader, self._reader_db.close)
             self._reader_db = None
         self._reader.shutdown(wait=False)
+        self._reader = _reader_thread()  # a fresh one (no thread until used), so the store can be reopened
 
     async def ping(self) -> None:
         await self._submit("ping", lambda db: db.execute("SELECT 1").fetchone())
@@ -267,6 +268,10 @@ class SqliteJobStore:
                     (event.status, received, to_json(metadata), result, event.error_message, completed, event.job_id),
                 )
         return answer(event, transition, previous, event_id, metadata, datetime.fromisoformat(first_seen))
+
+
+def _reader_thread() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-sqlite-reader")
 
 
 def _connect(path: str, apply_migrations: bool) -> sqlite3.Connection:
