@@ -6,9 +6,11 @@ from typing import TYPE_CHECKING, Annotated
 
 from litestar import get
 from litestar.exceptions import NotFoundException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, QueryParameter
 
-from gateway.kinds import kind_named
+from gateway.http.responses import ErrorBody
+from gateway.kinds import KINDS, kind_named
 from gateway.model import Job, JobPage, Status
 
 if TYPE_CHECKING:
@@ -22,7 +24,12 @@ __all__ = ("job_routes",)
 def job_routes(jobs: JobStore) -> list[HTTPRouteHandler]:
     """The read routes over ``jobs``."""
 
-    @get("/api/jobs/{job_id:str}", tags=["jobs"], summary="Read a job with its full history")
+    @get(
+        "/api/jobs/{job_id:str}",
+        tags=["jobs"],
+        summary="Read a job with its full history",
+        responses={404: ResponseSpec(ErrorBody, description="No job with this id.")},
+    )
     async def read_job(job_id: FromPath[str]) -> Job:
         job = await jobs.get(job_id)
         if job is None:
@@ -31,10 +38,12 @@ def job_routes(jobs: JobStore) -> list[HTTPRouteHandler]:
 
     @get("/api/jobs", tags=["jobs"], summary="List jobs, newest first")
     async def list_jobs(
-        kind: FromQuery[str | None] = None,
+        kind: Annotated[str | None, QueryParameter(schema_extra={"enum": [kind.name for kind in KINDS]})] = None,
         status: FromQuery[Status | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
-        cursor: Annotated[str | None, QueryParameter(description="`next_cursor` of the previous page")] = None,
+        cursor: Annotated[
+            str | None, QueryParameter(description="`next_cursor` of the previous page", pattern=r"^[0-9]{1,18}$")
+        ] = None,
     ) -> JobPage:
         if kind is not None and kind_named(kind) is None:
             raise ValidationException(f"Unknown kind {kind!r}")
