@@ -86,6 +86,8 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int)
         return 2
     import uvicorn
 
+    from gateway.http.limits import BoundedHttpToolsProtocol
+
     # uvicorn handles SIGTERM and SIGINT itself (graceful shutdown), then raises the signal again once it
     # is done. With the default action that kills the process on the spot, skipping atexit: the last log
     # lines (the batched writer's) would be lost. This handler makes it a normal exit instead.
@@ -103,7 +105,7 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int)
         host=host or settings.host,
         port=port if port is not None else settings.port,
         loop="auto",
-        http="auto",
+        http=BoundedHttpToolsProtocol,  # httptools, with bounds on the request head (gateway.http.limits)
         log_level=settings.log_level.lower(),
         log_config=None,  # the gateway's own handler (JSON or console) formats uvicorn's records too
         access_log=False,
