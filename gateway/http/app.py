@@ -61,13 +61,16 @@ def create_app(
     kinds = tuple(kind.name for kind in KINDS)
     metrics = Metrics(registry, kinds, ModelLabels(settings.model_labels, settings.max_model_labels))
     owns_tracer_provider = tracer_provider is None
-    provider = tracer_provider or tracer_provider_from_env(metrics.spans_dropped)
+    provider = tracer_provider or tracer_provider_from_env(metrics.spans_dropped, spans_queued=metrics.spans_queued)
     tracer = provider.get_tracer("gateway", __version__)
     telemetry = Telemetry(metrics)
 
     jobs = _job_store(settings)
     idempotency = _idempotency_store(settings)
     limits = _rate_limit_store(settings)
+    if isinstance(limits, MemoryRateLimitStore):
+        senders = limits
+        metrics.rate_limit_keys.set_function(lambda: len(senders))
     limiter = RateLimiter.from_settings(settings, limits, MemoryRateLimitStore(max_keys=1), metrics=metrics)
     pipeline = Pipeline(settings, jobs, idempotency, telemetry, limiter=limiter)
     # Each store with finished records to expire adds its pruner here (name, prune(before, limit)).

@@ -162,6 +162,16 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        self.spans_queued = Gauge(
+            "gateway_spans_queued",
+            "Spans waiting in the export queue (at most OTEL_BSP_MAX_QUEUE_SIZE; 0 without an exporter).",
+            registry=registry,
+        )
+        self.rate_limit_keys = Gauge(
+            "gateway_rate_limit_keys",
+            "Senders the in-memory rate limiter remembers (at most 100 000; 0 without a limit or with Redis).",
+            registry=registry,
+        )
         self.retention_pruned = Counter(
             "gateway_retention_pruned",
             "Records deleted by retention (GATEWAY_RETENTION_DAYS), by what they were (jobs: with their history).",
