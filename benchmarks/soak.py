@@ -137,7 +137,7 @@ async def _soak(args: argparse.Namespace, seconds: float) -> Report:
         if args.redis_url:
             env |= {"REDIS_URL": args.redis_url, "GATEWAY_REDIS_KEY_PREFIX": store.prefix}
         log = (Path(directory) / "gateway.log").open("wb")
-        process = subprocess.Popen(  # noqa: ASYNC220, S603 - started once, before the load
+        process = subprocess.Popen(  # noqa: ASYNC220 - started once, before the load
             [sys.executable, "-m", "gateway", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
         )
         try:
@@ -298,7 +298,7 @@ class _Store:
             )
             return float(size) / 2**20
         files = [self.path, Path(f"{self.path}-wal")]
-        return sum(file.stat().st_size for file in files if file.exists()) / 2**20  # noqa: ASYNC240 - two stat calls
+        return sum(file.stat().st_size for file in files if file.exists()) / 2**20
 
 
 async def _sample(
@@ -311,16 +311,7 @@ async def _sample(
         return sum(s.value for s in family.samples if not s.name.endswith("_created")) if family else 0.0
 
     models = {s.labels["model"] for s in families["gateway_jobs_finished"].samples if "model" in s.labels}
-    fd_dir = Path(f"/proc/{pid}/fd")
-    links = []
-    for fd in fd_dir.iterdir():
-        with contextlib.suppress(OSError):
-            links.append(os.readlink(fd))
-    rss_kib = next(
-        int(line.split()[1])
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-        if line.startswith("VmRSS")
-    )
+    links, rss_kib = _process(pid)
     return Sample(
         elapsed_s=round(elapsed, 1),
         webhooks=webhooks,
