@@ -120,47 +120,52 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _soak(args: argparse.Namespace, seconds: float) -> Report:
-    with tempfile.TemporaryDirectory(prefix="gateway-soak-") as directory, _Store(args, Path(directory)) as store:
-        port = _free_port()
-        env = {
-            **os.environ,
-            "WEBHOOK_SECRET": SECRET,
-            "GATEWAY_PORT": str(port),
-            "DATABASE_URL": store.url,
-            "GATEWAY_IDEMPOTENCY_MAX_KEYS": str(args.idempotency_max_keys),
-            "GATEWAY_RATE_LIMIT": "10/minute",
-            "GATEWAY_TRUSTED_PROXIES": "127.0.0.1",
-            "GATEWAY_LOG_LEVEL": "WARNING",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{_free_port()}",  # nothing listens there
-            "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
-        }
-        if args.redis_url:
-            env |= {"REDIS_URL": args.redis_url, "GATEWAY_REDIS_KEY_PREFIX": store.prefix}
-        log = (Path(directory) / "gateway.log").open("wb")
-        process = subprocess.Popen(  # noqa: ASYNC220 - started once, before the load
-            [sys.executable, "-m", "gateway", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            await _wait_ready(url, process)
-            await store.open()
-            load = _Load(port, args.connections)
-            samples: list[Sample] = []
-            started = time.monotonic()
-            senders = [asyncio.create_task(load.run()) for _ in range(args.connections)]
-            async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-                while (elapsed := time.monotonic() - started) < seconds:
-                    pruned = await store.prune(args.retention_seconds)
-                    samples.append(await _sample(client, process.pid, store, elapsed, load.ok, pruned))
-                    await asyncio.sleep(min(args.sample_seconds, max(0.0, seconds - elapsed)))
-                load.stop = True
-                await asyncio.gather(*senders)
-                samples.append(await _sample(client, process.pid, store, time.monotonic() - started, load.ok, 0))
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(30)
-            log.close()
-            await store.close()
+    with tempfile.TemporaryDirectory(prefix="gateway-soak-") as directory:
+        async with _Store(args, Path(directory)) as store:
+            return await _drive(args, seconds, store, Path(directory))
+
+
+async def _drive(args: argparse.Namespace, seconds: float, store: _Store, directory: Path) -> Report:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "WEBHOOK_SECRET": SECRET,
+        "GATEWAY_PORT": str(port),
+        "DATABASE_URL": store.url,
+        "GATEWAY_IDEMPOTENCY_MAX_KEYS": str(args.idempotency_max_keys),
+        "GATEWAY_RATE_LIMIT": "10/minute",
+        "GATEWAY_TRUSTED_PROXIES": "127.0.0.1",
+        "GATEWAY_LOG_LEVEL": "WARNING",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{_free_port()}",  # nothing listens there
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
+    }
+    if args.redis_url:
+        env |= {"REDIS_URL": args.redis_url, "GATEWAY_REDIS_KEY_PREFIX": store.prefix}
+    log = (Path(directory) / "gateway.log").open("wb")
+    process = subprocess.Popen(  # noqa: ASYNC220 - started once, before the load
+        [sys.executable, "-m", "gateway", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        await _wait_ready(url, process)
+        await store.open()
+        load = _Load(port, args.connections)
+        samples: list[Sample] = []
+        started = time.monotonic()
+        senders = [asyncio.create_task(load.run()) for _ in range(args.connections)]
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            while (elapsed := time.monotonic() - started) < seconds:
+                pruned = await store.prune(args.retention_seconds)
+                samples.append(await _sample(client, process.pid, store, elapsed, load.ok, pruned))
+                await asyncio.sleep(min(args.sample_seconds, max(0.0, seconds - elapsed)))
+            load.stop = True
+            await asyncio.gather(*senders)
+            samples.append(await _sample(client, process.pid, store, time.monotonic() - started, load.ok, 0))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+        log.close()
+        await store.close()
     figures = _figures(samples)
     rss = next(figure for figure in figures if figure.name == "rss_mib")
     elapsed = samples[-1].elapsed_s
@@ -247,14 +252,14 @@ class _Store:
             self.url = f"sqlite:///{self.path}"
         self._jobs: Any = None
 
-    def __enter__(self) -> _Store:
+    async def __aenter__(self) -> _Store:
         if self._postgres:
-            asyncio.run(self._admin(f'CREATE SCHEMA "{self._schema}"'))
+            await self._admin(f'CREATE SCHEMA "{self._schema}"')
         return self
 
-    def __exit__(self, *_: object) -> None:
+    async def __aexit__(self, *_: object) -> None:
         if self._postgres:
-            asyncio.run(self._admin(f'DROP SCHEMA IF EXISTS "{self._schema}" CASCADE'))
+            await self._admin(f'DROP SCHEMA IF EXISTS "{self._schema}" CASCADE')
         if self._redis:
             import redis
 
@@ -263,12 +268,12 @@ class _Store:
                 client.delete(*chunk)
             client.close()
 
-    async def _admin(self, statement: str) -> None:
+    async def _admin(self, statement: str) -> Any:
         import asyncpg
 
         connection = await asyncpg.connect(self._postgres)
         try:
-            await connection.execute(statement)
+            return await connection.fetchval(statement)
         finally:
             await connection.close()
 
@@ -292,10 +297,9 @@ class _Store:
 
     async def size_mib(self) -> float:
         if self._postgres:
-            size = await self._jobs._run(
-                "size",
-                lambda db: db.fetchval("SELECT pg_total_relation_size('jobs') + pg_total_relation_size('job_events')"),
-            )
+            tables = f"'\"{self._schema}\".jobs'"
+            events = f"'\"{self._schema}\".job_events'"
+            size = await self._admin(f"SELECT pg_total_relation_size({tables}) + pg_total_relation_size({events})")
             return float(size) / 2**20
         files = [self.path, Path(f"{self.path}-wal")]
         return sum(file.stat().st_size for file in files if file.exists()) / 2**20
