@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -169,3 +172,50 @@ def test_the_shutdown_deadline_is_whole_seconds_within_an_hour() -> None:
     for bad in ("0", "1.5", "3601"):
         with pytest.raises(ConfigError, match="GATEWAY_SHUTDOWN_TIMEOUT_SECONDS"):
             Settings.from_env({"GATEWAY_SHUTDOWN_TIMEOUT_SECONDS": bad})
+
+
+class _TraceSink(BaseHTTPRequestHandler):
+    """An OTLP/HTTP collector that only keeps what it is sent."""
+
+    received: ClassVar[list[bytes]] = []
+
+    def do_POST(self) -> None:
+        _TraceSink.received.append(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *_: object) -> None:
+        return None
+
+
+def test_sigterm_flushes_queued_spans_and_the_last_log_lines(tmp_path: Path) -> None:
+    """Spans still queued for export (the batch processor would wait 10 minutes) are exported at shutdown,
+    and the log ends with uvicorn's last words: nothing telemetry held is lost by stopping."""
+    sink = ThreadingHTTPServer(("127.0.0.1", 0), _TraceSink)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    _TraceSink.received.clear()
+    try:
+        server = _start(
+            tmp_path,
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.server_address[1]}",
+                "OTEL_BSP_SCHEDULE_DELAY": "600000",
+            },
+        )
+        with httpx.Client(base_url=server.url, headers={"X-Webhook-Secret": SECRET}, timeout=5) as client:
+            for number in range(5):
+                response = client.post(
+                    IMAGE, content=webhook_body(f"flushed-{number}"), headers={"Content-Type": "application/json"}
+                )
+                assert response.status_code == 200
+        assert not _TraceSink.received, "exported before shutdown: the test would prove nothing"
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(15) == 0
+    finally:
+        sink.shutdown()
+    exported = b"".join(_TraceSink.received)
+    for number in range(5):
+        assert f"flushed-{number}".encode() in exported
+    assert server.log.read_text().rstrip().endswith(f"Finished server process [{server.process.pid}]")
