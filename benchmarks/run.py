@@ -49,10 +49,36 @@ import httpx
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SECRET = "bench-secret"
-GRANIAN = [sys.executable, "-m", "granian", "--interface", "asgi", "--workers", "1", "--runtime-threads", "1",
-           "--log-level", "warning", "--no-access-log", "--host", "127.0.0.1"]
-UVICORN = [sys.executable, "-m", "uvicorn", "--loop", "uvloop", "--http", "httptools", "--log-level", "warning",
-           "--no-access-log", "--host", "127.0.0.1"]
+GRANIAN = [
+    sys.executable,
+    "-m",
+    "granian",
+    "--interface",
+    "asgi",
+    "--workers",
+    "1",
+    "--runtime-threads",
+    "1",
+    "--log-level",
+    "warning",
+    "--no-access-log",
+    "--host",
+    "127.0.0.1",
+]
+UVICORN = [
+    sys.executable,
+    "-m",
+    "uvicorn",
+    "--loop",
+    "uvloop",
+    "--http",
+    "httptools",
+    "--log-level",
+    "warning",
+    "--no-access-log",
+    "--host",
+    "127.0.0.1",
+]
 
 
 @dataclass(frozen=True)
@@ -90,39 +116,59 @@ def configs(tmp: Path) -> dict[str, Config]:
         "B": Config("B", "bare Litestar + Struct", [*UVICORN, "benchmarks.apps.bare_litestar:app"], {}),
         "E": Config("E", "FastAPI + pydantic toy", [*UVICORN, "benchmarks.apps.fastapi_receiver:app"], base),
         "G": Config("G", "gateway as shipped", gateway, {**base, "DATABASE_URL": f"sqlite:///{tmp}/g.db"}),
-        "B-granian": Config("B-granian", "bare Litestar on granian", [*GRANIAN, "benchmarks.apps.bare_litestar:app"], {}),
+        "B-granian": Config(
+            "B-granian", "bare Litestar on granian", [*GRANIAN, "benchmarks.apps.bare_litestar:app"], {}
+        ),
         "G-granian": Config(
-            "G-granian", "gateway on granian", [*GRANIAN, "benchmarks.apps.gateway_app:app"],
+            "G-granian",
+            "gateway on granian",
+            [*GRANIAN, "benchmarks.apps.gateway_app:app"],
             {**base, "DATABASE_URL": f"sqlite:///{tmp}/gg.db"},
         ),
         "G-notel": Config(
             "G-notel",
             "gateway, traces and request logs off",
             gateway,
-            {**base, "DATABASE_URL": f"sqlite:///{tmp}/n.db", "OTEL_SDK_DISABLED": "true",
-             "GATEWAY_LOG_LEVEL": "WARNING"},
+            {
+                **base,
+                "DATABASE_URL": f"sqlite:///{tmp}/n.db",
+                "OTEL_SDK_DISABLED": "true",
+                "GATEWAY_LOG_LEVEL": "WARNING",
+            },
         ),
         "G-otlp": Config(
             "G-otlp",
             "gateway, OTLP export, 10% sampled (sink on wrk's core)",
             gateway,
-            {**base, "DATABASE_URL": f"sqlite:///{tmp}/o.db", "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-             "OTEL_TRACES_SAMPLER_ARG": "0.1"},
+            {
+                **base,
+                "DATABASE_URL": f"sqlite:///{tmp}/o.db",
+                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                "OTEL_TRACES_SAMPLER_ARG": "0.1",
+            },
             needs_sink=True,
         ),
         "G-dist": Config(
             "G-dist",
             "gateway, Redis + PostgreSQL on loopback (sharing the cores)",
             gateway,
-            {**base, "DATABASE_URL": f"{DIST_DATABASE}{separator}search_path={DIST_SCHEMA}", "REDIS_URL": DIST_REDIS,
-             "GATEWAY_REDIS_KEY_PREFIX": f"bench:{DIST_SCHEMA}:", "GATEWAY_IDEMPOTENCY_TTL_SECONDS": "600"},
+            {
+                **base,
+                "DATABASE_URL": f"{DIST_DATABASE}{separator}search_path={DIST_SCHEMA}",
+                "REDIS_URL": DIST_REDIS,
+                "GATEWAY_REDIS_KEY_PREFIX": f"bench:{DIST_SCHEMA}:",
+                "GATEWAY_IDEMPOTENCY_TTL_SECONDS": "600",
+            },
         ),
         "G-fwd": Config(
             "G-fwd",
             "gateway forwarding every event (receiver on wrk's core)",
             gateway,
-            {**base, "DATABASE_URL": f"sqlite:///{tmp}/f.db",
-             "GATEWAY_FORWARD_SIGNING_KEY": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"},
+            {
+                **base,
+                "DATABASE_URL": f"sqlite:///{tmp}/f.db",
+                "GATEWAY_FORWARD_SIGNING_KEY": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            },
             forwards=True,
         ),
     }
@@ -164,8 +210,9 @@ def _batches(items, size):  # type: ignore[no-untyped-def]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="a few seconds in all: A, B and G at 10 connections, once")
     parser.add_argument("--configs", default="A,B,E,G,G-notel,G-otlp,G-fwd", help="comma-separated configurations")
     parser.add_argument("--connections", default="10,50", help="comma-separated concurrencies (default 10,50)")
@@ -173,19 +220,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per server (default 2)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per configuration and concurrency (default 2)")
     parser.add_argument("--json", type=Path, default=Path("benchmark-results.json"), help="where to save results")
-    parser.add_argument("--memory", action="store_true",
-                        help="only measure the in-memory idempotency store holding a million keys (bytes a key)")
-    parser.add_argument("--profile", type=int, metavar="N", nargs="?", const=5000,
-                        help="only profile the hot path in-process with cProfile over N webhooks (default 5000)")
-    parser.add_argument("--profile-output", type=Path, default=Path("hot-path.prof"),
-                        help="where --profile saves the raw profile (default hot-path.prof)")
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="only measure the in-memory idempotency store holding a million keys (bytes a key)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        metavar="N",
+        nargs="?",
+        const=5000,
+        help="only profile the hot path in-process with cProfile over N webhooks (default 5000)",
+    )
+    parser.add_argument(
+        "--profile-output",
+        type=Path,
+        default=Path("hot-path.prof"),
+        help="where --profile saves the raw profile (default hot-path.prof)",
+    )
     args = parser.parse_args(argv)
     if args.memory:
         from benchmarks.memory import measure_idempotency_memory
 
         figures = measure_idempotency_memory()
-        args.json.write_text(json.dumps({"date": datetime.now(UTC).isoformat(timespec="seconds"),
-                                         "idempotency_memory": figures}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {"date": datetime.now(UTC).isoformat(timespec="seconds"), "idempotency_memory": figures}, indent=2
+            )
+        )
         print(f"saved {args.json}")
         return 0
     if args.profile is not None:
@@ -220,8 +283,12 @@ def main(argv: list[str] | None = None) -> int:
                         wrk(server.port, 10, args.warmup, load_core)
                         for connections in concurrencies:
                             done += 1
-                            print(f"[{done}/{total}] {config.name} at {connections} connections, run {repeat}", flush=True)
-                            results.append(measure(config.name, server.port, connections, args.duration, repeat, load_core))
+                            print(
+                                f"[{done}/{total}] {config.name} at {connections} connections, run {repeat}", flush=True
+                            )
+                            results.append(
+                                measure(config.name, server.port, connections, args.duration, repeat, load_core)
+                            )
         finally:
             if distributed:
                 dist_schema(create=False)
@@ -250,8 +317,11 @@ class Server:
             env["GATEWAY_FORWARD_URL"] = f"http://127.0.0.1:{self.receiver.port}/hooks"
         command = [*self.config.command, "--port", str(self.port)]
         self.process = subprocess.Popen(
-            ["taskset", "-c", self.core, *command], env=env, cwd=ROOT,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            ["taskset", "-c", self.core, *command],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -311,18 +381,37 @@ def free_port() -> int:
 
 
 def wrk(port: int, connections: int, duration: float, core: str) -> str:
-    command = ["taskset", "-c", core, "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s",
-               "--latency", "-s", str(HERE / "unique.lua"), f"http://127.0.0.1:{port}"]
-    return subprocess.run(command, capture_output=True, text=True, check=True,
-                          env={**os.environ, "WEBHOOK_SECRET": SECRET}).stdout
+    command = [
+        "taskset",
+        "-c",
+        core,
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        "--latency",
+        "-s",
+        str(HERE / "unique.lua"),
+        f"http://127.0.0.1:{port}",
+    ]
+    return subprocess.run(
+        command, capture_output=True, text=True, check=True, env={**os.environ, "WEBHOOK_SECRET": SECRET}
+    ).stdout
 
 
 def measure(config: str, port: int, connections: int, duration: float, repeat: int, core: str) -> Result:
     output = wrk(port, connections, duration, core)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
-    return Result(config, connections, repeat, rps, _percentile(output, "50"), _percentile(output, "99"),
-                  int(non_2xx.group(1)) if non_2xx else 0)
+    return Result(
+        config,
+        connections,
+        repeat,
+        rps,
+        _percentile(output, "50"),
+        _percentile(output, "99"),
+        int(non_2xx.group(1)) if non_2xx else 0,
+    )
 
 
 def _percentile(output: str, which: str) -> float:
@@ -341,16 +430,30 @@ def report(results: list[Result], chosen: list[Config], concurrencies: list[int]
     for config in chosen:
         for connections in concurrencies:
             r = best[(config.name, connections)]
-            print(f"{config.name:<9} {connections:>5} {r.requests_per_second:>9.0f} {r.p50_ms:>8.2f} "
-                  f"{r.p99_ms:>8.2f} {r.non_2xx:>8}  {config.description}")
+            print(
+                f"{config.name:<9} {connections:>5} {r.requests_per_second:>9.0f} {r.p50_ms:>8.2f} "
+                f"{r.p99_ms:>8.2f} {r.non_2xx:>8}  {config.description}"
+            )
     ratios: dict[str, float] = {}
     for connections in concurrencies:
-        for top, bottom in (("G", "B"), ("G", "E"), ("G", "A"), ("G", "G-notel"), ("G-otlp", "B"), ("B", "A"),
-                            ("G-dist", "B"), ("G-dist", "G"), ("G-fwd", "G"),
-                            ("B-granian", "B"), ("G-granian", "G")):
+        for top, bottom in (
+            ("G", "B"),
+            ("G", "E"),
+            ("G", "A"),
+            ("G", "G-notel"),
+            ("G-otlp", "B"),
+            ("B", "A"),
+            ("G-dist", "B"),
+            ("G-dist", "G"),
+            ("G-fwd", "G"),
+            ("B-granian", "B"),
+            ("G-granian", "G"),
+        ):
             if (top, connections) in best and (bottom, connections) in best:
                 name = f"{top}/{bottom}@{connections}"
-                ratios[name] = best[(top, connections)].requests_per_second / best[(bottom, connections)].requests_per_second
+                ratios[name] = (
+                    best[(top, connections)].requests_per_second / best[(bottom, connections)].requests_per_second
+                )
     print()
     for name, ratio in ratios.items():
         print(f"{name:<18} {ratio:5.2f}")
@@ -363,11 +466,20 @@ def report(results: list[Result], chosen: list[Config], concurrencies: list[int]
         key = f"G-fwd/G@{connections}"
         if key in ratios:
             print(f"forwarding cost at {connections} connections: {100 * (1 - ratios[key]):.1f}% of throughput")
-    path.write_text(json.dumps({
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "server": "uvicorn + uvloop + httptools, one worker pinned to one core; wrk -t1 on the other",
-        "results": [asdict(r) for r in results],
-        "ratios": ratios,
-    }, indent=2))
+    path.write_text(
+        json.dumps(
+            {
+                "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "machine": {
+                    "cores": os.cpu_count(),
+                    "platform": platform.platform(),
+                    "python": platform.python_version(),
+                },
+                "server": "uvicorn + uvloop + httptools, one worker pinned to one core; wrk -t1 on the other",
+                "results": [asdict(r) for r in results],
+                "ratios": ratios,
+            },
+            indent=2,
+        )
+    )
     print(f"\nsaved {path}")

@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -101,6 +103,13 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int)
         return 2
     import uvicorn
 
+    from gateway.http.limits import BoundedHttpToolsProtocol
+
+    # uvicorn handles SIGTERM and SIGINT itself (graceful shutdown), then raises the signal again once it
+    # is done. With the default action that kills the process on the spot, skipping atexit: the last log
+    # lines (the batched writer's) would be lost. This handler makes it a normal exit instead.
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, _exit_quietly)
     if not settings.authenticates:
         print(
             "gateway: WARNING: no WEBHOOK_SECRET or WEBHOOK_SIGNING_KEYS set: accepting unauthenticated "
@@ -115,11 +124,15 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int)
         host=host or settings.host,
         port=port if port is not None else settings.port,
         loop="auto",
-        http="auto",
+        http=BoundedHttpToolsProtocol,  # httptools, with bounds on the request head (gateway.http.limits)
         log_level=settings.log_level.lower(),
         log_config=None,  # the gateway's own handler (JSON or console) formats uvicorn's records too
         access_log=False,
         proxy_headers=False,
+        # SIGTERM: stop accepting, let requests in flight finish for this long, then cut them off (a webhook
+        # cut off before its write is answered 503; one already writing finishes, see Pipeline), then the
+        # lifespan shutdown closes the stores and flushes spans.
+        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
     )
     wakeup: Wakeup = app.state["wakeup"]
 
@@ -137,6 +150,10 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int)
 
     Server(config).run()
     return 0
+
+
+def _exit_quietly(signum: int, _: FrameType | None) -> None:
+    raise SystemExit(0 if signum == signal.SIGTERM else 128 + signum)
 
 
 def _migrate(settings: Settings) -> int:

@@ -187,6 +187,13 @@ class Settings:
     sse_buffer_events: int = 256
     """``GATEWAY_SSE_BUFFER_EVENTS``: events buffered per stream for a slow client; when full the client is
     sent ``event: overflow`` with the id to resume from, and the stream ends."""
+    shutdown_timeout_seconds: int = 20
+    """``GATEWAY_SHUTDOWN_TIMEOUT_SECONDS``: after SIGTERM, how long requests in flight may take to finish
+    before they are cut off. Longer than the slowest store call (SQLite's 15 s bound) by default, so a
+    webhook in flight is answered by its own store call; keep it below the orchestrator's kill delay."""
+    retention_days: int | None = None
+    """``GATEWAY_RETENTION_DAYS``: finished jobs (and their history) older than this are deleted by a
+    background task; unset keeps everything forever."""
 
     @property
     def authenticates(self) -> bool:
@@ -294,7 +301,22 @@ class Settings:
                 minimum=1,
                 maximum=100_000,
             ),
+            shutdown_timeout_seconds=_integer(
+                "GATEWAY_SHUTDOWN_TIMEOUT_SECONDS",
+                get("GATEWAY_SHUTDOWN_TIMEOUT_SECONDS"),
+                cls.shutdown_timeout_seconds,
+                minimum=1,
+                maximum=3600,
+            ),
+            retention_days=_retention_days(get("GATEWAY_RETENTION_DAYS")),
         )
+        if settings.retention_days is not None and settings.retention_days * 86400 < settings.idempotency_ttl_seconds:
+            # A retry of a pruned event would be applied again: keep events at least as long as retries come.
+            raise ConfigError(
+                f"GATEWAY_RETENTION_DAYS={settings.retention_days} is shorter than GATEWAY_IDEMPOTENCY_TTL_SECONDS "
+                f"({settings.idempotency_ttl_seconds} s, the senders' retry horizon): a retried event would be "
+                "applied again after its job was pruned"
+            )
         if settings.env == "production" and settings.forward_url and settings.forward_signing_key is None:
             raise ConfigError(
                 "GATEWAY_ENV=production with GATEWAY_FORWARD_URL needs GATEWAY_FORWARD_SIGNING_KEY: "
@@ -365,6 +387,10 @@ def _seconds(name: str, value: str | None, default: float) -> float:
     if not 0.01 <= number <= 60:
         raise ConfigError(f"{name} must be between 0.01 and 60 seconds, got {value!r}")
     return number
+
+
+def _retention_days(value: str | None) -> int | None:
+    return None if value is None else _integer("GATEWAY_RETENTION_DAYS", value, 0, minimum=1, maximum=36500)
 
 
 def _boolean(name: str, value: str | None, default: bool) -> bool:

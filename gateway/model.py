@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+from litestar.params import KwargDefinition
 
 from gateway.payloads import Metadata
 
@@ -31,6 +32,14 @@ __all__ = (
     "StreamEvent",
     "Unregistered",
 )
+
+
+_JsonObjectOrNull = Annotated[
+    msgspec.Raw | None,
+    # Raw JSON has no schema of its own: without this the OpenAPI document says oneOf [{}, null], which
+    # null matches twice (so no response with a null result validates).
+    KwargDefinition(schema_extra={"oneOf": [{"type": "object"}, {"type": "null"}]}),
+]
 
 
 class Status(enum.StrEnum):
@@ -174,7 +183,7 @@ class JobSummary(msgspec.Struct, frozen=True, kw_only=True):
     """When an event last changed the job."""
     completed_at: datetime | None = None
     """When the job reached a terminal status."""
-    result: msgspec.Raw | None = None
+    result: _JsonObjectOrNull = None
     """``{"images": [...]}`` or ``{"article": {...}}`` once completed."""
     metadata: Metadata | None = None
     error_message: str | None = None

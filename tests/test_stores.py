@@ -186,3 +186,21 @@ async def test_an_unreachable_redis_is_store_unavailable_within_the_timeout() ->
         with pytest.raises(StoreUnavailable):
             await call
     await store.close()
+
+
+async def test_a_sqlite_store_reopened_after_close_answers_reads(tmp_path: Path) -> None:
+    """Found by schemathesis (its ASGI client runs the app's lifespan around every call): reads after a
+    close and a reopen failed with a 500 (the reader thread's executor was shut down for good)."""
+    store = SqliteJobStore(str(tmp_path / "jobs.db"))
+    await store.open()
+    await store.apply(event(Status.PENDING))
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await store.get("j1")
+    await store.open()
+    try:
+        job = await store.get("j1")
+        assert job is not None
+        assert job.status is Status.PENDING
+    finally:
+        await store.close()

@@ -34,6 +34,7 @@ from gateway.ingest.errors import unavailable
 from gateway.ingest.pipeline import Pipeline
 from gateway.ingest.ratelimit import RateLimiter
 from gateway.kinds import KINDS
+from gateway.retention import Retention
 from gateway.stores.base import IdempotencyStore, RateLimitStore, StoreUnavailable
 from gateway.stores.memory import MemoryIdempotencyStore, MemoryRateLimitStore
 from gateway.stores.postgres import PostgresJobStore
@@ -82,7 +83,7 @@ def create_app(
     kinds = tuple(kind.name for kind in KINDS)
     metrics = Metrics(registry, kinds, ModelLabels(settings.model_labels, settings.max_model_labels))
     owns_tracer_provider = tracer_provider is None
-    provider = tracer_provider or tracer_provider_from_env(metrics.spans_dropped)
+    provider = tracer_provider or tracer_provider_from_env(metrics.spans_dropped, spans_queued=metrics.spans_queued)
     tracer = provider.get_tracer("gateway", __version__)
     telemetry = Telemetry(metrics)
 
@@ -97,6 +98,9 @@ def create_app(
         metrics.forwarding(forwarding)
     idempotency = _idempotency_store(settings)
     limits = _rate_limit_store(settings)
+    if isinstance(limits, MemoryRateLimitStore):
+        senders = limits
+        metrics.rate_limit_keys.set_function(lambda: len(senders))
     limiter = RateLimiter.from_settings(settings, limits, MemoryRateLimitStore(max_keys=1), metrics=metrics)
     # Live streams are woken after each commit; with REDIS_URL (distributed mode) other replicas' too.
     wakeup = Wakeup(settings.redis_url, prefix=settings.redis_key_prefix, timeout=settings.store_timeout_seconds)
@@ -110,6 +114,17 @@ def create_app(
     )
     access = ReadAccess(settings.api_token)
     read_guards: list[Guard] = [access.guard]
+    # Each store with finished records to expire adds its pruner here (name, prune(before, limit)).
+    retention = (
+        Retention(
+            settings.retention_days,
+            [("jobs", jobs.prune_finished), ("deliveries", outbox.prune_finished)],
+            metrics.retention_pruned,
+            telemetry.store_failed,
+        )
+        if settings.retention_days is not None
+        else None
+    )
 
     async def start() -> None:
         await jobs.open(apply_migrations=settings.migrate_on_start)
@@ -124,6 +139,8 @@ def create_app(
             except StoreUnavailable:
                 # Not fatal: GATEWAY_RATE_LIMIT_ON_ERROR applies until Redis answers.
                 logger.warning("REDIS_URL does not answer yet: rate limiting follows GATEWAY_RATE_LIMIT_ON_ERROR")
+        if retention is not None:
+            retention.start()
         if not settings.authenticates:
             logger.warning(
                 "NO AUTHENTICATION: neither WEBHOOK_SECRET nor WEBHOOK_SIGNING_KEYS is set, so webhooks "
@@ -136,6 +153,8 @@ def create_app(
             )
 
     async def stop() -> None:
+        if retention is not None:
+            await retention.stop()
         if dispatcher is not None:
             await dispatcher.stop()
         await wakeup.stop()

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 import msgspec
 from litestar import Response, get
 
-from gateway.http.responses import json_response
 from gateway.stores.base import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -31,11 +30,11 @@ def health_routes(jobs: JobStore, idempotency: IdempotencyStore) -> list[HTTPRou
         return {"status": "ok"}
 
     @get("/readyz", tags=["health"], summary="Readiness: every store answers (503 naming the failing one)")
-    async def readyz() -> Response[bytes]:
+    async def readyz() -> Response[Readiness]:
         stores = {"jobs": await _state(jobs), "idempotency": await _state(idempotency)}
         ready = all(state == "ok" for state in stores.values())
         body = Readiness(status="ready" if ready else "unavailable", stores=stores)
-        return json_response(body, 200 if ready else 503)
+        return Response(body, status_code=200 if ready else 503)
 
     return [healthz, readyz]
 

@@ -11,7 +11,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from gateway.http.responses import ErrorBody, error_response, json_response
-from gateway.kinds import kind_named
+from gateway.kinds import KINDS, kind_named
 from gateway.model import Job, JobPage, JobStats, KindConflict, Status
 from gateway.registration import RegisterOutcome, Registration, RegistrationError, decode_registration
 from gateway.stores.queries import JobQuery
@@ -98,7 +98,13 @@ def job_routes(jobs: JobStore, guards: list[Guard], max_body_bytes: int) -> list
         until = datetime.now(UTC)
         return await jobs.stats(until - timedelta(seconds=window_seconds), until)
 
-    @get("/api/jobs/{job_id:str}", tags=["jobs"], summary="Read a job with its context and full history", guards=guards)
+    @get(
+        "/api/jobs/{job_id:str}",
+        tags=["jobs"],
+        summary="Read a job with its context and full history",
+        guards=guards,
+        responses={404: ResponseSpec(ErrorBody, description="No job with this id.")},
+    )
     async def read_job(job_id: FromPath[str]) -> Job:
         job = await jobs.get(job_id)
         if job is None:
@@ -107,7 +113,7 @@ def job_routes(jobs: JobStore, guards: list[Guard], max_body_bytes: int) -> list
 
     @get("/api/jobs", tags=["jobs"], summary="List jobs, newest first", guards=guards)
     async def list_jobs(
-        kind: FromQuery[str | None] = None,
+        kind: Annotated[str | None, QueryParameter(schema_extra={"enum": [kind.name for kind in KINDS]})] = None,
         status: FromQuery[Status | None] = None,
         user_id: FromQuery[str | None] = None,
         organization_id: FromQuery[str | None] = None,
@@ -118,7 +124,9 @@ def job_routes(jobs: JobStore, guards: list[Guard], max_body_bytes: int) -> list
             datetime | None, QueryParameter(description="Only jobs created before this time (RFC 3339)")
         ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
-        cursor: Annotated[str | None, QueryParameter(description="`next_cursor` of the previous page")] = None,
+        cursor: Annotated[
+            str | None, QueryParameter(description="`next_cursor` of the previous page", pattern=r"^[0-9]{1,18}$")
+        ] = None,
     ) -> JobPage:
         if kind is not None and kind_named(kind) is None:
             raise ValidationException(f"Unknown kind {kind!r}")

@@ -71,7 +71,13 @@ def metrics_route(
                 age = max(0.0, now - pending.oldest_created_at.timestamp()) if pending is not None else 0.0
                 metrics.delivery_oldest_pending.labels(sink).set(age)
 
-    @get("/metrics", tags=["telemetry"], summary="Prometheus metrics", include_in_schema=True)
+    @get(
+        "/metrics",
+        tags=["telemetry"],
+        summary="Prometheus metrics",
+        include_in_schema=True,
+        media_type="text/plain; version=0.0.4",
+    )
     async def scrape(request: Request[Any, Any, Any]) -> Response[bytes]:
         try:
             await asyncio.wait_for(refresh(), _REFRESH_TIMEOUT_SECONDS)
@@ -82,6 +88,7 @@ def metrics_route(
             telemetry.store_failed(StoreUnavailable("job", "in_progress"))
             logger.warning("metrics: store gauges not refreshed within %.0f s", _REFRESH_TIMEOUT_SECONDS)
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-        return Response(encoder(registry), media_type=content_type)
+        # Litestar appends the charset to a text/* type itself: given it twice, the header said it twice.
+        return Response(encoder(registry), media_type=content_type.removesuffix("; charset=utf-8"))
 
     return scrape

@@ -29,7 +29,7 @@ def decode_event(kind: JobKind, body: bytes, delivery_id: str | None, received_a
     try:
         payload = kind.decoder.decode(body)
     except msgspec.ValidationError as error:
-        raise Rejection(400, Refusal.INVALID, f"Invalid payload: {error}") from None
+        raise Rejection(400, Refusal.INVALID, f"Invalid payload: {_without_value(str(error))}") from None
     except msgspec.DecodeError as error:
         raise Rejection(400, Refusal.INVALID, f"Malformed JSON: {error}") from None
     except UnicodeDecodeError:
@@ -66,6 +66,15 @@ def decode_event(kind: JobKind, body: bytes, delivery_id: str | None, received_a
         error_message=error_message,
         images=images,
     )
+
+
+def _without_value(message: str) -> str:
+    """msgspec quotes the offending value of a tag or enum (``Invalid value 'x' - at `$.status```): any
+    length of the sender's payload echoed into the answer (and the span's status). Named by its path only."""
+    head, separator, path = message.rpartition(" - at ")
+    if separator and head.startswith(("Invalid value '", "Invalid enum value '")):
+        return f"Invalid value - at {path}"
+    return message
 
 
 def _status_of(payload_type: type[Payload]) -> Status:

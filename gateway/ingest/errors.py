@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 
-__all__ = ("STORE_RETRY_AFTER_SECONDS", "Refusal", "Rejection", "unavailable")
+__all__ = ("STORE_RETRY_AFTER_SECONDS", "Refusal", "Rejection", "shutting_down", "unavailable")
 
 STORE_RETRY_AFTER_SECONDS = 5
 """What a 503 for a failing store asks the sender to wait before retrying."""
@@ -55,4 +55,14 @@ def unavailable(store: str) -> Rejection:
         Refusal.UNAVAILABLE,
         f"The {store} store is unavailable; nothing was changed. Retry after Retry-After seconds, same request.",
         headers={"Retry-After": str(STORE_RETRY_AFTER_SECONDS)},
+    )
+
+
+def shutting_down() -> Rejection:
+    """The 503 for a webhook cut off by the shutdown deadline before its write began: nothing was changed."""
+    return Rejection(
+        503,
+        Refusal.UNAVAILABLE,
+        "The gateway is shutting down; nothing was changed. Retry after Retry-After seconds, same request.",
+        headers={"Retry-After": str(STORE_RETRY_AFTER_SECONDS), "Connection": "close"},
     )

@@ -23,7 +23,7 @@ import logging
 import time
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 from opentelemetry import trace
@@ -32,12 +32,12 @@ from gateway.ingest.admission import check_headers, read_body
 from gateway.ingest.authenticate import Authenticator
 from gateway.ingest.decode import decode_event
 from gateway.ingest.deduplicate import idempotency_keys
-from gateway.ingest.errors import Refusal, Rejection, unavailable
+from gateway.ingest.errors import Refusal, Rejection, shutting_down, unavailable
 from gateway.model import KindConflict, Outcome, Status, Unregistered
 from gateway.stores.base import StoreUnavailable
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterable, Callable, Mapping
+    from collections.abc import AsyncIterable, Callable, Coroutine, Mapping
 
     from gateway.config import Settings
     from gateway.ingest.ratelimit import RateLimiter
@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 __all__ = ("Accepted", "Pipeline")
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _MAX_DELIVERY_ID = 256
 _NO_HEADERS: Mapping[str, str] = {}
@@ -100,7 +102,16 @@ class Pipeline:
         """
         started = time.perf_counter()
         try:
-            event, answer, applied, answer_headers = await self._stages(kind, headers, chunks, client)
+            try:
+                event, answer, applied, answer_headers = await self._stages(kind, headers, chunks, client)
+            except asyncio.CancelledError:
+                # The server's shutdown deadline passed before this webhook's write began (the write itself
+                # is never cut off, see _to_the_end): nothing was recorded, so a 503 tells the sender to retry.
+                task = asyncio.current_task()
+                if task is None or not task.cancelling():
+                    raise
+                task.uncancel()
+                raise shutting_down() from None
         except Rejection as rejection:
             self._telemetry.refused(kind.name, rejection, time.perf_counter() - started)
             raise
@@ -145,7 +156,7 @@ class Pipeline:
             keys = ()
 
         with self._stage("persist"):  # the transition is decided inside the persisting transaction
-            applied = await self._apply(event, keys)
+            applied = await _to_the_end(self._apply(event, keys))
         if applied.event_id is not None and self._stored is not None:
             self._stored()
         answer = Accepted(job_id=event.job_id, status=applied.status, outcome=applied.outcome)
@@ -234,6 +245,28 @@ class Pipeline:
         """Mark a stage on the request's span, only when the request is sampled."""
         span = trace.get_current_span()
         return _Stage(span, name) if span.is_recording() else nullcontext()
+
+
+async def _to_the_end(work: Coroutine[object, object, T]) -> T:
+    """Await ``work`` to its end even if the request is cancelled meanwhile (the shutdown deadline).
+
+    A write cut off half-way would leave its outcome unknown: a 503 could then stand for a recorded
+    event. Every store call is bounded by its own timeout, so finishing it costs at most that long, and
+    the sender gets the truthful answer (200, or 503 if the store failed).
+    """
+    task = asyncio.ensure_future(work)
+    interrupted = 0
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                break
+            interrupted += 1
+    current = asyncio.current_task()
+    for _ in range(interrupted if current is not None else 0):
+        current.uncancel()  # type: ignore[union-attr]
+    return task.result()
 
 
 class _Stage:

@@ -99,6 +99,11 @@ class JobStore(Protocol):
         """Counts of jobs per kind and non-terminal status, with the oldest's creation time."""
         ...
 
+    async def prune_finished(self, before: datetime, limit: int) -> int:
+        """Delete at most ``limit`` jobs that finished (``completed`` or ``failed``) before ``before``, with
+        their history, in one transaction; return how many jobs were deleted (retention)."""
+        ...
+
     async def ping(self) -> None:
         """Raise :class:`StoreUnavailable` unless the store answers."""
         ...

@@ -67,6 +67,14 @@ _JOB_COLUMNS = (
     " user_id, organization_id, registered_at, context"
 )
 _LOCK_JOB = "SELECT kind, status, metadata, created_at, registered_at FROM jobs WHERE job_id = $1 FOR UPDATE"
+# Replicas pruning at once skip each other's rows (SKIP LOCKED), as do rows an event is updating right now.
+_PRUNE = (
+    "WITH doomed AS (SELECT job_id FROM jobs WHERE status IN ('completed', 'failed') AND completed_at < $1"
+    " ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED),"
+    " events AS (DELETE FROM job_events WHERE job_id IN (SELECT job_id FROM doomed)),"
+    " gone AS (DELETE FROM jobs WHERE job_id IN (SELECT job_id FROM doomed) RETURNING 1)"
+    " SELECT count(*) FROM gone"
+)
 _MIGRATION_LOCK = 0x6761746577617901  # pg_advisory_lock key: replicas starting together migrate one at a time
 
 
@@ -239,6 +247,10 @@ class PostgresJobStore:
             InProgress(kind=r["kind"], status=Status(r["status"]), count=r["count"], oldest_created_at=r["oldest"])
             for r in rows
         ]
+
+    async def prune_finished(self, before: datetime, limit: int) -> int:
+        deleted: int = await self._run("prune", lambda db: db.fetchval(_PRUNE, before, limit))
+        return deleted
 
     async def _run(self, operation: str, work: Callable[[Connection], Awaitable[T]]) -> T:
         """Run ``work`` on a pooled connection within the timeout; any failure is StoreUnavailable."""

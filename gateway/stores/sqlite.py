@@ -88,7 +88,7 @@ class SqliteJobStore:
         self._queue: queue.SimpleQueue[list[_Op] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-sqlite-reader")
+        self._reader = _reader_thread()
         self._reader_db: sqlite3.Connection | None = None
         self._pending: list[_Op] = []
         """Operations waiting for the thread; handed over together, as one batch."""
@@ -120,6 +120,7 @@ class SqliteJobStore:
             await asyncio.get_running_loop().run_in_executor(self._reader, self._reader_db.close)
             self._reader_db = None
         self._reader.shutdown(wait=False)
+        self._reader = _reader_thread()  # a fresh one (no thread until used), so the store can be reopened
 
     async def ping(self) -> None:
         await self._submit("ping", lambda db: db.execute("SELECT 1").fetchone())
@@ -189,6 +190,11 @@ class SqliteJobStore:
     async def stats(self, since: datetime, until: datetime) -> JobStats:
         stats: JobStats = await self._read("stats", lambda db: _stats(db, since, until))
         return stats
+
+    async def prune_finished(self, before: datetime, limit: int) -> int:
+        # A write like any other: one small transaction on the writer thread, between webhooks' batches.
+        deleted: int = await self._submit("prune", lambda db: _prune(db, _iso(before), limit), write=True)
+        return deleted
 
     async def _read(self, operation: str, run: Callable[[sqlite3.Connection], Any]) -> Any:
         """Reads run on a reader thread with its own connection (WAL lets it read while the writer
@@ -321,6 +327,10 @@ class SqliteJobStore:
         return answer(event, transition, previous, event_id, metadata, datetime.fromisoformat(first_seen))
 
 
+def _reader_thread() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-sqlite-reader")
+
+
 def _connect(path: str, apply_migrations: bool) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
@@ -405,6 +415,22 @@ def _settle(settled: list[Settled]) -> None:
             future.set_exception(error)
         else:
             future.set_result(result)
+
+
+def _prune(db: sqlite3.Connection, before: str, limit: int) -> int:
+    """Delete up to ``limit`` jobs finished before ``before`` (ISO-8601 UTC, so text order is time order)."""
+    doomed = [
+        row[0]
+        for row in db.execute(
+            "SELECT job_id FROM jobs WHERE status IN ('completed', 'failed') AND completed_at < ? ORDER BY seq LIMIT ?",
+            (before, limit),
+        )
+    ]
+    if doomed:
+        marks = ",".join("?" * len(doomed))
+        db.execute(f"DELETE FROM job_events WHERE job_id IN ({marks})", doomed)  # noqa: S608
+        db.execute(f"DELETE FROM jobs WHERE job_id IN ({marks})", doomed)  # noqa: S608
+    return len(doomed)
 
 
 def _in_progress(db: sqlite3.Connection) -> list[InProgress]:

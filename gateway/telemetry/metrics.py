@@ -198,6 +198,22 @@ class Metrics:
             ["sink"],
             registry=registry,
         )
+        self.spans_queued = Gauge(
+            "gateway_spans_queued",
+            "Spans waiting in the export queue (at most OTEL_BSP_MAX_QUEUE_SIZE; 0 without an exporter).",
+            registry=registry,
+        )
+        self.rate_limit_keys = Gauge(
+            "gateway_rate_limit_keys",
+            "Senders the in-memory rate limiter remembers (at most 100 000; 0 without a limit or with Redis).",
+            registry=registry,
+        )
+        self.retention_pruned = Counter(
+            "gateway_retention_pruned",
+            "Records deleted by retention (GATEWAY_RETENTION_DAYS), by what they were (jobs: with their history).",
+            ["target"],
+            registry=registry,
+        )
         build_info = Gauge(
             "gateway_build_info",
             "Always 1; the gateway's version as a label.",

@@ -39,15 +39,19 @@ if TYPE_CHECKING:
 
     from opentelemetry.context import Context
     from opentelemetry.sdk.trace import Span
-    from prometheus_client import Counter
+    from prometheus_client import Counter, Gauge
 
 __all__ = ("DropCounter", "check_tracing_env", "tracer_provider_from_env")
 
 _DEFAULT_QUEUE_SIZE = 2048
 
 
-def tracer_provider_from_env(spans_dropped: Counter, environ: Mapping[str, str] | None = None) -> TracerProvider:
-    """A tracer provider as the ``OTEL_*`` variables describe; raise :class:`ConfigError` on a bad one."""
+def tracer_provider_from_env(
+    spans_dropped: Counter, environ: Mapping[str, str] | None = None, *, spans_queued: Gauge | None = None
+) -> TracerProvider:
+    """A tracer provider as the ``OTEL_*`` variables describe; raise :class:`ConfigError` on a bad one.
+
+    ``spans_queued``, if given, reports the export queue's length when scraped."""
     env = os.environ if environ is None else environ
     resource = Resource.create({SERVICE_VERSION: __version__})
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
@@ -59,6 +63,8 @@ def tracer_provider_from_env(spans_dropped: Counter, environ: Mapping[str, str] 
         return TracerProvider(resource=resource, sampler=ALWAYS_OFF)
     provider = TracerProvider(resource=resource)
     counter = DropCounter(spans_dropped, _queue_size(env))
+    if spans_queued is not None:
+        spans_queued.set_function(lambda: counter.queued)
     provider.add_span_processor(counter)
     provider.add_span_processor(BatchSpanProcessor(counter.watch(exporter)))
     return provider
@@ -104,6 +110,11 @@ class DropCounter(SpanProcessor):
         self._queue_size = queue_size
         self._queued = 0
         self._lock = threading.Lock()
+
+    @property
+    def queued(self) -> int:
+        """Spans waiting in the batch processor's queue now."""
+        return self._queued
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         return None

@@ -1,0 +1,48 @@
+"""The soak command in miniature (seconds, not minutes): it runs, and under a load of distinct jobs, senders
+and models the gateway's bounded structures stop at their bounds and its connections are given back.
+Memory flatness needs minutes: ``python -m benchmarks.soak --minutes N`` (docs/hardening.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_a_short_soak_hits_every_bound_and_leaks_no_connection(tmp_path: Path) -> None:
+    report_path = tmp_path / "soak.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.soak",
+            "--seconds",
+            "6",
+            "--sample-seconds",
+            "1",
+            "--idempotency-max-keys",
+            "1000",
+            "--connections",
+            "4",
+            "--json",
+            str(report_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert report_path.exists(), result.stdout + result.stderr
+    report = json.loads(report_path.read_text())
+    first, last = report["samples"][0], report["samples"][-1]
+    assert report["webhooks"] > 1000, "too little load to reach the bounds"
+    assert not report["failures"]
+    assert max(s["idempotency_keys"] for s in report["samples"]) == 1000  # the cap, reached and held
+    assert max(s["model_labels"] for s in report["samples"]) == 21  # 20 models and "other", of 1 000 sent
+    assert max(s["spans_queued"] for s in report["samples"]) <= 2048  # OTEL_BSP_MAX_QUEUE_SIZE
+    assert last["spans_dropped"] > 0  # the exporter never answered: what did not fit was dropped, and counted
+    assert 0 < max(s["rate_limit_keys"] for s in report["samples"]) <= 100_000
+    assert last["sockets"] <= first["sockets"]  # the load's connections were all given back
+    assert "soak: sqlite+memory" in result.stdout
