@@ -74,7 +74,12 @@ def test_a_bad_forwarding_value_stops_start_up_naming_the_variable(name: str, va
 
 
 def test_production_refuses_to_forward_unsigned() -> None:
-    production = {"GATEWAY_ENV": "production", "WEBHOOK_SECRET": SECRET, "GATEWAY_FORWARD_URL": "https://app/h"}
+    production = {
+        "GATEWAY_ENV": "production",
+        "WEBHOOK_SECRET": SECRET,
+        "GATEWAY_PUBLIC_READ": "true",
+        "GATEWAY_FORWARD_URL": "https://app/h",
+    }
     with pytest.raises(ConfigError, match="GATEWAY_FORWARD_SIGNING_KEY"):
         Settings.from_env(production)
     assert Settings.from_env({**production, "GATEWAY_FORWARD_SIGNING_KEY": FORWARD_KEY}).forward_url == "https://app/h"
