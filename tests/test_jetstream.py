@@ -201,23 +201,36 @@ async def test_an_event_over_the_servers_max_payload_is_dead(nats_url: str, name
 
 
 class NatsServer:
-    """A private ``nats-server -js`` on a free port, for tests that stop it: the shared one is never stopped."""
+    """A private ``nats-server`` with JetStream on a free port, for tests that stop it or restrict it: the
+    shared one is never stopped. ``publish`` (subjects user ``gw`` may publish to) turns on authorization."""
 
-    def __init__(self, store: Path) -> None:
+    def __init__(self, directory: Path) -> None:
         binary = shutil.which("nats-server")
         if binary is None:
             _unavailable("nats-server is not installed (apt-get install nats-server)")
         self.binary = binary
-        self.store = store
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
+        self.publish: list[str] | None = None
         self.process: subprocess.Popen[bytes] | None = None
+
+    def _write_config(self) -> Path:
+        config = self.directory / "nats.conf"
+        lines = [f'listen: "127.0.0.1:{self.port}"', f'jetstream {{ store_dir: "{self.directory / "store"}" }}']
+        if self.publish is not None:
+            allowed = ", ".join(f'"{subject}"' for subject in self.publish)
+            lines.append(
+                "authorization { users = [ {user: gw, password: pw, permissions: "
+                f'{{publish: {{allow: [{allowed}]}}, subscribe: {{allow: ["_INBOX.>"]}}}}}} ] }}'
+            )
+        config.write_text("\n".join(lines) + "\n")
+        return config
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [self.binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            [self.binary, "-c", str(self._write_config())], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -229,6 +242,13 @@ class NatsServer:
                 time.sleep(0.05)
         raise RuntimeError(f"nats-server did not answer on port {self.port}")
 
+    def allow(self, publish: list[str]) -> None:
+        """Change user ``gw``'s publish permissions, as an operator would: new config, then a reload."""
+        self.publish = publish
+        self._write_config()
+        assert self.process is not None
+        self.process.send_signal(signal.SIGHUP)
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()
@@ -238,7 +258,7 @@ class NatsServer:
 
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path / "jetstream")
+    server = NatsServer(tmp_path / "nats")
     yield server
     server.stop()
 
@@ -267,6 +287,26 @@ async def test_nats_down_is_a_retry_and_the_event_is_delivered_once_it_is_back(n
         await sink.close()
     messages = await stored(nats_server.url, "GW", "gw.jobs")
     assert [m.headers and m.headers["Nats-Msg-Id"] for m in messages] == ["evt_1", "evt_2"]
+
+
+async def test_a_publish_the_account_may_not_make_is_retried_until_it_is_allowed(nats_server: NatsServer) -> None:
+    """NATS drops a publish outside the account's permissions (and tells only the client's error
+    callback): the ack never comes, so it is a Retry, and it goes through once an operator allows it."""
+    nats_server.publish = ["$JS.API.>", "_INBOX.>"]  # may manage streams, may not publish events
+    nats_server.start()
+    url = nats_server.url.replace("nats://", "nats://gw:pw@")
+    sink = JetStreamSink(url, subject_prefix="gw.jobs", stream="GW", timeout=1)
+    try:
+        answer = await sink.send(delivery(1))
+        assert answer == Retry("no JetStream ack within 1 s")
+        nats_server.allow(["$JS.API.>", "_INBOX.>", "gw.jobs.>"])
+        deadline = time.monotonic() + 10
+        while (answer := await sink.send(delivery(1, attempt=2))) != Delivered() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert answer == Delivered()
+    finally:
+        await sink.close()
+    assert len(await stored(url, "GW", "gw.jobs")) == 1
 
 
 async def test_a_live_gateway_publishes_each_applied_event_once(
