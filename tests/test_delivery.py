@@ -4,6 +4,7 @@ with the ``standardwebhooks`` library; the gateway runs in-process or as a real 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sqlite3
@@ -116,7 +117,7 @@ async def test_every_event_arrives_once_in_job_order_after_retries(family: Setti
 
 
 async def test_a_refused_job_goes_dead_others_go_on_and_replay_delivers_it_once(
-    settings: Settings, receiver: Receiver
+    settings: Settings, receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
     """400 for one job: its events are dead-lettered (a dead one does not block its job's next), the other
     job is unaffected; once the receiver is fixed, replaying the dead letters delivers each once."""
@@ -137,6 +138,10 @@ async def test_a_refused_job_goes_dead_others_go_on_and_replay_delivers_it_once(
         assert {d["last_error"] for d in dead} == {"HTTP 400"}
         assert all(d["job_id"] == "bad-job" and d["attempts"] == 1 for d in dead)
         dead_ids = {d["event_id"] for d in dead}
+        logged = [r for r in caplog.records if r.levelno == logging.ERROR and "dead-lettered" in r.getMessage()]
+        assert {(r.__dict__["event_id"], r.__dict__["sink"], r.__dict__["job_id"]) for r in logged} == {
+            (event_id, "http", "bad-job") for event_id in dead_ids
+        }
 
         refused.clear()
         replayed = await client.post("/api/deliveries/replay", params={"state": "dead"})
@@ -173,7 +178,9 @@ async def test_replay_one_keeps_its_event_id_and_sequence(settings: Settings, re
         assert (await client.post("/api/deliveries/replay", params={"state": "pending"})).status_code == 400
 
 
-async def test_gone_disables_forwarding_until_re_enabled(settings: Settings, receiver: Receiver) -> None:
+async def test_gone_disables_forwarding_until_re_enabled(
+    settings: Settings, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
     """410 Gone stops forwarding (loudly: an error log and a gauge), keeps the events pending, and
     ``POST /api/deliveries/enable`` resumes it: nothing is lost."""
     gone = [True]
@@ -184,6 +191,10 @@ async def test_gone_disables_forwarding_until_re_enabled(settings: Settings, rec
         await receiver.wait_until(lambda: len(receiver.arrivals) >= 1)
         await asyncio.sleep(0.3)
         assert len(receiver.arrivals) == 1  # disabled: nothing more is sent
+        [loud] = [r for r in caplog.records if "FORWARDING DISABLED" in r.getMessage()]
+        assert loud.levelno == logging.ERROR
+        assert "answered 410 Gone" in loud.getMessage()
+        assert "/api/deliveries/enable" in loud.getMessage()
         metrics = (await client.get("/metrics")).text
         assert 'gateway_delivery_sink_disabled{sink="http"} 1.0' in metrics
         assert 'gateway_delivery_backlog{sink="http"} 2.0' in metrics

@@ -168,3 +168,18 @@ async def test_two_postgres_replicas_never_deliver_an_event_twice(database_url: 
     ]
     assert sum(delivered) == expected
     assert min(delivered) > 0, f"one replica delivered nothing: {delivered}"
+
+
+async def test_a_stopping_dispatcher_frees_its_leases_for_the_others(outbox: tuple[Any, Any]) -> None:
+    """Deliveries cut off by a stop are taken by another dispatcher at once, not after the lease; the
+    leases of other dispatchers stay."""
+    store, rows = outbox
+    for job in ("mine", "theirs"):
+        await store.apply(event(job, Status.PENDING, 0))
+    later = NOW + timedelta(hours=1)
+    [mine] = await rows.claim("stopping", ["http"], 1, 600, later)
+    [theirs] = await rows.claim("running", ["http"], 1, 600, later)
+    assert await rows.release_leases("stopping") == 1
+    [taken] = await rows.claim("survivor", ["http"], 10, 600, later)
+    assert taken.delivery.id == mine.delivery.id
+    assert await rows.delivered(theirs.delivery.id, "running", later)

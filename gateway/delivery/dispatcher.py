@@ -90,8 +90,9 @@ class Dispatcher:
         self._task = asyncio.create_task(self._run(), name="gateway-delivery-dispatcher")
 
     async def stop(self) -> None:
-        """Stop claiming, give deliveries in flight a moment to finish, then close the sinks. A delivery
-        cut off is retried once its lease expires."""
+        """Stop claiming, give deliveries in flight a moment to finish, then close the sinks. The leases
+        of deliveries cut off are freed, so another replica (or the next start) sends them at once; the
+        app may then see them twice, with the same webhook-id."""
         if self._task is not None:
             # A flag rather than only a cancellation: the loop may be between two awaits, and a flag
             # cannot be lost the way a cancellation racing a completed wait can.
@@ -109,6 +110,11 @@ class Dispatcher:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+            if late:
+                try:
+                    await self._outbox.release_leases(self.owner)
+                except StoreUnavailable as error:  # they expire instead
+                    self._store_failed(error)
         for sink in self._sinks.values():
             await sink.close()
 

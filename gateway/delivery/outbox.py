@@ -193,6 +193,11 @@ class Outbox(Protocol):
         """Give the row back untried (its attempt not counted): its sink was disabled."""
         ...
 
+    async def release_leases(self, owner: str) -> int:
+        """Free ``owner``'s leases (a dispatcher stopping with deliveries cut off), so another dispatcher
+        takes the rows at once instead of after the lease; return how many."""
+        ...
+
     async def disable_sink(self, sink: str, reason: str, now: datetime) -> None: ...
 
     async def enable_sink(self, sink: str) -> bool:

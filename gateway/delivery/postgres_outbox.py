@@ -139,6 +139,15 @@ class PostgresOutbox:
         status = await self._store.run(operation, lambda db: db.execute(sql, row_id, owner, now, *values))
         return bool(status == "UPDATE 1")
 
+    async def release_leases(self, owner: str) -> int:
+        status = await self._store.run(
+            "outbox_release_leases",
+            lambda db: db.execute(
+                "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = $1", owner
+            ),
+        )
+        return int(status.rpartition(" ")[2])
+
     async def disable_sink(self, sink: str, reason: str, now: datetime) -> None:
         await self._store.run(
             "outbox_disable",

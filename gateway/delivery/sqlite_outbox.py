@@ -116,17 +116,15 @@ class SqliteOutbox:
         )
         return changed == 1
 
-    async def release_leases(self) -> int:
-        """Free every lease, at start: SQLite means this process is the only one, so a lease still held
-        is a crashed run's (PostgreSQL's leases, shared by replicas, only expire)."""
-        changed: int = await self._store.run(
-            "outbox_release_leases",
-            lambda db: (
-                db.execute(
-                    "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner IS NOT NULL"
-                ).rowcount
-            ),
-        )
+    async def release_leases(self, owner: str | None = None) -> int:
+        """Free ``owner``'s leases, or every lease: at start, SQLite means this process is the file's only
+        user, so a lease still held is a crashed run's (PostgreSQL's, shared by replicas, only expire)."""
+        sql = "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner IS NOT NULL"
+        params: tuple[str, ...] = ()
+        if owner is not None:
+            sql += " AND lease_owner = ?"
+            params = (owner,)
+        changed: int = await self._store.run("outbox_release_leases", lambda db: db.execute(sql, params).rowcount)
         return changed
 
     async def disable_sink(self, sink: str, reason: str, now: datetime) -> None:
