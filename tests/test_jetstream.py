@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
+import signal
 import socket
+import sqlite3
 import subprocess
 import time
 import uuid
@@ -198,23 +201,36 @@ async def test_an_event_over_the_servers_max_payload_is_dead(nats_url: str, name
 
 
 class NatsServer:
-    """A private ``nats-server -js`` on a free port, for tests that stop it: the shared one is never stopped."""
+    """A private ``nats-server`` with JetStream on a free port, for tests that stop it or restrict it: the
+    shared one is never stopped. ``publish`` (subjects user ``gw`` may publish to) turns on authorization."""
 
-    def __init__(self, store: Path) -> None:
+    def __init__(self, directory: Path) -> None:
         binary = shutil.which("nats-server")
         if binary is None:
             _unavailable("nats-server is not installed (apt-get install nats-server)")
         self.binary = binary
-        self.store = store
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
+        self.publish: list[str] | None = None
         self.process: subprocess.Popen[bytes] | None = None
+
+    def _write_config(self) -> Path:
+        config = self.directory / "nats.conf"
+        lines = [f'listen: "127.0.0.1:{self.port}"', f'jetstream {{ store_dir: "{self.directory / "store"}" }}']
+        if self.publish is not None:
+            allowed = ", ".join(f'"{subject}"' for subject in self.publish)
+            lines.append(
+                "authorization { users = [ {user: gw, password: pw, permissions: "
+                f'{{publish: {{allow: [{allowed}]}}, subscribe: {{allow: ["_INBOX.>"]}}}}}} ] }}'
+            )
+        config.write_text("\n".join(lines) + "\n")
+        return config
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [self.binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            [self.binary, "-c", str(self._write_config())], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -226,6 +242,13 @@ class NatsServer:
                 time.sleep(0.05)
         raise RuntimeError(f"nats-server did not answer on port {self.port}")
 
+    def allow(self, publish: list[str]) -> None:
+        """Change user ``gw``'s publish permissions, as an operator would: new config, then a reload."""
+        self.publish = publish
+        self._write_config()
+        assert self.process is not None
+        self.process.send_signal(signal.SIGHUP)
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()
@@ -235,7 +258,7 @@ class NatsServer:
 
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path / "jetstream")
+    server = NatsServer(tmp_path / "nats")
     yield server
     server.stop()
 
@@ -266,6 +289,26 @@ async def test_nats_down_is_a_retry_and_the_event_is_delivered_once_it_is_back(n
     assert [m.headers and m.headers["Nats-Msg-Id"] for m in messages] == ["evt_1", "evt_2"]
 
 
+async def test_a_publish_the_account_may_not_make_is_retried_until_it_is_allowed(nats_server: NatsServer) -> None:
+    """NATS drops a publish outside the account's permissions (and tells only the client's error
+    callback): the ack never comes, so it is a Retry, and it goes through once an operator allows it."""
+    nats_server.publish = ["$JS.API.>", "_INBOX.>"]  # may manage streams, may not publish events
+    nats_server.start()
+    url = nats_server.url.replace("nats://", "nats://gw:pw@")
+    sink = JetStreamSink(url, subject_prefix="gw.jobs", stream="GW", timeout=1)
+    try:
+        answer = await sink.send(delivery(1))
+        assert answer == Retry("no JetStream ack within 1 s")
+        nats_server.allow(["$JS.API.>", "_INBOX.>", "gw.jobs.>"])
+        deadline = time.monotonic() + 10
+        while (answer := await sink.send(delivery(1, attempt=2))) != Delivered() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert answer == Delivered()
+    finally:
+        await sink.close()
+    assert len(await stored(url, "GW", "gw.jobs")) == 1
+
+
 async def test_a_live_gateway_publishes_each_applied_event_once(
     nats_url: str, namespace: Namespace, tmp_path: Path
 ) -> None:
@@ -277,7 +320,7 @@ async def test_a_live_gateway_publishes_each_applied_event_once(
         "GATEWAY_NATS_SUBJECT_PREFIX": namespace.prefix,
         "GATEWAY_NATS_STREAM": namespace.stream,
     }
-    server = LiveServer(tmp_path, env)
+    server = await asyncio.to_thread(LiveServer, tmp_path, env)
     try:
         async with httpx.AsyncClient(base_url=server.url, headers={"X-Webhook-Secret": SECRET}) as http:
             applied: list[tuple[str, str]] = []
@@ -317,6 +360,47 @@ async def test_a_live_gateway_publishes_each_applied_event_once(
     for number in range(8):
         statuses = [event["status"] for event in events if event["job_id"] == f"nats-{number}"]
         assert statuses == ["pending", "generating", "completed"]
+
+
+async def test_a_gateway_killed_while_publishing_publishes_each_event_once_after_a_restart(
+    nats_url: str, namespace: Namespace, tmp_path: Path
+) -> None:
+    """SIGKILL while the dispatcher works through a backlog: a row published but not yet recorded as
+    delivered is published again after the restart, and JetStream keeps only the first copy."""
+    env = {
+        "WEBHOOK_SECRET": SECRET,
+        "GATEWAY_NATS_URL": nats_url,
+        "GATEWAY_NATS_SUBJECT_PREFIX": namespace.prefix,
+        "GATEWAY_NATS_STREAM": namespace.stream,
+    }
+    server = await asyncio.to_thread(LiveServer, tmp_path, env)
+    jobs = [f"kill-{number}" for number in range(100)]
+    try:
+        async with httpx.AsyncClient(base_url=server.url, headers={"X-Webhook-Secret": SECRET}) as http:
+
+            async def post(job_id: str) -> None:
+                answer = await http.post(IMAGE, json=progress("pending", job_id=job_id))
+                assert answer.json()["outcome"] == "applied"
+
+            for start in range(0, len(jobs), 50):
+                await asyncio.gather(*(post(job_id) for job_id in jobs[start : start + 50]))
+        os.kill(server.process.pid, signal.SIGKILL)
+        await asyncio.to_thread(server.process.wait, 10)
+    finally:
+        if server.process.poll() is None:
+            server.stop()
+    published_before = len(await stored(nats_url, namespace.stream, namespace.prefix))
+    with contextlib.closing(sqlite3.connect(tmp_path / "live.db")) as database:
+        [(pending,)] = database.execute("SELECT count(*) FROM deliveries WHERE state = 'pending'").fetchall()
+    restarted = await asyncio.to_thread(LiveServer, tmp_path, env)
+    try:
+        async with httpx.AsyncClient(base_url=restarted.url) as http:
+            await _until_nothing_pending(http)
+    finally:
+        restarted.stop()
+    messages = await stored(nats_url, namespace.stream, namespace.prefix)
+    assert sorted(msgspec.json.decode(message.data)["job_id"] for message in messages) == sorted(jobs)
+    print(f"\nkilled with {published_before} of {len(jobs)} events in the stream and {pending} rows pending")
 
 
 async def _until_nothing_pending(http: httpx.AsyncClient) -> None:
