@@ -122,7 +122,11 @@
   function upsert(job, highlight) {
     const previous = jobs.get(job.job_id);
     const row = render(job);
-    if (highlight || (previous && previous.row.classList.contains("fresh"))) row.classList.add("fresh");
+    if (highlight || (previous && previous.row.classList.contains("fresh"))) {
+      row.classList.add("fresh");
+      // Only once: moving a row (reorder) would otherwise replay the highlight of every row ever changed.
+      row.addEventListener("animationend", () => row.classList.remove("fresh"), { once: true });
+    }
     if (previous) previous.row.replaceWith(row);
     jobs.set(job.job_id, { job, row });
   }
