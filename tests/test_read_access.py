@@ -83,6 +83,7 @@ async def test_a_browser_signs_in_once_and_reads_with_its_cookie(guarded: AsyncT
 
     signed_out = await guarded.delete("/api/session")
     assert signed_out.status_code == 204
+    assert "max-age=0" in signed_out.headers["set-cookie"].lower()
     guarded.cookies.clear()
     assert (await guarded.get("/api/jobs")).status_code == 401
 
@@ -92,7 +93,7 @@ async def test_a_forged_or_tampered_cookie_is_401(guarded: AsyncTestClient[Any])
     expires, _, mac = value.partition(".")
     guarded.cookies.clear()
     for forged in (f"{int(expires) + 3600}.{mac}", f"{expires}.{mac[:-2]}AA", "garbage", f"{expires}."):
-        response = await guarded.get("/api/jobs", cookies={SESSION_COOKIE: forged})
+        response = await guarded.get("/api/jobs", headers={"Cookie": f"{SESSION_COOKIE}={forged}"})
         assert response.status_code == 401, forged
         assert "Session expired or invalid" in response.json()["detail"]
 

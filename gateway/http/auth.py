@@ -139,7 +139,8 @@ def session_routes(access: ReadAccess) -> list[HTTPRouteHandler]:
     @delete("/api/session", tags=["session"], summary="Sign out: clear the session cookie", status_code=204)
     async def sign_out() -> Response[None]:
         response: Response[None] = Response(None, status_code=204)
-        response.delete_cookie(SESSION_COOKIE, path="/")
+        # Expired at once, with the attributes it was set with, so every browser drops the same cookie.
+        response.set_cookie(Cookie(key=SESSION_COOKIE, value="", max_age=0, path="/", httponly=True, samesite="strict"))
         return response
 
     return [sign_in, sign_out]
