@@ -22,7 +22,7 @@ from gateway.http.events import Streams
 from gateway.model import JobEvent, Status
 from gateway.stores.sqlite import SqliteJobStore
 from gateway.wakeup import Wakeup
-from tests.conftest import SECRET, LiveServer, completed_image, failed, progress
+from tests.conftest import SECRET, LiveServer, RedisServer, completed_image, failed, progress
 
 IMAGE = "/api/webhooks/image-completion"
 HEADERS = {"X-Webhook-Secret": SECRET}
@@ -279,3 +279,22 @@ async def test_a_finished_jobs_long_history_is_sent_whole_then_the_stream_ends(t
     got = list(messages(iter(text.split("\n"))))
     assert [int(m["id"]) for m in got if "id" in m] == list(range(1, 141))
     assert got[-1]["event"] == "end"
+
+
+def test_replicas_hear_each_other_again_after_redis_restarts(
+    tmp_path: Path, stopping: list[LiveServer], database_url: str, redis_server: RedisServer
+) -> None:
+    """The signal's subscription survives a Redis restart: a heartbeat of 30 s, yet the event arrives at once."""
+    shared = {"DATABASE_URL": database_url, "REDIS_URL": redis_server.url, "GATEWAY_SSE_HEARTBEAT_SECONDS": "30"}
+    first = start(tmp_path, stopping, "a", **shared)
+    second = start(tmp_path, stopping, "b", **shared)
+    with httpx.stream("GET", f"{second.url}/api/jobs/events", timeout=10) as response:
+        stream = events(response.iter_lines())
+        redis_server.stop()
+        time.sleep(0.5)
+        redis_server.start()
+        time.sleep(2)  # the replicas resubscribe (one attempt a second)
+        started = time.monotonic()
+        post(first, progress("generating", job_id="after-restart"))
+        assert next(stream).payload["job_id"] == "after-restart"
+        assert time.monotonic() - started < 5

@@ -83,7 +83,7 @@ class Streams:
         queue: asyncio.Queue[_Item] = asyncio.Queue(self._buffer)
         room = asyncio.Event()
         dropped = asyncio.Event()
-        producer = asyncio.create_task(self._produce(queue, room, dropped, after, job_id, user_id))
+        producer = asyncio.create_task(self._guarded(queue, room, dropped, after, job_id, user_id))
         sent = after
         try:
             yield b"retry: %d\n\n" % _RETRY_MS
@@ -110,6 +110,25 @@ class Streams:
             with contextlib.suppress(asyncio.CancelledError):
                 await producer
             self.open -= 1
+
+    async def _guarded(
+        self,
+        queue: asyncio.Queue[_Item],
+        room: asyncio.Event,
+        dropped: asyncio.Event,
+        after: int,
+        job_id: str | None,
+        user_id: str | None,
+    ) -> None:
+        """:meth:`_produce`, and if it fails (a bug: store failures are retried) the stream ends rather than
+        hangs; the client reconnects with the last id it got, so it loses nothing."""
+        try:
+            await self._produce(queue, room, dropped, after, job_id, user_id)
+        except Exception:
+            logger.exception("live stream failed; ending it so the client reconnects")
+            while not queue.empty():
+                queue.get_nowait()
+            queue.put_nowait(_End())
 
     async def _produce(
         self,
