@@ -149,6 +149,7 @@ def test_with_a_token_the_page_signs_in_through_its_form(
     token.fill(TOKEN)
     page.get_by_role("button", name="Sign in").click()
     expect(page.locator("#connection")).to_have_text("Live")
+    expect(page.locator("#job-rows tr", has_text="job-signed-2")).to_be_visible()
     page.context.clear_cookies()
     post(server, progress("generating", job_id="job-signed-3"))
     expect(token).to_be_visible()

@@ -20,6 +20,7 @@
   let timers = [];
   let reloadDue = null;
   let generation = 0; // bumped on sign-out, so late answers of a stopped page are ignored
+  let signedIn = false; // the API answered since the page (re)started: a 401 now means the session ended
 
   class Unauthorized extends Error {}
 
@@ -122,7 +123,11 @@
   function upsert(job, highlight) {
     const previous = jobs.get(job.job_id);
     const row = render(job);
-    if (highlight || (previous && previous.row.classList.contains("fresh"))) row.classList.add("fresh");
+    if (highlight || (previous && previous.row.classList.contains("fresh"))) {
+      row.classList.add("fresh");
+      // Only once: moving a row (reorder) would otherwise replay the highlight of every row ever changed.
+      row.addEventListener("animationend", () => row.classList.remove("fresh"), { once: true });
+    }
     if (previous) previous.row.replaceWith(row);
     jobs.set(job.job_id, { job, row });
   }
@@ -256,6 +261,7 @@
 
   function showSignIn(message) {
     stop();
+    signedIn = false;
     byId("dashboard").hidden = true;
     byId("sign-in").hidden = false;
     byId("sign-out").hidden = true;
@@ -266,7 +272,7 @@
 
   function failed(error) {
     if (error instanceof Unauthorized) {
-      showSignIn(jobs.size ? "Your session ended: sign in again." : "");
+      showSignIn(signedIn ? "Your session ended: sign in again." : "");
       return;
     }
     byId("load-error").textContent = `Could not load: ${error.message}`;
@@ -281,6 +287,7 @@
     setConnection("connecting", "Connecting…");
     try {
       await loadStats(); // a 401 here means a token is needed: show the form before opening a stream
+      signedIn = true;
     } catch (error) {
       failed(error);
       return;
