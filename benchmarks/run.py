@@ -43,20 +43,8 @@ import httpx
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SECRET = "bench-secret"
-UVICORN = [
-    sys.executable,
-    "-m",
-    "uvicorn",
-    "--loop",
-    "uvloop",
-    "--http",
-    "httptools",
-    "--log-level",
-    "warning",
-    "--no-access-log",
-    "--host",
-    "127.0.0.1",
-]
+UVICORN = [sys.executable, "-m", "uvicorn", "--loop", "uvloop", "--http", "httptools", "--log-level", "warning",
+           "--no-access-log", "--host", "127.0.0.1"]
 
 
 @dataclass(frozen=True)
@@ -97,36 +85,23 @@ def configs(tmp: Path) -> dict[str, Config]:
             "G-notel",
             "gateway, traces and request logs off",
             gateway,
-            {
-                **base,
-                "DATABASE_URL": f"sqlite:///{tmp}/n.db",
-                "OTEL_SDK_DISABLED": "true",
-                "GATEWAY_LOG_LEVEL": "WARNING",
-            },
+            {**base, "DATABASE_URL": f"sqlite:///{tmp}/n.db", "OTEL_SDK_DISABLED": "true",
+             "GATEWAY_LOG_LEVEL": "WARNING"},
         ),
         "G-otlp": Config(
             "G-otlp",
             "gateway, OTLP export, 10% sampled (sink on wrk's core)",
             gateway,
-            {
-                **base,
-                "DATABASE_URL": f"sqlite:///{tmp}/o.db",
-                "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-                "OTEL_TRACES_SAMPLER_ARG": "0.1",
-            },
+            {**base, "DATABASE_URL": f"sqlite:///{tmp}/o.db", "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+             "OTEL_TRACES_SAMPLER_ARG": "0.1"},
             needs_sink=True,
         ),
         "G-dist": Config(
             "G-dist",
             "gateway, Redis + PostgreSQL on loopback (sharing the cores)",
             gateway,
-            {
-                **base,
-                "DATABASE_URL": f"{DIST_DATABASE}{separator}search_path={DIST_SCHEMA}",
-                "REDIS_URL": DIST_REDIS,
-                "GATEWAY_REDIS_KEY_PREFIX": f"bench:{DIST_SCHEMA}:",
-                "GATEWAY_IDEMPOTENCY_TTL_SECONDS": "600",
-            },
+            {**base, "DATABASE_URL": f"{DIST_DATABASE}{separator}search_path={DIST_SCHEMA}", "REDIS_URL": DIST_REDIS,
+             "GATEWAY_REDIS_KEY_PREFIX": f"bench:{DIST_SCHEMA}:", "GATEWAY_IDEMPOTENCY_TTL_SECONDS": "600"},
         ),
     }
 
@@ -167,9 +142,8 @@ def _batches(items, size):  # type: ignore[no-untyped-def]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few seconds in all: A, B and G at 10 connections, once")
     parser.add_argument("--configs", default="A,B,E,G,G-notel,G-otlp", help="comma-separated configurations")
     parser.add_argument("--connections", default="10,50", help="comma-separated concurrencies (default 10,50)")
@@ -205,12 +179,8 @@ def main(argv: list[str] | None = None) -> int:
                         wrk(server.port, 10, args.warmup, load_core)
                         for connections in concurrencies:
                             done += 1
-                            print(
-                                f"[{done}/{total}] {config.name} at {connections} connections, run {repeat}", flush=True
-                            )
-                            results.append(
-                                measure(config.name, server.port, connections, args.duration, repeat, load_core)
-                            )
+                            print(f"[{done}/{total}] {config.name} at {connections} connections, run {repeat}", flush=True)
+                            results.append(measure(config.name, server.port, connections, args.duration, repeat, load_core))
         finally:
             if distributed:
                 dist_schema(create=False)
@@ -235,11 +205,8 @@ class Server:
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{self.sink.port}"
         command = [*self.config.command, "--port", str(self.port)]
         self.process = subprocess.Popen(
-            ["taskset", "-c", self.core, *command],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            ["taskset", "-c", self.core, *command], env=env, cwd=ROOT,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -289,37 +256,18 @@ def free_port() -> int:
 
 
 def wrk(port: int, connections: int, duration: float, core: str) -> str:
-    command = [
-        "taskset",
-        "-c",
-        core,
-        "wrk",
-        "-t1",
-        f"-c{connections}",
-        f"-d{max(1, round(duration))}s",
-        "--latency",
-        "-s",
-        str(HERE / "unique.lua"),
-        f"http://127.0.0.1:{port}",
-    ]
-    return subprocess.run(
-        command, capture_output=True, text=True, check=True, env={**os.environ, "WEBHOOK_SECRET": SECRET}
-    ).stdout
+    command = ["taskset", "-c", core, "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s",
+               "--latency", "-s", str(HERE / "unique.lua"), f"http://127.0.0.1:{port}"]
+    return subprocess.run(command, capture_output=True, text=True, check=True,
+                          env={**os.environ, "WEBHOOK_SECRET": SECRET}).stdout
 
 
 def measure(config: str, port: int, connections: int, duration: float, repeat: int, core: str) -> Result:
     output = wrk(port, connections, duration, core)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
-    return Result(
-        config,
-        connections,
-        repeat,
-        rps,
-        _percentile(output, "50"),
-        _percentile(output, "99"),
-        int(non_2xx.group(1)) if non_2xx else 0,
-    )
+    return Result(config, connections, repeat, rps, _percentile(output, "50"), _percentile(output, "99"),
+                  int(non_2xx.group(1)) if non_2xx else 0)
 
 
 def _percentile(output: str, which: str) -> float:
@@ -338,27 +286,15 @@ def report(results: list[Result], chosen: list[Config], concurrencies: list[int]
     for config in chosen:
         for connections in concurrencies:
             r = best[(config.name, connections)]
-            print(
-                f"{config.name:<9} {connections:>5} {r.requests_per_second:>9.0f} {r.p50_ms:>8.2f} "
-                f"{r.p99_ms:>8.2f} {r.non_2xx:>8}  {config.description}"
-            )
+            print(f"{config.name:<9} {connections:>5} {r.requests_per_second:>9.0f} {r.p50_ms:>8.2f} "
+                  f"{r.p99_ms:>8.2f} {r.non_2xx:>8}  {config.description}")
     ratios: dict[str, float] = {}
     for connections in concurrencies:
-        for top, bottom in (
-            ("G", "B"),
-            ("G", "E"),
-            ("G", "A"),
-            ("G", "G-notel"),
-            ("G-otlp", "B"),
-            ("B", "A"),
-            ("G-dist", "B"),
-            ("G-dist", "G"),
-        ):
+        for top, bottom in (("G", "B"), ("G", "E"), ("G", "A"), ("G", "G-notel"), ("G-otlp", "B"), ("B", "A"),
+                            ("G-dist", "B"), ("G-dist", "G")):
             if (top, connections) in best and (bottom, connections) in best:
                 name = f"{top}/{bottom}@{connections}"
-                ratios[name] = (
-                    best[(top, connections)].requests_per_second / best[(bottom, connections)].requests_per_second
-                )
+                ratios[name] = best[(top, connections)].requests_per_second / best[(bottom, connections)].requests_per_second
     print()
     for name, ratio in ratios.items():
         print(f"{name:<18} {ratio:5.2f}")
@@ -367,20 +303,11 @@ def report(results: list[Result], chosen: list[Config], concurrencies: list[int]
             key = f"G/G-notel@{connections}"
             if key in ratios:
                 print(f"telemetry cost at {connections} connections: {100 * (1 - ratios[key]):.1f}% of throughput")
-    path.write_text(
-        json.dumps(
-            {
-                "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                "machine": {
-                    "cores": os.cpu_count(),
-                    "platform": platform.platform(),
-                    "python": platform.python_version(),
-                },
-                "server": "uvicorn + uvloop + httptools, one worker pinned to one core; wrk -t1 on the other",
-                "results": [asdict(r) for r in results],
-                "ratios": ratios,
-            },
-            indent=2,
-        )
-    )
+    path.write_text(json.dumps({
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "server": "uvicorn + uvloop + httptools, one worker pinned to one core; wrk -t1 on the other",
+        "results": [asdict(r) for r in results],
+        "ratios": ratios,
+    }, indent=2))
     print(f"\nsaved {path}")
