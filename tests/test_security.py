@@ -109,8 +109,9 @@ async def test_no_secret_signature_or_payload_leaks_whatever_the_sender_gets_wro
 
 
 def test_dependencies_have_no_known_vulnerabilities() -> None:
-    """pip-audit over the environment the suite runs in. Needs the PyPI JSON API: skipped when it cannot
-    be reached (every dependency then comes back unaudited, which proves nothing)."""
+    """pip-audit over the environment the suite runs in. Needs a vulnerability database that knows the
+    installed versions (the PyPI JSON API by default): skipped, saying why, when every dependency comes back
+    unaudited (offline, or a private index whose versions PyPI does not have), which would prove nothing."""
     result = subprocess.run(
         [sys.executable, "-m", "pip_audit", "--format", "json", "--progress-spinner", "off"],
         capture_output=True,
@@ -125,6 +126,7 @@ def test_dependencies_have_no_known_vulnerabilities() -> None:
     dependencies = report["dependencies"]
     audited = [dependency for dependency in dependencies if "skip_reason" not in dependency]
     if not audited:
-        pytest.skip("pip-audit reached no vulnerability database (offline): nothing was audited")
+        reason = dependencies[0]["skip_reason"] if dependencies else "no dependency listed"
+        pytest.skip(f"pip-audit audited nothing (no vulnerability database knows these versions: {reason})")
     vulnerable = {d["name"]: [v["id"] for v in d["vulns"]] for d in audited if d.get("vulns")}
     assert not vulnerable, f"known vulnerabilities: {vulnerable}"

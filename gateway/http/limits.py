@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 __all__ = ("MAX_HEADERS", "MAX_HEAD_BYTES", "BoundedHttpToolsProtocol")
@@ -24,7 +25,12 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 100
 """Most header fields in one request (Apache's LimitRequestFields default)."""
 
-_REFUSAL = b'{"status_code":431,"detail":"Request headers too large: at most 100 fields and 65536 bytes"}'
+_REFUSAL = msgspec.json.encode(
+    {
+        "status_code": 431,
+        "detail": f"Request headers too large: at most {MAX_HEADERS} fields and {MAX_HEAD_BYTES} bytes",
+    }
+)
 _RESPONSE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
     b"content-length: " + str(len(_REFUSAL)).encode() + b"\r\nconnection: close\r\n\r\n" + _REFUSAL
