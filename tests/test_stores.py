@@ -204,3 +204,36 @@ async def test_a_sqlite_store_reopened_after_close_answers_reads(tmp_path: Path)
         assert job.status is Status.PENDING
     finally:
         await store.close()
+
+
+async def test_postgresql_events_become_visible_in_id_order(database_url: str) -> None:
+    """A live stream reads events by id: an event must never be visible before one with a smaller id is,
+    or a stream that has read past it would skip that one for good (found in review on PostgreSQL, where
+    two transactions can take ids in one order and commit in the other)."""
+    import asyncpg
+
+    from gateway.stores.postgres import _RECORD_EVENT
+
+    store = PostgresJobStore(database_url, pool_size=4)
+    await store.open()
+    writer = await asyncpg.connect(database_url)
+    try:
+        await store.apply(event(Status.PENDING, job_id="slow"))
+        before = await store.last_event_id()
+        transaction = writer.transaction()
+        await transaction.start()
+        slow_id = await writer.fetchval(
+            _RECORD_EVENT, "slow", "generating", T0, datetime.now(UTC), "applied", "slow:key", None, None, None
+        )
+        fast = asyncio.create_task(store.apply(event(Status.PENDING, job_id="fast")))
+        await asyncio.sleep(0.3)
+        assert not fast.done(), "a later event was recorded while an earlier id was still uncommitted"
+        assert [e.id for e in await store.events_after(before, 10)] == []
+        await transaction.commit()
+        fast_id = (await fast).event_id
+        assert fast_id is not None
+        assert slow_id < fast_id
+        assert [e.id for e in await store.events_after(before, 10)] == [slow_id, fast_id]
+    finally:
+        await writer.close()
+        await store.close()

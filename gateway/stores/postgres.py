@@ -67,6 +67,17 @@ _JOB_COLUMNS = (
     " user_id, organization_id, registered_at, context"
 )
 _LOCK_JOB = "SELECT kind, status, metadata, created_at, registered_at FROM jobs WHERE job_id = $1 FOR UPDATE"
+# Every transaction recording an event holds one advisory lock (an arbitrary constant key) from taking
+# the event's id until it commits. Without it two transactions could commit ids out of order (id 6
+# visible while id 5 is still being written), and a live stream that had read past 6 would never send 5.
+# Held only for this statement, the outbox row and the commit (the job row is written before it), so
+# replicas queue for about one round trip per event.
+_RECORD_EVENT = (
+    "INSERT INTO job_events (job_id, status, timestamp, received_at, outcome, event_key, delivery_id,"
+    " metadata, error_message) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9"
+    " FROM (SELECT pg_advisory_xact_lock(7450201336512837937)) AS events_lock"
+    " ON CONFLICT DO NOTHING RETURNING id"
+)
 # Replicas pruning at once skip each other's rows (SKIP LOCKED), as do rows an event is updating right now.
 _PRUNE = (
     "WITH doomed AS (SELECT job_id FROM jobs WHERE status IN ('completed', 'failed') AND completed_at < $1"
@@ -317,22 +328,6 @@ async def _apply(
             raise Unregistered(event.job_id)
         previous = Status(row["status"]) if row is not None else None
         transition = decide(previous, event.status)
-        event_id = await db.fetchval(
-            "INSERT INTO job_events (job_id, status, timestamp, received_at, outcome, event_key, delivery_id,"
-            " metadata, error_message) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-            " ON CONFLICT DO NOTHING RETURNING id",
-            event.job_id,
-            event.status.value,
-            event.timestamp,
-            received,
-            transition.outcome.value,
-            event.key,
-            event.delivery_id,
-            to_json(event.metadata),
-            event.error_message,
-        )
-        if event_id is None:
-            raise _Duplicate(previous)  # already recorded: roll back a job row this transaction may have created
         if row is None:
             metadata, first_seen = event.metadata, received
         else:
@@ -352,6 +347,21 @@ async def _apply(
                     completed,
                     event.job_id,
                 )
+        # Last, under the events lock: ids become visible in the order they were taken (see _RECORD_EVENT).
+        event_id = await db.fetchval(
+            _RECORD_EVENT,
+            event.job_id,
+            event.status.value,
+            event.timestamp,
+            received,
+            transition.outcome.value,
+            event.key,
+            event.delivery_id,
+            to_json(event.metadata),
+            event.error_message,
+        )
+        if event_id is None:
+            raise _Duplicate(previous)  # already recorded: roll back whatever this transaction wrote
         if outbox is not None and transition.outcome is Outcome.APPLIED:
             await postgres_outbox.enqueue(db, outbox, event, event_id, traceparent)
     return answer(event, transition, previous, event_id, metadata, first_seen)
