@@ -151,3 +151,22 @@ async def test_a_success_is_delivered(chunked: Server) -> None:
     assert await sink.send(delivery()) == Delivered()
     await sink.close()
     assert chunked.requests[0]["webhook-signature"].startswith("v1,")
+
+
+async def test_interim_answers_are_skipped_so_each_request_gets_its_own_final_answer() -> None:
+    """An endpoint sending 103 Early Hints first: the final answer is the one that counts, and the next
+    request on the kept connection must not read a previous request's answer."""
+    answers = iter([b"503 Service Unavailable", b"200 OK"])
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await server.read_request(reader):
+            writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </x.css>; rel=preload\r\n\r\n")
+            writer.write(b"HTTP/1.1 " + next(answers) + b"\r\nContent-Length: 0\r\n\r\n")
+
+    server = Server(handler)
+    async with server:
+        client = HttpClient(server.url, user_agent="test")
+        assert (await client.post(b"{}", {})).status == 503
+        assert (await client.post(b"{}", {})).status == 200
+        await client.close()
+    assert server.connections == 1

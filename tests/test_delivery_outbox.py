@@ -90,8 +90,9 @@ async def test_an_expired_lease_is_taken_over_and_the_old_owner_cannot_settle(ou
     assert record.state is DeliveryState.DELIVERED
 
 
-async def test_prune_finished_deletes_old_delivered_and_dead_rows_in_batches(outbox: tuple[Any, Any]) -> None:
-    """The retention hook: finished rows older than the cut-off go, a batch at a time; pending rows stay."""
+async def test_prune_finished_deletes_old_delivered_rows_in_batches(outbox: tuple[Any, Any]) -> None:
+    """The retention hook: delivered rows older than the cut-off go, a batch at a time; pending rows stay,
+    and so do dead letters (events the app never got, until an operator replays them)."""
     store, rows = outbox
     for job in ("p1", "p2", "p3"):
         await store.apply(event(job, Status.PENDING, 0))
@@ -101,11 +102,11 @@ async def test_prune_finished_deletes_old_delivered_and_dead_rows_in_batches(out
     assert await rows.dead(by_job["p2"].id, "me", "HTTP 400", NOW)
     assert await rows.retry(by_job["p3"].id, "me", NOW, "HTTP 503", NOW)
     cutoff = NOW + timedelta(days=1)
-    assert await rows.prune_finished(cutoff, 1) == 1
+    assert await rows.delivered(by_job["p3"].id, "me", NOW) is False  # retrying: no longer leased to "me"
     assert await rows.prune_finished(cutoff, 1) == 1
     assert await rows.prune_finished(cutoff, 1) == 0
     left = (await rows.list_deliveries(state=None, job_id=None, limit=10, cursor=None)).deliveries
-    assert [(r.job_id, r.state) for r in left] == [("p3", DeliveryState.PENDING)]
+    assert sorted((r.job_id, r.state) for r in left) == [("p2", DeliveryState.DEAD), ("p3", DeliveryState.PENDING)]
     assert await rows.prune_finished(NOW - timedelta(days=1), 10) == 0
 
 
@@ -183,3 +184,17 @@ async def test_a_stopping_dispatcher_frees_its_leases_for_the_others(outbox: tup
     [taken] = await rows.claim("survivor", ["http"], 10, 600, later)
     assert taken.delivery.id == mine.delivery.id
     assert await rows.delivered(theirs.delivery.id, "running", later)
+
+
+async def test_a_replayed_dead_letter_is_pending_since_its_replay(outbox: tuple[Any, Any]) -> None:
+    """The oldest-pending gauge (and GatewayDeliveryPendingTooLong) measures from when a row last became
+    pending: replaying a week-old dead letter is not a stuck backlog."""
+    store, rows = outbox
+    await store.apply(event("old", Status.PENDING, 0))
+    [claimed] = await rows.claim("me", ["http"], 10, 30, NOW + timedelta(minutes=1))
+    assert await rows.dead(claimed.delivery.id, "me", "HTTP 400", NOW + timedelta(minutes=1))
+    replayed_at = NOW + timedelta(days=7)
+    assert (await rows.replay(claimed.delivery.id, replayed_at)).state is DeliveryState.PENDING
+    [backlog] = await rows.backlog()
+    assert backlog.count == 1
+    assert backlog.oldest_pending_since == replayed_at

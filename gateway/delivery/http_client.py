@@ -24,6 +24,8 @@ _MAX_HEADERS = 100
 _MAX_DISCARDED_BODY = 1024 * 1024
 """A larger answer body is not worth reading: the connection is closed instead of kept."""
 _NO_BODY = frozenset({204, 304})
+_MAX_INTERIM = 10
+"""Interim (1xx) answers skipped before the final one; more is not HTTP we understand."""
 
 
 class Response(NamedTuple):
@@ -92,8 +94,10 @@ class HttpClient:
         return _Connection(reader, writer)
 
     async def _exchange(self, connection: _Connection, request: bytes, *, reused: bool) -> Response:
-        """One request and its answer. A reused connection that fails before a single byte of answer was
-        closed by the server while idle (the request never reached the app): :class:`_Stale`, try anew."""
+        """One request and its final answer. A reused connection that fails before a single byte of answer
+        was most likely closed by the server while idle: :class:`_Stale`, try once more on a new one. The
+        request was written, so the app may in rare cases get it twice (same ``webhook-id``): delivery is
+        at least once."""
         keep = False
         try:
             try:
@@ -110,9 +114,14 @@ class HttpClient:
                 raise ConnectionResetError("the endpoint closed the connection without answering")
             try:
                 response, keep = await _read_response(connection.reader, status_line)
+                for _ in range(_MAX_INTERIM):  # 100 Continue, 103 Early Hints...: the answer comes after them
+                    if not 100 <= response.status < 200:
+                        return response
+                    response, keep = await _read_response(connection.reader, await connection.reader.readline())
+                raise _ProtocolError("only interim (1xx) answers")
             except (_ProtocolError, ValueError, asyncio.IncompleteReadError) as error:
+                keep = False
                 raise ConnectionError(f"malformed answer: {error}") from None
-            return response
         finally:
             if keep:
                 self._idle.append(connection)

@@ -156,11 +156,11 @@ class DeliveryPage(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Backlog(msgspec.Struct, frozen=True, kw_only=True):
-    """Pending rows of one sink, and when the oldest was written."""
+    """Pending rows of one sink, and since when the oldest has been pending (written, or replayed)."""
 
     sink: str
     count: int
-    oldest_created_at: datetime
+    oldest_pending_since: datetime
 
 
 class DisabledSink(msgspec.Struct, frozen=True, kw_only=True):
@@ -222,6 +222,7 @@ class Outbox(Protocol):
     async def backlog(self) -> list[Backlog]: ...
 
     async def prune_finished(self, before: datetime, limit: int) -> int:
-        """Delete up to ``limit`` delivered or dead rows last updated before ``before``; return how many
-        (the retention job calls it until it returns less than ``limit``)."""
+        """Delete up to ``limit`` delivered rows last updated before ``before``; return how many (the
+        retention job calls it until it returns less than ``limit``). Dead letters stay: they are events
+        the app never got, until an operator replays them."""
         ...

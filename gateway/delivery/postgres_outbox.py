@@ -195,7 +195,7 @@ class PostgresOutbox:
         async def replay(db: Connection) -> asyncpg.Record | None:
             await db.execute(
                 "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = $2, updated_at = $2,"
-                " delivered_at = NULL, lease_owner = NULL, lease_expires_at = NULL"
+                " pending_since = $2, delivered_at = NULL, lease_owner = NULL, lease_expires_at = NULL"
                 " WHERE id = $1 AND state <> 'pending'",
                 row_id,
                 now,
@@ -210,7 +210,7 @@ class PostgresOutbox:
             "outbox_replay_all",
             lambda db: db.execute(
                 "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = $1, updated_at = $1,"
-                " delivered_at = NULL, lease_owner = NULL, lease_expires_at = NULL"
+                " pending_since = $1, delivered_at = NULL, lease_owner = NULL, lease_expires_at = NULL"
                 " WHERE state = $2 AND ($3::text IS NULL OR job_id = $3)",
                 now,
                 state.value,
@@ -223,18 +223,18 @@ class PostgresOutbox:
         rows = await self._store.run(
             "outbox_backlog",
             lambda db: db.fetch(
-                "SELECT sink, count(*) AS count, min(created_at) AS oldest FROM deliveries"
+                "SELECT sink, count(*) AS count, min(coalesce(pending_since, created_at)) AS oldest FROM deliveries"
                 " WHERE state = 'pending' GROUP BY sink"
             ),
         )
-        return [Backlog(sink=row["sink"], count=row["count"], oldest_created_at=row["oldest"]) for row in rows]
+        return [Backlog(sink=row["sink"], count=row["count"], oldest_pending_since=row["oldest"]) for row in rows]
 
     async def prune_finished(self, before: datetime, limit: int) -> int:
         status = await self._store.run(
             "outbox_prune",
             lambda db: db.execute(
                 "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries"
-                " WHERE state IN ('delivered', 'dead') AND updated_at < $1 LIMIT $2)",
+                " WHERE state = 'delivered' AND updated_at < $1 LIMIT $2)",
                 before,
                 limit,
             ),

@@ -166,9 +166,9 @@ class SqliteOutbox:
         def replay(db: sqlite3.Connection) -> DeliveryRecord | None:
             db.execute(
                 "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ?,"
-                " delivered_at = NULL, lease_owner = NULL, lease_expires_at = NULL"
+                " pending_since = ?, delivered_at = NULL, lease_owner = NULL, lease_expires_at = NULL"
                 " WHERE id = ? AND state != 'pending'",
-                (_iso(now), _iso(now), row_id),
+                (_iso(now), _iso(now), _iso(now), row_id),
             )
             row = db.execute(f"SELECT {_RECORD_COLUMNS} FROM deliveries WHERE id = ?", (row_id,)).fetchone()  # noqa: S608
             return _record(row) if row is not None else None
@@ -179,9 +179,9 @@ class SqliteOutbox:
     async def replay_all(self, state: DeliveryState, job_id: str | None, now: datetime) -> int:
         sql = (
             "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ?,"
-            " delivered_at = NULL, lease_owner = NULL, lease_expires_at = NULL WHERE state = ?"
+            " pending_since = ?, delivered_at = NULL, lease_owner = NULL, lease_expires_at = NULL WHERE state = ?"
         )
-        params: tuple[Any, ...] = (_iso(now), _iso(now), state.value)
+        params: tuple[Any, ...] = (_iso(now), _iso(now), _iso(now), state.value)
         if job_id is not None:
             sql += " AND job_id = ?"
             params += (job_id,)
@@ -192,12 +192,13 @@ class SqliteOutbox:
         rows = await self._store.run(
             "outbox_backlog",
             lambda db: db.execute(
-                "SELECT sink, count(*), min(created_at) FROM deliveries WHERE state = 'pending' GROUP BY sink"
+                "SELECT sink, count(*), min(coalesce(pending_since, created_at)) FROM deliveries"
+                " WHERE state = 'pending' GROUP BY sink"
             ).fetchall(),
             write=False,
         )
         return [
-            Backlog(sink=sink, count=count, oldest_created_at=datetime.fromisoformat(oldest))
+            Backlog(sink=sink, count=count, oldest_pending_since=datetime.fromisoformat(oldest))
             for sink, count, oldest in rows
         ]
 
@@ -207,7 +208,7 @@ class SqliteOutbox:
             lambda db: (
                 db.execute(
                     "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries"
-                    " WHERE state IN ('delivered', 'dead') AND updated_at < ? LIMIT ?)",
+                    " WHERE state = 'delivered' AND updated_at < ? LIMIT ?)",
                     (_iso(before), limit),
                 ).rowcount
             ),

@@ -68,7 +68,7 @@ def metrics_route(
             for sink in sinks:
                 pending = backlog.get(sink)
                 metrics.delivery_backlog.labels(sink).set(pending.count if pending is not None else 0)
-                age = max(0.0, now - pending.oldest_created_at.timestamp()) if pending is not None else 0.0
+                age = max(0.0, now - pending.oldest_pending_since.timestamp()) if pending is not None else 0.0
                 metrics.delivery_oldest_pending.labels(sink).set(age)
 
     @get(

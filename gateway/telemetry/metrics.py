@@ -210,7 +210,8 @@ class Metrics:
         )
         self.retention_pruned = Counter(
             "gateway_retention_pruned",
-            "Records deleted by retention (GATEWAY_RETENTION_DAYS), by what they were (jobs: with their history).",
+            "Records deleted by retention (GATEWAY_RETENTION_DAYS), by what they were: jobs (with their history), "
+            "deliveries (delivered ones).",
             ["target"],
             registry=registry,
         )
