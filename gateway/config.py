@@ -175,7 +175,8 @@ class Settings:
     """``GATEWAY_REQUIRE_REGISTERED_JOBS``: a webhook for a job the app never registered (``POST /api/jobs``)
     is refused with 404; by default its first webhook creates the job."""
     api_token: str | None = field(default=None, repr=False)
-    """``GATEWAY_API_TOKEN``: bearer token of the read API (``/api/jobs*``, ``/api/session``); unset, the
+    """``GATEWAY_API_TOKEN``: bearer token of the jobs and deliveries APIs (``/api/jobs*``,
+    ``/api/deliveries*``; ``/api/session`` exchanges it for a read-only cookie); unset, the
     read API is open. Webhook secrets never open it."""
     public_read: bool = False
     """``GATEWAY_PUBLIC_READ``: says job data may be public, so production starts without ``GATEWAY_API_TOKEN``."""

@@ -16,6 +16,7 @@ from gateway.http.app import create_app
 from gateway.http.auth import SESSION_COOKIE, SESSION_SECONDS, ReadAccess
 from tests.conftest import SECRET, LiveServer, completed_image
 from tests.test_cli import run_gateway
+from tests.test_registration import registration as registration_body
 
 TOKEN = "read-api-token-0123456789abcdef"
 READ_ROUTES = ("/api/jobs", "/api/jobs/stats", "/api/jobs/some-job", "/api/jobs/events", "/api/jobs/some-job/events")
@@ -145,3 +146,18 @@ def test_a_short_token_is_refused_at_start(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "GATEWAY_API_TOKEN" in result.stderr
     assert "short" not in result.stderr.replace("GATEWAY_API_TOKEN", "")
+
+
+async def test_the_session_cookie_opens_reads_but_never_a_change(guarded: AsyncTestClient[Any]) -> None:
+    """A cookie is sent with any request the browser makes, a forged cross-site one included (CSRF):
+    registering a job or replaying deliveries takes the bearer token."""
+    assert (await guarded.post("/api/session", json={"token": TOKEN})).status_code == 200
+    assert (await guarded.get("/api/jobs")).status_code == 200
+    registration = registration_body("csrf-1")
+    refused = await guarded.post("/api/jobs", json=registration)
+    assert refused.status_code == 401
+    assert "Bearer" in refused.json()["detail"]
+    assert (await guarded.post("/api/deliveries/replay?state=dead")).status_code == 401
+    assert (await guarded.get("/api/jobs/csrf-1")).status_code == 404  # nothing was registered
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    assert (await guarded.post("/api/jobs", json=registration, headers=bearer)).status_code == 201

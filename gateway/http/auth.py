@@ -41,6 +41,9 @@ _NEEDS = (
 )
 
 
+_READS = frozenset({"GET", "HEAD"})
+
+
 def _digest(value: str) -> bytes:
     """Hash before comparing, so the comparison takes the same time whatever the lengths."""
     return hashlib.sha256(value.encode()).digest()
@@ -71,6 +74,13 @@ class ReadAccess:
                 f"Invalid credentials. {_NEEDS}", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
             )
         cookie = connection.cookies.get(SESSION_COOKIE)
+        if cookie is not None and connection.scope.get("method") not in _READS:
+            # A cookie rides along with any request the browser makes, a forged one included: it opens
+            # reads (the status page's), never a change (registration, replay).
+            raise NotAuthorizedException(
+                "The session cookie only opens reads: send Authorization: Bearer <token> to change anything",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         if cookie is not None and self.session_valid(cookie):
             return
         detail = f"Session expired or invalid. {_NEEDS}" if cookie is not None else _NEEDS
