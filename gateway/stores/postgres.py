@@ -427,6 +427,12 @@ def _job_fields(row: asyncpg.Record) -> dict[str, Any]:
 
 async def _register(db: Connection, registration: Registration, now: datetime) -> Registered:
     """Create the job as ``pending``, or attach the context to the job its webhooks created, or compare."""
+    while (registered := await _register_once(db, registration, now)) is None:
+        pass  # the job was pruned (retention) between finding and locking it: register it afresh
+    return registered
+
+
+async def _register_once(db: Connection, registration: Registration, now: datetime) -> Registered | None:
     context = to_json(registration.context)
     async with db.transaction():
         created = await db.fetchval(
@@ -446,7 +452,8 @@ async def _register(db: Connection, registration: Registration, now: datetime) -
             "SELECT kind, user_id, organization_id, registered_at, context FROM jobs WHERE job_id = $1 FOR UPDATE",
             registration.job_id,
         )
-        assert row is not None  # the insert just found it, and jobs are never deleted
+        if row is None:
+            return None
         if row["kind"] != registration.kind:
             raise KindConflict(registration.job_id, row["kind"])
         if row["registered_at"] is None:
