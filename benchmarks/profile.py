@@ -23,7 +23,7 @@ import msgspec
 
 __all__ = ("profile_hot_path",)
 
-_SECRET = "bench-secret"  # noqa: S105 - the benchmark's own throwaway secret
+_SECRET = "bench-secret"
 _CONCURRENCY = 10
 
 

@@ -43,7 +43,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-SECRET = "soak-secret"  # noqa: S105 - the throwaway gateway's own
+SECRET = "soak-secret"
 IMAGE = "/api/webhooks/image-completion"
 SENDERS = 200_000
 MODELS = 1_000
