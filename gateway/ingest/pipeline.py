@@ -23,7 +23,7 @@ import logging
 import time
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import msgspec
 from opentelemetry import trace
@@ -37,7 +37,7 @@ from gateway.model import KindConflict, Outcome, Status, Unregistered
 from gateway.stores.base import StoreUnavailable
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterable, Callable, Coroutine, Mapping
+    from collections.abc import AsyncIterable, Callable, Mapping
 
     from gateway.config import Settings
     from gateway.ingest.ratelimit import RateLimiter
@@ -50,7 +50,6 @@ __all__ = ("Accepted", "Pipeline")
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 _MAX_DELIVERY_ID = 256
 _NO_HEADERS: Mapping[str, str] = {}
@@ -106,7 +105,8 @@ class Pipeline:
                 event, answer, applied, answer_headers = await self._stages(kind, headers, chunks, client)
             except asyncio.CancelledError:
                 # The server's shutdown deadline passed before this webhook's write began (the write itself
-                # is never cut off, see _to_the_end): nothing was recorded, so a 503 tells the sender to retry.
+                # is never cut off: a job store finishes an apply, see JobStore.apply): nothing was
+                # recorded, so a 503 tells the sender to retry.
                 task = asyncio.current_task()
                 if task is None or not task.cancelling():
                     raise
@@ -156,7 +156,7 @@ class Pipeline:
             keys = ()
 
         with self._stage("persist"):  # the transition is decided inside the persisting transaction
-            applied = await _to_the_end(self._apply(event, keys))
+            applied = await self._apply(event, keys)
         if applied.event_id is not None and self._stored is not None:
             self._stored()
         answer = Accepted(job_id=event.job_id, status=applied.status, outcome=applied.outcome)
@@ -245,28 +245,6 @@ class Pipeline:
         """Mark a stage on the request's span, only when the request is sampled."""
         span = trace.get_current_span()
         return _Stage(span, name) if span.is_recording() else nullcontext()
-
-
-async def _to_the_end(work: Coroutine[object, object, T]) -> T:
-    """Await ``work`` to its end even if the request is cancelled meanwhile (the shutdown deadline).
-
-    A write cut off half-way would leave its outcome unknown: a 503 could then stand for a recorded
-    event. Every store call is bounded by its own timeout, so finishing it costs at most that long, and
-    the sender gets the truthful answer (200, or 503 if the store failed).
-    """
-    task = asyncio.ensure_future(work)
-    interrupted = 0
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.done():
-                break
-            interrupted += 1
-    current = asyncio.current_task()
-    for _ in range(interrupted if current is not None else 0):
-        current.uncancel()  # type: ignore[union-attr]
-    return task.result()
 
 
 class _Stage:

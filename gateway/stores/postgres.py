@@ -40,7 +40,7 @@ from gateway.model import (
 )
 from gateway.registration import Registered, RegisterOutcome, differing_fields
 from gateway.stores import migrations
-from gateway.stores.base import StoreUnavailable
+from gateway.stores.base import StoreUnavailable, to_the_end
 from gateway.stores.queries import EVENT_COLUMNS, decode_context, events_where, job_stats, jobs_where
 from gateway.stores.records import answer, decode_metadata, merge_metadata, to_json
 
@@ -155,8 +155,8 @@ class PostgresJobStore:
         outbox = self._outbox
         traceparent = current_traceparent() if outbox is not None else None
         try:
-            applied = await self._run(
-                "apply", lambda db: _apply(db, event, outbox, traceparent, self._require_registered)
+            applied = await to_the_end(
+                self._run("apply", lambda db: _apply(db, event, outbox, traceparent, self._require_registered))
             )
         except _Duplicate as duplicate:
             # Already recorded: the database's word is final.

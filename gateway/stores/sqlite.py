@@ -93,6 +93,9 @@ class SqliteJobStore:
         self._pending: list[_Op] = []
         """Operations waiting for the thread; handed over together, as one batch."""
         self._in_flight = False
+        self._abandoned: dict[asyncio.Future[Any], asyncio.Future[Any]] = {}
+        """Writes whose caller was cancelled but still waits for the answer (see ``finish``): the
+        original future (cancelled) and the one the caller waits on now."""
         """Whether the thread is working on a batch (at most one at a time, so batches grow under load)."""
 
     async def open(self, *, apply_migrations: bool = True) -> None:
@@ -127,10 +130,12 @@ class SqliteJobStore:
 
     async def apply(self, event: JobEvent) -> Applied:
         if self._outbox is None:
-            result: Applied = await self._submit("apply", lambda db: self._apply(db, event, None), write=True)
+            result: Applied = await self._submit(
+                "apply", lambda db: self._apply(db, event, None), write=True, finish=True
+            )
             return result
         traceparent = current_traceparent()
-        result = await self._submit("apply", lambda db: self._apply(db, event, traceparent), write=True)
+        result = await self._submit("apply", lambda db: self._apply(db, event, traceparent), write=True, finish=True)
         if result.outcome is Outcome.APPLIED:
             self._outbox.on_written()
         return result
@@ -213,7 +218,13 @@ class SqliteJobStore:
             self._reader_db.execute("PRAGMA busy_timeout=5000")
         return run(self._reader_db)
 
-    async def _submit(self, operation: str, run: Callable[[sqlite3.Connection], Any], *, write: bool = False) -> Any:
+    async def _submit(
+        self, operation: str, run: Callable[[sqlite3.Connection], Any], *, write: bool = False, finish: bool = False
+    ) -> Any:
+        """Queue ``run`` for the writer thread and await its answer. With ``finish``, a cancelled caller
+        still waits for it (the thread commits it anyway), as :func:`~gateway.stores.base.to_the_end`
+        does, but without a task or a shield on the way: either, once per webhook, measurably slowed
+        group commit (p99 at 10 connections 10 ms -> 40 ms)."""
         if self._loop is None or self._thread is None:
             raise StoreUnavailable("job", operation)
         future = self._loop.create_future()
@@ -221,7 +232,25 @@ class SqliteJobStore:
         if not self._in_flight and len(self._pending) == 1:
             # Hand over at the end of this loop iteration, so requests arriving meanwhile join the batch.
             self._loop.call_soon(self._hand_over)
-        return await _answer(operation, future)
+        interrupted = 0
+        try:
+            while True:
+                try:
+                    return await _answer(operation, future)
+                except asyncio.CancelledError:
+                    if not finish:
+                        raise
+                    # The thread commits the write whatever happens to this caller: wait for its answer
+                    # on a new future (wait_for cancelled the last one), which _settle completes instead.
+                    original = next((key for key, value in self._abandoned.items() if value is future), future)
+                    future = self._abandoned[original] = self._loop.create_future()
+                    interrupted += 1
+        finally:
+            if interrupted:
+                self._abandoned.pop(original, None)
+                task = asyncio.current_task()
+                for _ in range(interrupted if task is not None else 0):
+                    task.uncancel()  # type: ignore[union-attr]
 
     def _hand_over(self) -> None:
         if self._in_flight or not self._pending or self._thread is None:
@@ -233,6 +262,8 @@ class SqliteJobStore:
     def _settle(self, settled: list[Settled]) -> None:
         """On the event loop: answer a finished batch, then hand over what queued up meanwhile."""
         self._in_flight = False
+        if self._abandoned:
+            settled = [(self._abandoned.get(future, future), result, error) for future, result, error in settled]
         _settle(settled)
         self._hand_over()
 
