@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -240,20 +240,35 @@ async def test_postgresql_events_become_visible_in_id_order(database_url: str) -
         await store.close()
 
 
-async def test_an_apply_whose_caller_is_cancelled_still_answers_what_it_recorded(jobs: JobStore) -> None:
+async def test_an_apply_whose_caller_is_cancelled_still_answers_what_it_recorded(
+    jobs: JobStore, request: pytest.FixtureRequest
+) -> None:
     """The shutdown deadline cancels requests; a write already under way finishes and its caller gets the
     truthful answer, so a 503 never stands for a recorded event."""
-    busy = None
+    release: Callable[[], Awaitable[object]]
     if isinstance(jobs, SqliteJobStore):  # keep the writer thread busy, so the cancel lands mid-wait
         busy = asyncio.create_task(jobs.run("hold", lambda db: time.sleep(0.2)))
-        await asyncio.sleep(0.05)
+        release = lambda: busy  # noqa: E731
+    else:  # hold the events lock (see _RECORD_EVENT), so the write waits on its connection
+        import asyncpg
+
+        holder = await asyncpg.connect(request.getfixturevalue("database_url"))
+        transaction = holder.transaction()
+        await transaction.start()
+        await holder.execute("SELECT pg_advisory_xact_lock(7450201336512837937)")
+
+        async def release() -> None:
+            await transaction.commit()
+            await holder.close()
+
+    await asyncio.sleep(0.05)
     writing = asyncio.create_task(jobs.apply(event(Status.PENDING, job_id="cut-off")))
-    await asyncio.sleep(0.01)  # the write is queued (SQLite) or on its connection (PostgreSQL)
+    await asyncio.sleep(0.05)
     assert not writing.done()
     writing.cancel()
+    await asyncio.sleep(0.05)
+    await release()
     applied = await writing
     assert applied.outcome is Outcome.APPLIED
     assert not writing.cancelled()
     assert await jobs.status_of("cut-off") is Status.PENDING
-    if busy is not None:
-        await busy
