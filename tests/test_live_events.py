@@ -225,8 +225,8 @@ def test_open_streams_do_not_hold_up_a_graceful_shutdown(tmp_path: Path, stoppin
         assert [next(stream) for stream in lines] == ["retry: 2000", "retry: 2000"]
         started = time.monotonic()
         os.kill(server.process.pid, signal.SIGTERM)
-        # uvicorn re-raises the signal once it has shut down, hence -SIGTERM rather than 0.
-        assert server.process.wait(timeout=10) == -signal.SIGTERM
+        # uvicorn re-raises the signal once it has shut down; `gateway serve` turns that into a clean exit.
+        assert server.process.wait(timeout=10) == 0
         assert time.monotonic() - started < 5
         for stream in lines:  # both ended by the server: complete responses (a cut one raises here)
             list(stream)

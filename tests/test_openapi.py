@@ -164,3 +164,29 @@ def test_jobs_api_routes_are_documented(openapi: dict[str, Any]) -> None:
     assert "get" in paths["/api/jobs/events"]
     assert "get" in paths["/api/jobs/{job_id}/events"]
     assert {"post", "delete"} <= set(paths["/api/session"])
+
+
+def test_live_streams_are_documented_as_server_sent_events(openapi: dict[str, Any]) -> None:
+    for path in ("/api/jobs/events", "/api/jobs/{job_id}/events"):
+        operation = openapi["paths"][path]["get"]
+        assert set(operation["responses"]["200"]["content"]) == {"text/event-stream"}, path
+        assert {"401", "503"} <= set(operation["responses"]), path
+        assert "Last-Event-ID" in {parameter["name"] for parameter in operation["parameters"]}, path
+    finished = openapi["paths"]["/api/jobs/{job_id}/events"]["get"]["responses"]["204"]
+    assert "content" not in finished
+
+
+def test_guarded_routes_document_401(openapi: dict[str, Any]) -> None:
+    for path, item in openapi["paths"].items():
+        if path.startswith(("/api/jobs", "/api/deliveries")):
+            for method, operation in item.items():
+                assert "401" in operation["responses"], f"{method.upper()} {path}"
+    assert "404" in openapi["paths"]["/api/deliveries/{delivery_id}/replay"]["post"]["responses"]
+
+
+async def test_options_lists_every_method_of_a_shared_path(client: AsyncTestClient[Any]) -> None:
+    """Litestar alone would list only the first handler's method of a path served by several."""
+    for path, methods in (("/api/session", "DELETE, OPTIONS, POST"), ("/api/jobs", "GET, OPTIONS, POST")):
+        response = await client.options(path)
+        assert response.status_code == 204
+        assert response.headers["allow"] == methods

@@ -20,6 +20,7 @@ from gateway.delivery.outbox import OutboxWriter
 from gateway.delivery.postgres_outbox import PostgresOutbox
 from gateway.delivery.schedule import RetrySchedule
 from gateway.delivery.sqlite_outbox import SqliteOutbox
+from gateway.http.allow import with_allow
 from gateway.http.auth import ReadAccess, session_routes
 from gateway.http.deliveries import delivery_controller
 from gateway.http.events import Streams, event_routes
@@ -192,6 +193,7 @@ def create_app(
             *status_page_routes(),
         ],
         middleware=[server_spans(tracer)],
+        on_app_init=[with_allow],
         exception_handlers={StoreUnavailable: store_unavailable},
         on_startup=[start],
         on_shutdown=[stop],

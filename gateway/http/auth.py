@@ -21,9 +21,10 @@ import msgspec
 from litestar import Request, Response, delete, post
 from litestar.datastructures import Cookie
 from litestar.exceptions import NotAuthorizedException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody
 
-from gateway.http.responses import json_response
+from gateway.http.responses import ErrorBody, json_response
 
 if TYPE_CHECKING:
     from litestar.connection import ASGIConnection
@@ -123,7 +124,18 @@ class Session(msgspec.Struct, frozen=True, kw_only=True):
 def session_routes(access: ReadAccess) -> list[HTTPRouteHandler]:
     """``POST /api/session`` (sign in with the token, get the cookie) and ``DELETE /api/session``."""
 
-    @post("/api/session", tags=["session"], summary="Exchange the API token for a session cookie (browsers)")
+    @post(
+        "/api/session",
+        tags=["session"],
+        summary="Exchange the API token for a session cookie (browsers)",
+        status_code=200,
+        responses={
+            200: ResponseSpec(
+                Session, generate_examples=False, description="Signed in (the cookie is set), or no token is needed."
+            ),
+            401: ResponseSpec(ErrorBody, generate_examples=False, description="Wrong token."),
+        },
+    )
     async def sign_in(data: JSONBody[SignIn], request: Request[Any, Any, Any]) -> Response[bytes]:
         if not access.required:
             return json_response(Session(token_required=False))
@@ -146,7 +158,13 @@ def session_routes(access: ReadAccess) -> list[HTTPRouteHandler]:
         )
         return response
 
-    @delete("/api/session", tags=["session"], summary="Sign out: clear the session cookie", status_code=204)
+    @delete(
+        "/api/session",
+        tags=["session"],
+        summary="Sign out: clear the session cookie",
+        status_code=204,
+        responses={204: ResponseSpec(None, description="Signed out: the cookie is cleared (no body).")},
+    )
     async def sign_out() -> Response[None]:
         response: Response[None] = Response(None, status_code=204)
         # Expired at once, with the attributes it was set with, so every browser drops the same cookie.

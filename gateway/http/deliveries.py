@@ -14,15 +14,19 @@ from typing import Annotated, Literal
 import msgspec
 from litestar import Controller, get, post
 from litestar.exceptions import NotFoundException, ValidationException
-from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromQuery, PathParameter, QueryParameter
 from litestar.types import Guard
 
 from gateway.delivery.outbox import DeliveryPage, DeliveryRecord, DeliveryState, Outbox
+from gateway.http.responses import UNAUTHORIZED, ErrorBody
 from gateway.telemetry.metrics import SINKS
 
 __all__ = ("Enabled", "Replayed", "delivery_controller")
 
 _MAX_CURSOR_DIGITS = 18
+_MAX_ID = 2**63 - 1
+"""The largest id a store holds (a signed 64-bit integer): a larger one is refused with a 400, not sent on."""
 
 
 class Replayed(msgspec.Struct, frozen=True, kw_only=True):
@@ -47,7 +51,7 @@ def delivery_controller(outbox: Outbox, wake: Callable[[], None], guards: list[G
         tags = ["deliveries"]  # noqa: RUF012 -- Litestar's own attribute
         guards = route_guards
 
-        @get("/", summary="List deliveries, newest first")
+        @get("/", summary="List deliveries, newest first", responses={401: UNAUTHORIZED})
         async def list_deliveries(
             self,
             wanted: Annotated[DeliveryState | None, QueryParameter(name="state")] = None,  # `state` is reserved
@@ -61,15 +65,30 @@ def delivery_controller(outbox: Outbox, wake: Callable[[], None], guards: list[G
                 state=wanted, job_id=job_id, limit=limit, cursor=int(cursor) if cursor else None
             )
 
-        @post("/{delivery_id:int}/replay", status_code=200, summary="Deliver one event again, with its event id")
-        async def replay_one(self, delivery_id: FromPath[int]) -> DeliveryRecord:
+        @post(
+            "/{delivery_id:int}/replay",
+            status_code=200,
+            summary="Deliver one event again, with its event id",
+            responses={
+                401: UNAUTHORIZED,
+                404: ResponseSpec(
+                    ErrorBody, generate_examples=False, description="No delivery with this id (a number)."
+                ),
+            },
+        )
+        async def replay_one(self, delivery_id: Annotated[int, PathParameter(ge=1, le=_MAX_ID)]) -> DeliveryRecord:
             record = await outbox.replay(delivery_id, datetime.now(UTC))
             if record is None:
                 raise NotFoundException(f"No delivery with id {delivery_id}")
             wake()
             return record
 
-        @post("/replay", status_code=200, summary="Deliver every dead (or delivered) event again")
+        @post(
+            "/replay",
+            status_code=200,
+            summary="Deliver every dead (or delivered) event again",
+            responses={401: UNAUTHORIZED},
+        )
         async def replay_all(
             self,
             wanted: Annotated[Literal["dead", "delivered"], QueryParameter(name="state")],
@@ -79,7 +98,9 @@ def delivery_controller(outbox: Outbox, wake: Callable[[], None], guards: list[G
             wake()
             return Replayed(replayed=count)
 
-        @post("/enable", status_code=200, summary="Re-enable a sink disabled by a 410 Gone")
+        @post(
+            "/enable", status_code=200, summary="Re-enable a sink disabled by a 410 Gone", responses={401: UNAUTHORIZED}
+        )
         async def enable(self, sink: FromQuery[str] = "http") -> Enabled:
             if sink not in SINKS:
                 raise ValidationException(f"Unknown sink {sink!r}: one of {', '.join(SINKS)}")

@@ -14,15 +14,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
-from litestar import Request, Response, get
+from litestar import Response, get
 from litestar.exceptions import NotFoundException, ValidationException
-from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, FromQuery, HeaderParameter, QueryParameter
 from litestar.response import Stream
 
-from gateway.http.responses import error_response
+from gateway.http.responses import UNAUTHORIZED, ErrorBody, error_response
 from gateway.model import Outcome, StreamEvent
 from gateway.stores.base import StoreUnavailable
 
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from gateway.stores.base import JobStore
     from gateway.wakeup import Wakeup
 
-__all__ = ("Streams", "event_routes")
+__all__ = ("SseMessage", "Streams", "event_routes")
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,47 @@ _Item = tuple[int, bytes] | bytes | _End
 
 
 _After = Annotated[int | None, QueryParameter(ge=0, description="Resume after this event id (as `Last-Event-ID` does)")]
+
+
+class SseMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """One message of a live stream as an EventSource parses it: what the 200 answer documents."""
+
+    event: Literal["message", "overflow", "end"] = "message"
+    """``message``: one recorded event; ``overflow``: the client read too slowly, the stream ends;
+    ``end``: the job has finished, the stream ends."""
+    data: str
+    """JSON: a :class:`~gateway.model.StreamEvent` for ``message``, ``{"resume_after", "reason"}`` for
+    ``overflow``, ``{}`` for ``end``."""
+    id: str | None = None
+    """The event's global id: what ``Last-Event-ID`` resumes after."""
+    retry: int | None = None
+    """Sent first: how long (ms) an EventSource waits before reconnecting."""
+
+
+_LastEventId = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Last-Event-ID",
+        description="Resume after this event id: what a reconnecting EventSource sends (wins over `after`)",
+    ),
+]
+
+_STREAM_RESPONSES = {
+    200: ResponseSpec(
+        SseMessage,
+        generate_examples=False,
+        media_type="text/event-stream",
+        description="Server-Sent Events: `retry:` first, then one message per recorded event (`id:` its "
+        "global id, `data:` the event as JSON), `: heartbeat` comments, and `event: overflow` (with the id "
+        "to resume from) before ending the stream of a client that read too slowly.",
+    ),
+    401: UNAUTHORIZED,
+    503: ResponseSpec(
+        ErrorBody,
+        generate_examples=False,
+        description="`GATEWAY_SSE_MAX_STREAMS` streams are open on this replica: retry after `Retry-After`.",
+    ),
+}
 
 
 def _message(event: StreamEvent) -> bytes:
@@ -195,9 +237,8 @@ class Streams:
         return True
 
 
-def _resume_point(request: Request[Any, Any, Any], after: int | None) -> int | None:
+def _resume_point(header: str | None, after: int | None) -> int | None:
     """``Last-Event-ID`` (what a reconnecting EventSource sends) wins over ``?after=``."""
-    header = request.headers.get("last-event-id")
     if header is None or not header.strip():
         return after
     text = header.strip()
@@ -227,12 +268,21 @@ def event_routes(streams: Streams, jobs: JobStore, guards: list[Guard]) -> list[
         tags=["jobs"],
         summary="Live progress of one job (SSE): its history, then new events; ends after a terminal status",
         guards=guards,
+        responses={
+            **_STREAM_RESPONSES,
+            204: ResponseSpec(
+                None, description="The job has finished and every event was sent: an EventSource stops reconnecting."
+            ),
+            404: ResponseSpec(ErrorBody, generate_examples=False, description="No job with this id."),
+        },
     )
-    async def job_events(request: Request[Any, Any, Any], job_id: FromPath[str], after: _After = None) -> Response[Any]:
+    async def job_events(
+        job_id: FromPath[str], after: _After = None, last_event_id: _LastEventId = None
+    ) -> Response[Any]:
         status = await jobs.status_of(job_id)
         if status is None:
             raise NotFoundException(f"No job with id {job_id!r}")
-        start = _resume_point(request, after) or 0
+        start = _resume_point(last_event_id, after) or 0
         if status.terminal and not await jobs.events_after(start, 1, job_id=job_id):
             # Finished and nothing left to send: 204 tells an EventSource to stop reconnecting.
             return Response(None, status_code=204)
@@ -243,13 +293,12 @@ def event_routes(streams: Streams, jobs: JobStore, guards: list[Guard]) -> list[
         tags=["jobs"],
         summary="Live progress of every job, or of one user's (SSE); new events unless told where to resume",
         guards=guards,
+        responses=_STREAM_RESPONSES,
     )
     async def all_events(
-        request: Request[Any, Any, Any],
-        user_id: FromQuery[str | None] = None,
-        after: _After = None,
+        user_id: FromQuery[str | None] = None, after: _After = None, last_event_id: _LastEventId = None
     ) -> Response[Any]:
-        start = _resume_point(request, after)
+        start = _resume_point(last_event_id, after)
         if start is None:
             start = await jobs.last_event_id()
         return open_stream(start, None, user_id)

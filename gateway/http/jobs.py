@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
+import msgspec
 from litestar import Request, Response, get, post
 from litestar.exceptions import NotFoundException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, QueryParameter
 
-from gateway.http.responses import ErrorBody, error_response, json_response
+from gateway.http.responses import UNAUTHORIZED, ErrorBody, error_response, json_response
 from gateway.kinds import KINDS, kind_named
 from gateway.model import Job, JobPage, JobStats, KindConflict, Status
 from gateway.registration import RegisterOutcome, Registration, RegistrationError, decode_registration
@@ -35,20 +36,33 @@ _REGISTER_RESPONSES = {
         description="Registered before with the same body (nothing changed), or its webhooks came first and "
         "this registration's context was attached to the job they created.",
     ),
-    400: ResponseSpec(ErrorBody, description="Not a valid registration; `detail` names the field path."),
-    401: ResponseSpec(ErrorBody, description="`GATEWAY_API_TOKEN` is set and was not sent."),
+    400: ResponseSpec(
+        ErrorBody, generate_examples=False, description="Not a valid registration; `detail` names the field path."
+    ),
+    401: ResponseSpec(ErrorBody, generate_examples=False, description="`GATEWAY_API_TOKEN` is set and was not sent."),
     409: ResponseSpec(
         ErrorBody,
+        generate_examples=False,
         description="Registered before with a different body (`detail` names the fields), or the job is "
         "known under another kind (`detail` names its webhook route). Nothing changed.",
     ),
-    413: ResponseSpec(ErrorBody, description="Body larger than `GATEWAY_MAX_BODY_BYTES`."),
+    413: ResponseSpec(ErrorBody, generate_examples=False, description="Body larger than `GATEWAY_MAX_BODY_BYTES`."),
 }
 
 
-def _aware(moment: datetime | None) -> datetime | None:
-    """A time without a zone is read as UTC, as webhook timestamps are."""
-    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+def _moment(name: str, text: str | None) -> datetime | None:
+    """An RFC 3339 time; one without a zone is read as UTC, as webhook timestamps are. Parsed here rather
+    than by Litestar, whose lenient parsing would read a number (``0.5``) as a Unix time."""
+    if text is None:
+        return None
+    try:
+        moment = msgspec.convert(text, datetime)
+    except msgspec.ValidationError:
+        raise ValidationException(f"Invalid {name}: an RFC 3339 time is needed, e.g. 2024-05-01T12:00:00Z") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+_TIME = {"format": "date-time"}
 
 
 def job_routes(jobs: JobStore, guards: list[Guard], max_body_bytes: int) -> list[HTTPRouteHandler]:
@@ -88,7 +102,11 @@ def job_routes(jobs: JobStore, guards: list[Guard], max_body_bytes: int) -> list
         return json_response(job, 201 if registered.outcome is RegisterOutcome.CREATED else 200)
 
     @get(
-        "/api/jobs/stats", tags=["jobs"], summary="Counts by status and the failure ratio over a window", guards=guards
+        "/api/jobs/stats",
+        tags=["jobs"],
+        summary="Counts by status and the failure ratio over a window",
+        guards=guards,
+        responses={401: UNAUTHORIZED},
     )
     async def job_stats(
         window_seconds: Annotated[
@@ -103,7 +121,10 @@ def job_routes(jobs: JobStore, guards: list[Guard], max_body_bytes: int) -> list
         tags=["jobs"],
         summary="Read a job with its context and full history",
         guards=guards,
-        responses={404: ResponseSpec(ErrorBody, description="No job with this id.")},
+        responses={
+            404: ResponseSpec(ErrorBody, generate_examples=False, description="No job with this id."),
+            401: UNAUTHORIZED,
+        },
     )
     async def read_job(job_id: FromPath[str]) -> Job:
         job = await jobs.get(job_id)
@@ -111,17 +132,18 @@ def job_routes(jobs: JobStore, guards: list[Guard], max_body_bytes: int) -> list
             raise NotFoundException(f"No job with id {job_id!r}")
         return job
 
-    @get("/api/jobs", tags=["jobs"], summary="List jobs, newest first", guards=guards)
+    @get("/api/jobs", tags=["jobs"], summary="List jobs, newest first", guards=guards, responses={401: UNAUTHORIZED})
     async def list_jobs(
         kind: Annotated[str | None, QueryParameter(schema_extra={"enum": [kind.name for kind in KINDS]})] = None,
         status: FromQuery[Status | None] = None,
         user_id: FromQuery[str | None] = None,
         organization_id: FromQuery[str | None] = None,
         created_after: Annotated[
-            datetime | None, QueryParameter(description="Only jobs created at or after this time (RFC 3339)")
+            str | None,
+            QueryParameter(description="Only jobs created at or after this time (RFC 3339)", schema_extra=_TIME),
         ] = None,
         created_before: Annotated[
-            datetime | None, QueryParameter(description="Only jobs created before this time (RFC 3339)")
+            str | None, QueryParameter(description="Only jobs created before this time (RFC 3339)", schema_extra=_TIME)
         ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
         cursor: Annotated[
@@ -137,8 +159,8 @@ def job_routes(jobs: JobStore, guards: list[Guard], max_body_bytes: int) -> list
             status=status,
             user_id=user_id,
             organization_id=organization_id,
-            created_after=_aware(created_after),
-            created_before=_aware(created_before),
+            created_after=_moment("created_after", created_after),
+            created_before=_moment("created_before", created_before),
             cursor=int(cursor) if cursor else None,
             limit=limit,
         )

@@ -6,8 +6,9 @@ from collections.abc import Mapping
 
 import msgspec
 from litestar import Response
+from litestar.openapi.datastructures import ResponseSpec
 
-__all__ = ("ErrorBody", "error_response", "json_response")
+__all__ = ("UNAUTHORIZED", "ErrorBody", "error_response", "json_response")
 
 _encode = msgspec.json.Encoder().encode
 
@@ -25,3 +26,12 @@ def json_response(body: object, status_code: int = 200, headers: Mapping[str, st
 
 def error_response(status_code: int, detail: str, headers: Mapping[str, str] | None = None) -> Response[bytes]:
     return json_response(ErrorBody(status_code=status_code, detail=detail), status_code, headers)
+
+
+UNAUTHORIZED = ResponseSpec(
+    ErrorBody,
+    generate_examples=False,
+    description="`GATEWAY_API_TOKEN` is set and neither it (`Authorization: Bearer`) nor a valid session "
+    "cookie was sent.",
+)
+"""The answer every route behind the read API's token documents."""
