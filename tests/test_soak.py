@@ -39,7 +39,10 @@ def test_a_short_soak_hits_every_bound_and_leaks_no_connection(tmp_path: Path) -
     first, last = report["samples"][0], report["samples"][-1]
     assert report["webhooks"] > 1000, "too little load to reach the bounds"
     assert not report["failures"]
-    assert max(s["idempotency_keys"] for s in report["samples"]) == 1000  # the cap, reached and held
+    # The cap, reached and held: the store forgets its oldest eighth at a time, so it stays within 7/8 of it.
+    peak = max(s["idempotency_keys"] for s in report["samples"])
+    assert 875 <= peak <= 1000
+    assert all(s["idempotency_keys"] <= 1000 for s in report["samples"])
     assert max(s["model_labels"] for s in report["samples"]) == 21  # 20 models and "other", of 1 000 sent
     assert max(s["spans_queued"] for s in report["samples"]) <= 2048  # OTEL_BSP_MAX_QUEUE_SIZE
     assert last["spans_dropped"] > 0  # the exporter never answered: what did not fit was dropped, and counted
