@@ -233,21 +233,21 @@ class SqliteJobStore:
             # Hand over at the end of this loop iteration, so requests arriving meanwhile join the batch.
             self._loop.call_soon(self._hand_over)
         interrupted = 0
+        waiter = future
         try:
             while True:
                 try:
-                    return await _answer(operation, future)
+                    return await _answer(operation, waiter)
                 except asyncio.CancelledError:
                     if not finish:
                         raise
                     # The thread commits the write whatever happens to this caller: wait for its answer
                     # on a new future (wait_for cancelled the last one), which _settle completes instead.
-                    original = next((key for key, value in self._abandoned.items() if value is future), future)
-                    future = self._abandoned[original] = self._loop.create_future()
+                    waiter = self._abandoned[future] = self._loop.create_future()
                     interrupted += 1
         finally:
             if interrupted:
-                self._abandoned.pop(original, None)
+                self._abandoned.pop(future, None)
                 task = asyncio.current_task()
                 for _ in range(interrupted if task is not None else 0):
                     task.uncancel()  # type: ignore[union-attr]
