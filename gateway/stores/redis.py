@@ -112,7 +112,7 @@ class RedisIdempotencyStore:
         *,
         ttl_seconds: int,
         prefix: str = "gateway:",
-        timeout: float = 0.25,
+        timeout: float = 2.0,
         max_connections: int = 64,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -183,7 +183,7 @@ class RedisRateLimitStore:
     ``max_connections`` bounds the pool, so a flood cannot open a connection per request.
     """
 
-    def __init__(self, url: str, *, prefix: str = "gateway:", timeout: float = 0.25, max_connections: int = 64) -> None:
+    def __init__(self, url: str, *, prefix: str = "gateway:", timeout: float = 2.0, max_connections: int = 64) -> None:
         self._prefix = f"{prefix}ratelimit:"
         self._timeout = timeout
         self._pool = _pool(url, timeout, max_connections)
