@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from types import FrameType
@@ -147,6 +149,15 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int)
             with contextlib.suppress(RuntimeError):  # no loop running yet: no stream to end
                 asyncio.get_running_loop().call_soon_threadsafe(wakeup.close)
             super().handle_exit(sig, frame)
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            # What exists once the app has started (modules, the app, its stores and telemetry) lives as
+            # long as the process: frozen out of the cyclic collector's sight, a full collection no longer
+            # walks it. Measured: full collections of ~40 ms, a few times a second at 50 connections, were
+            # the p99; frozen, they take under 1 ms (README: Benchmarks).
+            gc.collect()
+            gc.freeze()
 
     Server(config).run()
     return 0

@@ -47,6 +47,7 @@ from gateway.stores import migrations
 from gateway.stores.base import StoreUnavailable
 from gateway.stores.queries import EVENT_COLUMNS, decode_context, events_where, job_stats, jobs_where
 from gateway.stores.records import answer, decode_metadata, merge_metadata, to_json
+from gateway.stores.sqlite_wal import RESET_FRAMES, Checkpointer
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -79,8 +80,17 @@ class _Op(NamedTuple):
 class SqliteJobStore:
     """:class:`~gateway.stores.base.JobStore` on one SQLite file."""
 
-    def __init__(self, path: str, outbox: OutboxWriter | None = None, *, require_registered: bool = False) -> None:
+    def __init__(
+        self,
+        path: str,
+        outbox: OutboxWriter | None = None,
+        *,
+        require_registered: bool = False,
+        wal_reset_frames: int = RESET_FRAMES,
+    ) -> None:
         self._path = path
+        self._wal_reset_frames = wal_reset_frames
+        """The WAL's bound under sustained writes, in frames (see :mod:`gateway.stores.sqlite_wal`)."""
         self._outbox = outbox
         """Where applied events are queued for delivery; ``None``: forwarding is off."""
         self._require_registered = require_registered
@@ -271,20 +281,32 @@ class SqliteJobStore:
 
     def _serve(self, apply_migrations: bool, connected: asyncio.Future[sqlite3.Connection]) -> None:
         assert self._loop is not None
+        # An in-memory database has no WAL to checkpoint.
+        checkpointer = (
+            None if self._path == ":memory:" else Checkpointer(self._path, reset_frames=self._wal_reset_frames)
+        )
         try:
             db = _connect(self._path, apply_migrations)
+            if checkpointer is not None:
+                checkpointer.configure(db)
         except sqlite3.Error as error:
             self._loop.call_soon_threadsafe(_settle, [cast("Settled", (connected, None, error))])
             return
+        if checkpointer is not None:
+            checkpointer.start()
         self._loop.call_soon_threadsafe(_settle, [cast("Settled", (connected, db, None))])
         try:
             while (batch := self._queue.get()) is not None:
+                if checkpointer is not None:
+                    checkpointer.before_write(db)
                 try:
                     settled = _execute(db, batch)
                 except BaseException as error:  # whatever happens, every waiting caller gets an answer
                     settled = [(op.future, None, error) for op in batch]
                 self._loop.call_soon_threadsafe(self._settle, settled)
         finally:
+            if checkpointer is not None:
+                checkpointer.stop()
             db.close()
 
     def _apply(self, db: sqlite3.Connection, event: JobEvent, traceparent: str | None) -> Applied:
