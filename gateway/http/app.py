@@ -9,6 +9,7 @@ from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from gateway import __version__
@@ -192,7 +193,7 @@ def create_app(
             ),
             *status_page_routes(),
         ],
-        middleware=[server_spans(tracer)],
+        middleware=[server_spans(tracer, recording=provider.sampler is not ALWAYS_OFF)],
         on_app_init=[with_allow],
         exception_handlers={StoreUnavailable: store_unavailable},
         on_startup=[start],
