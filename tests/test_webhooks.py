@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import pytest
@@ -244,3 +245,23 @@ async def test_unknown_webhook_path_is_404_naming_the_routes(client: AsyncTestCl
     metrics = (await client.get("/metrics")).text
     assert 'gateway_webhook_requests_total{kind="unknown",outcome="invalid"} 1.0' in metrics
     assert (await client.post(IMAGE, json=completed_image())).status_code == 200
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "PUT", "PATCH", "DELETE"])
+async def test_other_methods_on_a_webhook_route_are_405_naming_post(client: AsyncTestClient[Any], method: str) -> None:
+    """A sender that GETs the route (a misconfigured client, a health probe) learns what it takes, and
+    nothing reaches the pipeline: no request is counted."""
+    response = await client.request(method, IMAGE)
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST, OPTIONS"
+    if method != "HEAD":
+        assert response.json() == {"status_code": 405, "detail": "Method Not Allowed"}
+    metrics = (await client.get("/metrics")).text
+    assert not re.search(r"^gateway_webhook_requests_total\{[^}]*\} [1-9]", metrics, re.MULTILINE)
+
+
+async def test_options_on_a_webhook_route_lists_its_methods(client: AsyncTestClient[Any]) -> None:
+    response = await client.options(BLOG)
+    assert response.status_code == 204
+    assert response.headers["allow"] == "OPTIONS, POST"
+    assert response.content == b""

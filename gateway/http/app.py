@@ -28,6 +28,7 @@ from gateway.http.events import Streams, event_routes
 from gateway.http.health import health_routes
 from gateway.http.jobs import job_routes
 from gateway.http.metrics import metrics_route
+from gateway.http.openapi import document_webhooks
 from gateway.http.responses import error_response
 from gateway.http.status_page import status_page_routes
 from gateway.http.tracing import server_spans
@@ -172,7 +173,7 @@ def create_app(
         refusal = unavailable(error.store)
         return error_response(refusal.status_code, refusal.detail, refusal.headers)
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             *(webhook_route(kind, pipeline) for kind in KINDS),
             unknown_webhook_route(tuple(kind.route for kind in KINDS), telemetry),
@@ -218,6 +219,8 @@ def create_app(
             "once to its job, and serves every job's state and history.",
         ),
     )
+    document_webhooks(app.openapi_schema, KINDS)
+    return app
 
 
 def _job_store(settings: Settings, outbox: OutboxWriter | None) -> SqliteJobStore | PostgresJobStore:

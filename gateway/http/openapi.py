@@ -1,5 +1,6 @@
-"""OpenAPI documentation for the webhook routes, which read the raw body (signatures need the exact
-bytes) and so cannot let Litestar infer their request schema.
+"""OpenAPI documentation for the webhook routes, which are raw ASGI routes (see
+:func:`gateway.http.webhooks.webhook_route`): Litestar neither infers nor includes them, so they are
+described here and added to the document Litestar builds for the other routes.
 
 The request body schema is msgspec's own JSON Schema of each kind's payload union, so what the schema
 promises is exactly what the decoder accepts; schema-driven fuzzers then exercise real payloads.
@@ -7,15 +8,31 @@ promises is exactly what the decoder accepts; schema-driven fuzzers then exercis
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Parameter, RequestBody, Schema
+from litestar.openapi.spec import (
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Parameter,
+    PathItem,
+    RequestBody,
+    Schema,
+)
 
-from gateway.kinds import JobKind
+from gateway.http.responses import ErrorBody
+from gateway.ingest.pipeline import Accepted
 
-__all__ = ("webhook_operation",)
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from litestar.openapi.spec import OpenAPI
+
+    from gateway.kinds import JobKind
+
+__all__ = ("document_webhooks",)
 
 _HEADERS = (
     ("X-Webhook-Secret", "The shared secret (`WEBHOOK_SECRET`), if the sender authenticates with it."),
@@ -23,33 +40,59 @@ _HEADERS = (
     ("webhook-timestamp", "Standard Webhooks timestamp, integer seconds since the epoch."),
     ("webhook-signature", "Standard Webhooks signatures: space-separated `v1,<base64 HMAC-SHA256>`."),
 )
+_ERRORS = {
+    400: "Malformed JSON or a payload that violates the schema; `detail` names the field path.",
+    401: "Missing or invalid credentials (which part was wrong is not said).",
+    404: "`GATEWAY_REQUIRE_REGISTERED_JOBS` is on and the app never registered the job (`POST /api/jobs`); "
+    "`detail` names the job id. Nothing was recorded.",
+    409: "The job is known under another kind; `detail` names the route its webhooks belong to.",
+    413: "Body larger than `GATEWAY_MAX_BODY_BYTES`.",
+    415: "Content-Type is not application/json.",
+    429: "The sender (or the gateway as a whole) is over its rate limit; nothing was recorded. Retry after "
+    "`Retry-After` seconds with the same request. `RateLimit` and `RateLimit-Policy` describe the budget.",
+    503: "A store is unavailable; nothing was recorded. Retry after `Retry-After` seconds.",
+}
 
 
-def webhook_operation(kind: JobKind) -> type[Operation]:
-    """An :class:`Operation` subclass documenting ``kind``'s request body and authentication headers."""
-    body = RequestBody(
-        content={"application/json": OpenAPIMediaType(schema=cast(Schema, _inline_schema(kind.payload)))},
-        required=True,
+def document_webhooks(openapi: OpenAPI, kinds: Iterable[JobKind]) -> None:
+    """Add the ``POST`` operation of each kind's webhook route to ``openapi``."""
+    openapi.paths = {**(openapi.paths or {}), **{kind.route: PathItem(post=_operation(kind)) for kind in kinds}}
+
+
+def _operation(kind: JobKind) -> Operation:
+    return Operation(
+        tags=["webhooks"],
+        summary=f"Receive a job-status webhook for {kind.name} jobs",
         description=kind.description,
+        operation_id=f"receive{kind.name.title()}Webhook",
+        parameters=[
+            Parameter(
+                name=name,
+                param_in="header",
+                required=False,
+                description=description,
+                schema=Schema(type=OpenAPIType.STRING),
+            )
+            for name, description in _HEADERS
+        ],
+        request_body=RequestBody(
+            content={"application/json": _json(kind.payload)}, required=True, description=kind.description
+        ),
+        responses={
+            "200": OpenAPIResponse(
+                description="Recorded (or already recorded): see `outcome`.",
+                content={"application/json": _json(Accepted)},
+            ),
+            **{
+                str(code): OpenAPIResponse(description=text, content={"application/json": _json(ErrorBody)})
+                for code, text in _ERRORS.items()
+            },
+        },
     )
-    headers = [
-        Parameter(
-            name=name,
-            param_in="header",
-            required=False,
-            description=description,
-            schema=Schema(type=OpenAPIType.STRING),
-        )
-        for name, description in _HEADERS
-    ]
 
-    @dataclass
-    class WebhookOperation(Operation):
-        def __post_init__(self) -> None:
-            self.request_body = body
-            self.parameters = [*(self.parameters or []), *headers]
 
-    return WebhookOperation
+def _json(annotation: Any) -> OpenAPIMediaType:
+    return OpenAPIMediaType(schema=cast("Schema", _inline_schema(annotation)))
 
 
 def _inline_schema(annotation: Any) -> dict[str, Any]:
