@@ -4,14 +4,17 @@ stays bounded while webhooks keep coming (gateway.stores.sqlite_wal)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from gateway.model import JobEvent, Status
 from gateway.stores.sqlite import SqliteJobStore
-from gateway.stores.sqlite_wal import CHECKPOINT_INTERVAL_SECONDS
+from gateway.stores.sqlite_wal import CHECKPOINT_INTERVAL_SECONDS, Checkpointer
 
 T0 = datetime(2025, 10, 21, 16, 40, tzinfo=UTC)
 FRAME_BYTES = 4096 + 24
@@ -39,6 +42,8 @@ async def test_the_database_file_alone_holds_what_was_written_a_moment_ago(tmp_p
     path = tmp_path / "jobs.db"
     store = SqliteJobStore(str(path))
     await store.open()
+    await store.close()
+    await store.open()  # reopened: a checkpointer of its own again
     try:
         await asyncio.gather(*(store.apply(completed(number)) for number in range(300)))
         await asyncio.sleep(10 * CHECKPOINT_INTERVAL_SECONDS)
@@ -74,3 +79,32 @@ async def test_the_wal_file_stays_bounded_under_sustained_writes_and_shrinks_aft
         assert (await store.get("job-3999")) is not None
     finally:
         await store.close()
+
+
+async def test_while_background_checkpoints_fail_the_writer_keeps_the_wal_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLite's own checkpoints are off, so a background thread that cannot checkpoint (a locked or
+    broken file) must not leave the WAL to grow: the writer catches up itself, and the failure is said."""
+
+    def broken(_db: sqlite3.Connection) -> tuple[int, int, int]:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(Checkpointer, "_checkpoint", staticmethod(broken))
+    path = tmp_path / "jobs.db"
+    reset_frames = 32
+    store = SqliteJobStore(str(path), wal_reset_frames=reset_frames)
+    await store.open()
+    try:
+        await asyncio.sleep(3 * CHECKPOINT_INTERVAL_SECONDS)  # the background thread has failed by now
+        sizes = []
+        with caplog.at_level(logging.ERROR, logger="gateway.stores.sqlite_wal"):
+            for round_ in range(20):
+                await asyncio.gather(*(store.apply(completed(round_ * 100 + number)) for number in range(100)))
+                sizes.append(wal_bytes(path))
+            assert max(sizes[10:]) <= 1.5 * max(sizes[:10]) + reset_frames * FRAME_BYTES, sizes
+            await store.apply(completed(10_000))
+            assert wal_bytes(path) <= reset_frames * FRAME_BYTES, sizes
+    finally:
+        await store.close()
+    assert [record.message for record in caplog.records if "checkpoint failed" in record.message]

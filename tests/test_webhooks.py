@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from typing import Any
 
 import pytest
-from litestar.testing import AsyncTestClient
+from litestar.exceptions import WebSocketDisconnect
+from litestar.testing import AsyncTestClient, TestClient
 
 from gateway.config import Settings
+from gateway.http.app import create_app
 from tests.conftest import JOB_ID, completed_blog, completed_image, failed, progress
 
 IMAGE = "/api/webhooks/image-completion"
@@ -265,3 +268,16 @@ async def test_options_on_a_webhook_route_lists_its_methods(client: AsyncTestCli
     assert response.status_code == 204
     assert response.headers["allow"] == "OPTIONS, POST"
     assert response.content == b""
+
+
+def test_a_websocket_to_a_webhook_route_is_refused_as_on_any_route(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Closed with 'Bad Request' as Litestar closes one on its own routes, and no error is logged (an
+    anonymous client must not be able to fill the error log)."""
+    with caplog.at_level(logging.ERROR), TestClient(app=create_app(settings)) as client:
+        for path in (IMAGE, "/api/jobs"):
+            with pytest.raises(WebSocketDisconnect) as closed, client.websocket_connect(path):
+                pass
+            assert closed.value.detail == "Bad Request", path
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]

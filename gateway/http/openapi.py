@@ -55,7 +55,9 @@ _ERRORS = {
 
 
 def document_webhooks(openapi: OpenAPI, kinds: Iterable[JobKind]) -> None:
-    """Add the ``POST`` operation of each kind's webhook route to ``openapi``."""
+    """Add the ``POST`` operation of each kind's webhook route to ``openapi``, the document Litestar built
+    for the app. Litestar builds it anew if a route is registered afterwards, which would drop these: the
+    gateway registers every route when it creates the app (``test_openapi`` checks the served document)."""
     openapi.paths = {**(openapi.paths or {}), **{kind.route: PathItem(post=_operation(kind)) for kind in kinds}}
 
 

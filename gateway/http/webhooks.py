@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, cast
 
 from litestar import Response, asgi, post
+from litestar.enums import ScopeType
+from litestar.exceptions import ClientException
 from litestar.params import FromPath
 from litestar.types import Receive, Scope, Send  # at runtime: Litestar reads the handler's signature
 
@@ -40,7 +42,9 @@ def webhook_route(kind: JobKind, pipeline: Pipeline) -> ASGIRouteHandler:
     """
 
     async def receive_webhook(scope: Scope, receive: Receive, send: Send) -> None:
-        method = scope["method"]  # type: ignore[typeddict-item]  # an http scope: the route serves nothing else
+        if scope["type"] != ScopeType.HTTP:
+            raise ClientException  # a websocket to a webhook path: refused as Litestar's router refuses one
+        method = scope["method"]
         if method != "POST":
             await _other_method(method, send)
             return

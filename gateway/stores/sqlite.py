@@ -285,11 +285,14 @@ class SqliteJobStore:
         checkpointer = (
             None if self._path == ":memory:" else Checkpointer(self._path, reset_frames=self._wal_reset_frames)
         )
+        db: sqlite3.Connection | None = None
         try:
             db = _connect(self._path, apply_migrations)
             if checkpointer is not None:
                 checkpointer.configure(db)
         except sqlite3.Error as error:
+            if db is not None:
+                db.close()
             self._loop.call_soon_threadsafe(_settle, [cast("Settled", (connected, None, error))])
             return
         if checkpointer is not None:

@@ -2,7 +2,7 @@
 
 SQLite's automatic checkpoint runs inside the ``COMMIT`` that pushes the WAL past 1000 pages: the
 batch of webhooks in that commit waits while pages are copied into the database file, a few times a
-second under load, and that wait was most of the gateway's p99 (see README: Benchmarks). Here the
+second under load, and that wait was most of the gateway's p99 (see README: Benchmark). Here the
 writer's connection turns it off and a thread of its own copies the WAL in the background (a
 ``PASSIVE`` checkpoint, which never blocks the writer).
 
@@ -11,6 +11,8 @@ only when a write begins with every frame already copied), so under sustained lo
 grow without end. When it passes ``reset_frames``, the writer is asked to catch up itself before its
 next transaction: a checkpoint of only the frames written since the background one, after which that
 transaction starts the WAL over. ``journal_size_limit`` then trims the file back to the same bound.
+The writer also catches up before every transaction while the background checkpoints fail (or their
+thread is gone): SQLite's own bound, the autocheckpoint, is off, so nothing else would.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import logging
 import sqlite3
 import threading
 
-__all__ = ("Checkpointer",)
+__all__ = ("CHECKPOINT_INTERVAL_SECONDS", "RESET_FRAMES", "Checkpointer")
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ class Checkpointer:
         writer.execute(f"PRAGMA journal_size_limit={self._reset_frames * (page_size + 24)}")
 
     def start(self) -> None:
+        """Start checkpointing (after :meth:`configure`, once the writer's connection is open)."""
         self._thread.start()
 
     def stop(self) -> None:
@@ -62,15 +65,16 @@ class Checkpointer:
     def before_write(self, writer: sqlite3.Connection) -> None:
         """On the writer's thread, before a transaction: catch up when the WAL has grown past its bound,
         so the transaction starts it over."""
-        if not self._reset_due:
+        if not self._reset_due and self._thread.is_alive():
             return
         try:
-            _busy, logged, copied = writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            busy, logged, copied = writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as error:
             self._failed(error)
             return
-        # Not all copied: a reader still uses older frames. Asked again before the next transaction.
-        self._reset_due = logged != copied
+        # Not all copied (a reader still uses older frames, or another checkpoint was running): asked
+        # again before the next transaction.
+        self._reset_due = busy != 0 or copied < logged
 
     def _run(self) -> None:
         db: sqlite3.Connection | None = None
@@ -79,7 +83,7 @@ class Checkpointer:
                 try:
                     if db is None:
                         db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-                    _busy, logged, _copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    _busy, logged, _copied = self._checkpoint(db)
                 except sqlite3.Error as error:
                     self._failed(error)
                     continue
@@ -92,8 +96,15 @@ class Checkpointer:
             if db is not None:
                 db.close()
 
+    @staticmethod
+    def _checkpoint(db: sqlite3.Connection) -> tuple[int, int, int]:
+        """A ``PASSIVE`` checkpoint: (busy, frames in the WAL, frames copied)."""
+        busy, logged, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return int(busy), int(logged), int(copied)
+
     def _failed(self, error: sqlite3.Error) -> None:
-        # The WAL keeps every write meanwhile (nothing is lost) but grows: said once per streak.
+        # Nothing is lost (the WAL keeps every write), and the writer catches up itself meanwhile.
+        self._reset_due = True
         if not self._failing:
             self._failing = True
-            logger.error("SQLite checkpoint failed (%s): the WAL file grows until one succeeds", error)
+            logger.error("SQLite background checkpoint failed (%s): the writer checkpoints itself meanwhile", error)
