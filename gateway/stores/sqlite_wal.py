@@ -64,8 +64,8 @@ class Checkpointer:
 
     def before_write(self, writer: sqlite3.Connection) -> None:
         """On the writer's thread, before a transaction: catch up when the WAL has grown past its bound,
-        so the transaction starts it over."""
-        if not self._reset_due and self._thread.is_alive():
+        so the transaction starts it over; before every transaction while background checkpoints fail."""
+        if not (self._reset_due or self._failing) and self._thread.is_alive():
             return
         try:
             busy, logged, copied = writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
