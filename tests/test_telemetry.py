@@ -4,6 +4,7 @@ exemplars pointing at real traces, and no secret anywhere."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 from litestar.testing import AsyncTestClient
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -31,6 +33,7 @@ from standardwebhooks import Webhook
 
 from gateway.config import Settings, SqliteDatabase
 from gateway.http.app import create_app
+from gateway.telemetry.logs import BatchingHandler, JsonFormatter, TraceContextFilter, direct_info
 from gateway.telemetry.metrics import Metrics, ModelLabels
 from gateway.telemetry.tracing import DropCounter, tracer_provider_from_env
 from tests.conftest import SECRET, LiveServer, completed_image, failed, free_port, progress
@@ -418,3 +421,36 @@ def test_a_stdout_nobody_reads_never_blocks_the_gateway(tmp_path: Path) -> None:
     finally:
         server.kill()
         server.wait(timeout=10)
+
+
+def test_the_direct_webhook_line_is_the_line_logging_would_write() -> None:
+    """The per-webhook line skips logging's machinery under `gateway serve`'s JSON logs: it must come
+    out exactly as a record through the handler would, trace ids included."""
+    stream = io.StringIO()
+    handler = BatchingHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(TraceContextFilter())
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    logger = logging.getLogger("gateway.webhook")
+    try:
+        write = direct_info(logger)
+        assert write is not None
+        fields: dict[str, object] = {"kind": "image", "job_id": "j1", "status": None, "http_status": 200}
+        parent = trace.SpanContext(int(TRACE_ID, 16), int(PARENT_SPAN_ID, 16), is_remote=True)
+        with trace.use_span(trace.NonRecordingSpan(parent)):
+            logger.info("webhook %s", "applied", extra=dict(fields))
+            write("webhook applied", dict(fields))
+        handler._drain()
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    through_logging, direct = (json.loads(line) for line in stream.getvalue().splitlines())
+    for line in (direct, through_logging):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", line.pop("time"))
+    assert direct == through_logging
+    assert direct["trace_id"] == TRACE_ID
+    assert direct["span_id"] == PARENT_SPAN_ID
+    assert "status" not in direct

@@ -11,13 +11,17 @@ import collections
 import logging
 import sys
 import threading
+import time
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import msgspec
 from opentelemetry import trace
 
-__all__ = ("FIELDS", "configure_logging")
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+__all__ = ("FIELDS", "configure_logging", "direct_info")
 
 FIELDS = (
     "kind",
@@ -52,19 +56,55 @@ class TraceContextFilter(logging.Filter):
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for field in FIELDS:
-            value = record.__dict__.get(field)
-            if value is not None:
-                line[field] = value
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return _encode(line).decode()
+        exception = self.formatException(record.exc_info) if record.exc_info else None
+        return _json_line(
+            record.created, record.levelname, record.name, record.getMessage(), record.__dict__, exception
+        )
+
+
+def _json_line(
+    created: float, level: str, name: str, message: str, fields: Mapping[str, object], exception: str | None = None
+) -> str:
+    line: dict[str, object] = {
+        "time": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"),
+        "level": level,
+        "logger": name,
+        "message": message,
+    }
+    for field in FIELDS:
+        value = fields.get(field)
+        if value is not None:
+            line[field] = value
+    if exception is not None:
+        line["exception"] = exception
+    return _encode(line).decode()
+
+
+def direct_info(logger: logging.Logger) -> Callable[[str, dict[str, object]], None] | None:
+    """A writer of ``logger``'s INFO lines straight to the JSON handler :func:`configure_logging`
+    installed, or ``None`` when logging is set up any other way (a console format, tests, a handler of
+    the logger's own): then log through ``logger`` as usual.
+
+    For the one line every webhook writes. Through ``logging`` (a record, the logger and handler
+    chains, a filter, a lock) it cost 20-35 us of a webhook's ~150 us of CPU; this writes the same
+    line, trace ids included, in a fraction of that. Call it only when ``logger.isEnabledFor(INFO)``.
+    """
+    root = logging.getLogger()
+    handler = root.handlers[0] if len(root.handlers) == 1 else None
+    if not isinstance(handler, BatchingHandler) or not isinstance(handler.formatter, JsonFormatter):
+        return None
+    if logger.handlers or not logger.propagate:
+        return None
+    name = logger.name
+
+    def write(message: str, fields: dict[str, object]) -> None:
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            fields["trace_id"] = format(context.trace_id, "032x")
+            fields["span_id"] = format(context.span_id, "016x")
+        handler.append(_json_line(time.time(), "INFO", name, message, fields))
+
+    return write
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -128,6 +168,10 @@ class BatchingHandler(logging.Handler):
         except Exception:
             self.handleError(record)
             return
+        self.append(line)
+
+    def append(self, line: str) -> None:
+        """Queue a formatted line for the writer thread (or drop it, said once, when the backlog is full)."""
         if len(self._lines) >= _BACKLOG_LINES:
             if not self._warned:
                 self._warned = True

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 
+from gateway.telemetry.logs import direct_info
+
 if TYPE_CHECKING:
     from prometheus_client.metrics import Counter, Histogram
 
@@ -30,6 +32,8 @@ class Telemetry:
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
         self._finished: dict[tuple[str, str, str], _FinishedChildren] = {}
+        self._write_line = direct_info(logger)
+        """The webhook's log line straight to the JSON handler, when logging is set up that way."""
 
     def auth_failed(self, reason: AuthFailure) -> None:
         self._metrics.auth_failure_children[reason].inc()
@@ -65,18 +69,20 @@ class Telemetry:
         count, duration = self._metrics.request_children[(kind, outcome)]
         count.inc()
         duration.observe(seconds, exemplar)
-        logger.info(
-            "webhook %s",
-            outcome,
-            extra={
-                "kind": kind,
-                "job_id": job_id,
-                "status": status,
-                "outcome": outcome,
-                "http_status": http_status,
-                "duration_ms": round(seconds * 1000, 3),
-            },
-        )
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        fields: dict[str, object] = {
+            "kind": kind,
+            "job_id": job_id,
+            "status": status,
+            "outcome": outcome,
+            "http_status": http_status,
+            "duration_ms": round(seconds * 1000, 3),
+        }
+        if self._write_line is not None:
+            self._write_line(f"webhook {outcome}", fields)
+        else:
+            logger.info("webhook %s", outcome, extra=fields)
 
     def _moved(self, event: JobEvent, applied: Applied) -> None:
         metrics = self._metrics
