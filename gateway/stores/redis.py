@@ -179,11 +179,13 @@ class RedisIdempotencyStore:
 class RedisRateLimitStore:
     """:class:`~gateway.stores.base.RateLimitStore` on Redis (redis-py asyncio).
 
-    ``timeout`` bounds each call as a whole (waiting for a pooled connection, connecting, the round trip);
+    ``timeout`` bounds each call as a whole (waiting for a pooled connection, connecting, the round trip):
+    250 ms, not the store timeout, so a decision Redis cannot make quickly falls to
+    ``GATEWAY_RATE_LIMIT_ON_ERROR`` instead of holding up every webhook (README: Rate limiting).
     ``max_connections`` bounds the pool, so a flood cannot open a connection per request.
     """
 
-    def __init__(self, url: str, *, prefix: str = "gateway:", timeout: float = 2.0, max_connections: int = 64) -> None:
+    def __init__(self, url: str, *, prefix: str = "gateway:", timeout: float = 0.25, max_connections: int = 64) -> None:
         self._prefix = f"{prefix}ratelimit:"
         self._timeout = timeout
         self._pool = _pool(url, timeout, max_connections)
