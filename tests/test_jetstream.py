@@ -309,18 +309,22 @@ async def test_a_publish_the_account_may_not_make_is_retried_until_it_is_allowed
     assert len(await stored(url, "GW", "gw.jobs")) == 1
 
 
-async def test_a_live_gateway_publishes_each_applied_event_once(
-    nats_url: str, namespace: Namespace, tmp_path: Path
-) -> None:
-    """Webhooks (with duplicates and stale ones) to a gateway with GATEWAY_NATS_URL, then a replay of every
-    delivered event: the stream holds each applied event once, in order per job."""
-    env = {
+def publishing_env(nats_url: str, namespace: Namespace) -> dict[str, str]:
+    """A live gateway publishing to the test's own subjects and stream."""
+    return {
         "WEBHOOK_SECRET": SECRET,
         "GATEWAY_NATS_URL": nats_url,
         "GATEWAY_NATS_SUBJECT_PREFIX": namespace.prefix,
         "GATEWAY_NATS_STREAM": namespace.stream,
     }
-    server = await asyncio.to_thread(LiveServer, tmp_path, env)
+
+
+async def test_a_live_gateway_publishes_each_applied_event_once(
+    nats_url: str, namespace: Namespace, tmp_path: Path
+) -> None:
+    """Webhooks (with duplicates and stale ones) to a gateway with GATEWAY_NATS_URL, then a replay of every
+    delivered event: the stream holds each applied event once, in order per job."""
+    server = await asyncio.to_thread(LiveServer, tmp_path, publishing_env(nats_url, namespace))
     try:
         async with httpx.AsyncClient(base_url=server.url, headers={"X-Webhook-Secret": SECRET}) as http:
             applied: list[tuple[str, str]] = []
@@ -367,12 +371,7 @@ async def test_a_gateway_killed_while_publishing_publishes_each_event_once_after
 ) -> None:
     """SIGKILL while the dispatcher works through a backlog: a row published but not yet recorded as
     delivered is published again after the restart, and JetStream keeps only the first copy."""
-    env = {
-        "WEBHOOK_SECRET": SECRET,
-        "GATEWAY_NATS_URL": nats_url,
-        "GATEWAY_NATS_SUBJECT_PREFIX": namespace.prefix,
-        "GATEWAY_NATS_STREAM": namespace.stream,
-    }
+    env = publishing_env(nats_url, namespace)
     server = await asyncio.to_thread(LiveServer, tmp_path, env)
     jobs = [f"kill-{number}" for number in range(100)]
     try:

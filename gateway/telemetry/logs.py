@@ -19,7 +19,7 @@ import msgspec
 from opentelemetry import trace
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, MutableMapping
 
 __all__ = ("FIELDS", "configure_logging", "direct_info")
 
@@ -47,11 +47,16 @@ class TraceContextFilter(logging.Filter):
     """Adds the current trace and span ids (if any) to every record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        context = trace.get_current_span().get_span_context()
-        if context.is_valid:
-            record.trace_id = format(context.trace_id, "032x")
-            record.span_id = format(context.span_id, "016x")
+        _add_trace_ids(record.__dict__)
         return True
+
+
+def _add_trace_ids(fields: MutableMapping[str, object]) -> None:
+    """The current trace and span ids into ``fields``, when there is a trace context."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        fields["trace_id"] = format(context.trace_id, "032x")
+        fields["span_id"] = format(context.span_id, "016x")
 
 
 class JsonFormatter(logging.Formatter):
@@ -98,10 +103,7 @@ def direct_info(logger: logging.Logger) -> Callable[[str, dict[str, object]], No
     name = logger.name
 
     def write(message: str, fields: dict[str, object]) -> None:
-        context = trace.get_current_span().get_span_context()
-        if context.is_valid:
-            fields["trace_id"] = format(context.trace_id, "032x")
-            fields["span_id"] = format(context.span_id, "016x")
+        _add_trace_ids(fields)
         handler.append(_json_line(time.time(), "INFO", name, message, fields))
 
     return write
