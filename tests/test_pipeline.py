@@ -114,6 +114,28 @@ async def test_the_core_runs_without_http(pipeline: Pipeline) -> None:
     assert refused.value.status_code == 401
 
 
+async def test_a_nul_in_an_error_message_is_refused_alone_and_named(
+    pipeline: Pipeline, stores: tuple[JobStore, IdempotencyStore]
+) -> None:
+    """PostgreSQL cannot store a NUL in text: such a webhook is the sender's mistake (400 naming the field),
+    not a store failure answered 503 forever, nor one that fails the other webhooks written with it."""
+    bad = {**failed(job_id="nul"), "error_message": "out of\u0000memory"}
+    answers = await asyncio.gather(
+        pipeline.ingest(IMAGE, HEADERS, body(bad), client=CLIENT),
+        pipeline.ingest(IMAGE, HEADERS, body(completed_image(job_id="beside-nul")), client=CLIENT),
+        return_exceptions=True,
+    )
+    assert isinstance(answers[0], Rejection)
+    assert (answers[0].status_code, answers[0].detail) == (
+        400,
+        "Invalid payload: NUL character (\\u0000) - at `$.error_message`",
+    )
+    assert not isinstance(answers[1], BaseException)
+    assert answers[1][0].outcome is Outcome.APPLIED
+    jobs, _ = stores
+    assert await jobs.status_of("nul") is None
+
+
 async def test_a_claim_left_behind_by_a_failed_write_does_not_hide_the_event(
     pipeline: Pipeline, stores: tuple[JobStore, IdempotencyStore]
 ) -> None:

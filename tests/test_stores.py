@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from gateway.model import JobEvent, KindConflict, Outcome, Status
@@ -133,6 +134,82 @@ async def test_concurrent_shuffled_events_of_one_job_apply_once_each_and_never_m
     assert applied_ranks == sorted(applied_ranks)
 
 
+async def test_events_of_a_new_job_arriving_together_leave_the_job_as_one_by_one_would(jobs: JobStore) -> None:
+    """Events arriving at once are written together (PostgreSQL batches them, SQLite shares a transaction):
+    a job created, completed with its result, then a late stale event, all in one go, ends as if each had
+    been written alone."""
+    result = msgspec.Raw(b'{"images":[]}')
+    late = [
+        event(Status.GENERATING, 1, job_id="together"),
+        msgspec.structs.replace(event(Status.COMPLETED, 3, job_id="together"), result=result),
+        event(Status.SAVING, 2, job_id="together"),
+        event(Status.GENERATING, 1, job_id="together"),  # a copy of the first
+    ]
+    answers = await asyncio.gather(*(jobs.apply(e) for e in late))
+    assert [(a.outcome, a.status, a.previous) for a in answers] == [
+        (Outcome.APPLIED, Status.GENERATING, None),
+        (Outcome.APPLIED, Status.COMPLETED, Status.GENERATING),
+        (Outcome.STALE, Status.COMPLETED, Status.COMPLETED),
+        (Outcome.DUPLICATE, Status.COMPLETED, None),
+    ]
+    assert [a.model for a in answers[:3]] == ["gemini"] * 3
+    ids = [a.event_id for a in answers[:3]]
+    assert ids == sorted(ids)
+    job = await jobs.get("together")
+    assert job is not None
+    assert (job.status, job.result, job.metadata) == (Status.COMPLETED, result, Metadata(model_name="gemini"))
+    assert job.completed_at is not None
+    assert job.created_at == answers[0].first_seen_at == answers[2].first_seen_at
+    assert [(e.status, e.outcome) for e in job.history] == [
+        (Status.GENERATING, Outcome.APPLIED),
+        (Status.COMPLETED, Outcome.APPLIED),
+        (Status.SAVING, Outcome.STALE),
+    ]
+
+
+async def test_a_refused_event_among_many_written_together_refuses_only_itself(jobs: JobStore) -> None:
+    await jobs.apply(event(Status.PENDING, job_id="an-image"))
+    others = [event(Status.PENDING, job_id=f"other-{n}") for n in range(10)]
+    answers = await asyncio.gather(
+        *(jobs.apply(e) for e in others[:5]),
+        jobs.apply(event(Status.GENERATING, 1, job_id="an-image", kind="blog")),
+        *(jobs.apply(e) for e in others[5:]),
+        return_exceptions=True,
+    )
+    assert isinstance(answers[5], KindConflict)
+    assert [a.outcome for a in answers if not isinstance(a, BaseException)] == [Outcome.APPLIED] * 10
+    assert await jobs.status_of("an-image") is Status.PENDING
+    assert [await jobs.status_of(e.job_id) for e in others] == [Status.PENDING] * 10
+
+
+async def test_postgresql_replicas_racing_on_the_same_new_jobs_record_each_event_once(database_url: str) -> None:
+    """Two replicas get the same events of jobs neither has seen, at the same moment: each replica batches
+    them, both batches try to create the jobs, and whichever loses decides its batch again against what
+    the other committed. Every event is recorded once, by one replica; the other answers duplicate."""
+    replicas = [PostgresJobStore(database_url, pool_size=4) for _ in range(2)]
+    for replica in replicas:
+        await replica.open()
+    try:
+        statuses = [Status.PENDING, Status.GENERATING, Status.COMPLETED]
+        for attempt in range(5):
+            events = [
+                event(status, minute, job_id=f"race-{attempt}-{n}")
+                for n in range(20)
+                for minute, status in enumerate(statuses)
+            ]
+            answers = await asyncio.gather(*(replica.apply(e) for e in events for replica in replicas))
+            pairs = [answers[i : i + 2] for i in range(0, len(answers), 2)]
+            assert all(sorted(a.outcome is Outcome.DUPLICATE for a in pair) == [False, True] for pair in pairs)
+            for n in range(20):
+                job = await replicas[0].get(f"race-{attempt}-{n}")
+                assert job is not None
+                assert job.status is Status.COMPLETED
+                assert [e.status for e in job.history] == statuses
+    finally:
+        for replica in replicas:
+            await replica.close()
+
+
 async def test_an_unreachable_postgresql_is_store_unavailable_within_the_timeout() -> None:
     store = PostgresJobStore(f"postgresql://postgres@127.0.0.1:{free_port()}/none", timeout=0.5)
     with pytest.raises(StoreUnavailable):
@@ -213,7 +290,7 @@ async def test_postgresql_events_become_visible_in_id_order(database_url: str) -
     two transactions can take ids in one order and commit in the other)."""
     import asyncpg
 
-    from gateway.stores.postgres import _RECORD_EVENT
+    from gateway.stores.postgres_batch import EVENTS_LOCK
 
     store = PostgresJobStore(database_url, pool_size=4)
     await store.open()
@@ -223,8 +300,13 @@ async def test_postgresql_events_become_visible_in_id_order(database_url: str) -
         before = await store.last_event_id()
         transaction = writer.transaction()
         await transaction.start()
+        # Another replica's batch: it holds the events lock from taking its id until it commits.
+        await writer.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
         slow_id = await writer.fetchval(
-            _RECORD_EVENT, "slow", "generating", T0, datetime.now(UTC), "applied", "slow:key", None, None, None
+            "INSERT INTO job_events (job_id, status, timestamp, received_at, outcome, event_key)"
+            " VALUES ('slow', 'generating', $1, $2, 'applied', 'slow:key') RETURNING id",
+            T0,
+            datetime.now(UTC),
         )
         fast = asyncio.create_task(store.apply(event(Status.PENDING, job_id="fast")))
         await asyncio.sleep(0.3)
@@ -249,13 +331,15 @@ async def test_an_apply_whose_caller_is_cancelled_still_answers_what_it_recorded
     if isinstance(jobs, SqliteJobStore):  # keep the writer thread busy, so the cancel lands mid-wait
         busy = asyncio.create_task(jobs.run("hold", lambda db: time.sleep(0.2)))
         release = lambda: busy  # noqa: E731
-    else:  # hold the events lock (see _RECORD_EVENT), so the write waits on its connection
+    else:  # hold the events lock, so the write waits on its connection
         import asyncpg
+
+        from gateway.stores.postgres_batch import EVENTS_LOCK
 
         holder = await asyncpg.connect(request.getfixturevalue("database_url"))
         transaction = holder.transaction()
         await transaction.start()
-        await holder.execute("SELECT pg_advisory_xact_lock(7450201336512837937)")
+        await holder.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
 
         async def release() -> None:
             await transaction.commit()

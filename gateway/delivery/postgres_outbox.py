@@ -55,31 +55,30 @@ RETURNING deliveries.id, event_id, sequence, sink, job_id, kind, status, body, a
 """
 
 
-async def enqueue(
-    db: Connection, writer: OutboxWriter, event: JobEvent, sequence: int, traceparent: str | None
-) -> None:
-    """Write the event's rows, one per sink, inside the job store's transaction."""
-    sinks = writer.sinks_for(event)
-    if not sinks:
-        return
-    await db.executemany(
-        "INSERT INTO deliveries (sequence, event_id, sink, job_id, kind, status, body, traceparent,"
-        " next_attempt_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9)",
-        [
-            (
-                sequence,
-                event_id(sequence),
-                sink,
-                event.job_id,
-                event.kind,
-                event.status.value,
-                event_body(event, sequence),
-                traceparent,
-                event.received_at,
-            )
-            for sink in sinks
-        ],
-    )
+async def enqueue(db: Connection, writer: OutboxWriter, applied: Sequence[tuple[JobEvent, int, str | None]]) -> None:
+    """Write the rows of the applied events (each with its sequence and traceparent), one per event and
+    sink, inside the job store's transaction."""
+    rows = [
+        (
+            sequence,
+            event_id(sequence),
+            sink,
+            event.job_id,
+            event.kind,
+            event.status.value,
+            event_body(event, sequence),
+            traceparent,
+            event.received_at,
+        )
+        for event, sequence, traceparent in applied
+        for sink in writer.sinks_for(event)
+    ]
+    if rows:
+        await db.executemany(
+            "INSERT INTO deliveries (sequence, event_id, sink, job_id, kind, status, body, traceparent,"
+            " next_attempt_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9)",
+            rows,
+        )
 
 
 class PostgresOutbox:

@@ -54,6 +54,8 @@ def decode_event(kind: JobKind, body: bytes, delivery_id: str | None, received_a
             images = len(payload.data.images)
     elif isinstance(payload, Failed):
         error_message = payload.error_message
+        if "\x00" in error_message:  # stored as text, which PostgreSQL refuses to hold a NUL in
+            raise Rejection(400, Refusal.INVALID, "Invalid payload: NUL character (\\u0000) - at `$.error_message`")
     return JobEvent(
         kind=kind.name,
         job_id=payload.job_id,

@@ -1,27 +1,27 @@
 """The shared job store: PostgreSQL through an asyncpg pool, for several gateway replicas at once.
 
-Each event is one transaction: the job's row is locked (``SELECT ... FOR UPDATE``, or created with
-``INSERT ... ON CONFLICT DO NOTHING``), so concurrent events of one job, on any replica, are decided one
-after the other by :func:`~gateway.ingest.transition.decide` against the committed state. The event row
-is inserted with ``ON CONFLICT DO NOTHING``: the unique ``event_key`` and ``delivery_id`` make the
-database the last guard of exactly-once, whatever the idempotency store forgot. Every call is bounded by
-one timeout (waiting for a pooled connection included) and any failure of the driver, the network or
-the server is :class:`~gateway.stores.base.StoreUnavailable`: the webhook gets 503, never half-applied.
-The pool replaces broken connections by itself, so the store heals when PostgreSQL comes back.
+Events are applied in batches (group commit, see :mod:`gateway.stores.postgres_batch`): a replica's
+events queue while its previous batch is written, and the next batch takes them all in one transaction
+that locks the jobs' rows, so concurrent events of one job, on any replica, are decided one after the
+other by :func:`~gateway.ingest.transition.decide` against the committed state. The unique ``event_key``
+and ``delivery_id`` make the database the last guard of exactly-once, whatever the idempotency store
+forgot. Every call is bounded by one timeout (waiting for a pooled connection included) and any failure
+of the driver, the network or the server is :class:`~gateway.stores.base.StoreUnavailable`: the webhook
+gets 503, never half-applied. The pool replaces broken connections by itself, so the store heals when
+PostgreSQL comes back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 import msgspec
 
-from gateway.delivery import postgres_outbox
 from gateway.delivery.outbox import current_traceparent
-from gateway.ingest.transition import decide
 from gateway.model import (
     Applied,
     HistoryEntry,
@@ -36,16 +36,16 @@ from gateway.model import (
     Refused,
     Status,
     StreamEvent,
-    Unregistered,
 )
 from gateway.registration import Registered, RegisterOutcome, differing_fields
 from gateway.stores import migrations
 from gateway.stores.base import StoreUnavailable, to_the_end
+from gateway.stores.postgres_batch import Pending, apply_batch
 from gateway.stores.queries import EVENT_COLUMNS, decode_context, events_where, job_stats, jobs_where
-from gateway.stores.records import answer, decode_metadata, merge_metadata, to_json
+from gateway.stores.records import decode_metadata, to_json
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Sequence
     from datetime import datetime
 
     from asyncpg.pool import PoolConnectionProxy
@@ -66,18 +66,6 @@ _JOB_COLUMNS = (
     "seq, job_id, kind, status, result, metadata, error_message, created_at, updated_at, completed_at,"
     " user_id, organization_id, registered_at, context"
 )
-_LOCK_JOB = "SELECT kind, status, metadata, created_at, registered_at FROM jobs WHERE job_id = $1 FOR UPDATE"
-# Every transaction recording an event holds one advisory lock (an arbitrary constant key) from taking
-# the event's id until it commits. Without it two transactions could commit ids out of order (id 6
-# visible while id 5 is still being written), and a live stream that had read past 6 would never send 5.
-# Held only for this statement, the outbox row and the commit (the job row is written before it), so
-# replicas queue for about one round trip per event.
-_RECORD_EVENT = (
-    "INSERT INTO job_events (job_id, status, timestamp, received_at, outcome, event_key, delivery_id,"
-    " metadata, error_message) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9"
-    " FROM (SELECT pg_advisory_xact_lock(7450201336512837937)) AS events_lock"
-    " ON CONFLICT DO NOTHING RETURNING id"
-)
 # Replicas pruning at once skip each other's rows (SKIP LOCKED), as do rows an event is updating right now.
 _PRUNE = (
     "WITH doomed AS (SELECT job_id FROM jobs WHERE status IN ('completed', 'failed') AND completed_at < $1"
@@ -86,16 +74,8 @@ _PRUNE = (
     " gone AS (DELETE FROM jobs WHERE job_id IN (SELECT job_id FROM doomed) RETURNING 1)"
     " SELECT count(*) FROM gone"
 )
+_MAX_BATCH = 256
 _MIGRATION_LOCK = 0x6761746577617901  # pg_advisory_lock key: replicas starting together migrate one at a time
-
-
-class _Duplicate(Exception):
-    """Raised inside the transaction to roll back whatever it wrote for an event already recorded."""
-
-    def __init__(self, status: Status | None) -> None:
-        super().__init__("already recorded")
-        self.status = status
-        """The job's status as locked by the transaction (``None`` if the transaction created the job)."""
 
 
 class PostgresJobStore:
@@ -118,6 +98,10 @@ class PostgresJobStore:
         self._pool_size = pool_size
         self._timeout = timeout
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+        self._queued: list[Pending] = []
+        """Events waiting for the next batch."""
+        self._writer: asyncio.Task[None] | None = None
+        """The task writing batches, one at a time; ``None`` while nothing waits."""
         self._failing = False
         """Whether the last call failed: an outage is logged when it starts and when it ends, not per call."""
 
@@ -141,6 +125,8 @@ class PostgresJobStore:
             raise StoreUnavailable("job", "open") from error
 
     async def close(self) -> None:
+        if self._writer is not None:  # the events already queued are written first (each batch is bounded)
+            await self._writer
         if self._pool is not None:
             pool, self._pool = self._pool, None
             try:
@@ -152,18 +138,39 @@ class PostgresJobStore:
         await self._run("ping", lambda db: db.fetchval("SELECT 1"))
 
     async def apply(self, event: JobEvent) -> Applied:
+        if self._pool is None:
+            raise StoreUnavailable("job", "apply")
         outbox = self._outbox
-        traceparent = current_traceparent() if outbox is not None else None
-        try:
-            applied = await to_the_end(
-                self._run("apply", lambda db: _apply(db, event, outbox, traceparent, self._require_registered))
-            )
-        except _Duplicate as duplicate:
-            # Already recorded: the database's word is final.
-            return Applied(outcome=Outcome.DUPLICATE, status=duplicate.status or event.status)
+        future: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
+        self._queued.append(Pending(event, current_traceparent() if outbox is not None else None, future))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_batches())
+        # A caller cancelled meanwhile (the shutdown deadline) still gets the batch's truthful answer.
+        applied = await to_the_end(future)
         if outbox is not None and applied.outcome is Outcome.APPLIED:
             outbox.on_written()
         return applied
+
+    async def _write_batches(self) -> None:
+        """Write what queued up, a batch at a time, until nothing waits: the events arriving while a batch
+        is written make the next one, so batches grow with the load and stay at one event when idle."""
+        try:
+            while self._queued:
+                batch, self._queued = self._queued[:_MAX_BATCH], self._queued[_MAX_BATCH:]
+                try:
+                    work = partial(apply_batch, batch=batch, outbox=self._outbox, require=self._require_registered)
+                    answers: Sequence[Applied | Exception] = await self._run("apply", work)
+                except StoreUnavailable as error:
+                    answers = [error] * len(batch)
+                for pending, answer in zip(batch, answers, strict=True):
+                    if isinstance(answer, Exception):
+                        pending.future.set_exception(answer)
+                    else:
+                        pending.future.set_result(answer)
+        finally:
+            self._writer = None
+            for pending in self._queued if self._pool is None else ():
+                pending.future.set_exception(StoreUnavailable("job", "apply"))
 
     async def run(self, operation: str, work: Callable[[Connection], Awaitable[T]]) -> T:
         """Run ``work`` on a pooled connection for a neighbour sharing the database (the delivery outbox),
@@ -270,7 +277,7 @@ class PostgresJobStore:
         try:
             async with asyncio.timeout(self._timeout), self._pool.acquire() as connection:
                 result = await work(connection)
-        except (Refused, _Duplicate):
+        except Refused:
             raise
         except Exception as error:
             # Refused connection, server restart, timeout, lost connection: all mean "retry later".
@@ -289,82 +296,6 @@ async def _reset(connection: Connection) -> None:
     state), which saves asyncpg's default reset, a round trip per release."""
     if connection.is_in_transaction():
         await connection.execute("ROLLBACK")
-
-
-async def _apply(
-    db: Connection, event: JobEvent, outbox: OutboxWriter | None, traceparent: str | None, require_registered: bool
-) -> Applied:
-    """Lock (or create) the job's row, decide, record the event, update the job: one transaction."""
-    received = event.received_at
-    result = bytes(event.result).decode() if event.result is not None else None
-    async with db.transaction():
-        row = await db.fetchrow(_LOCK_JOB, event.job_id)
-        created = False
-        if row is None and require_registered:
-            raise Unregistered(event.job_id)
-        if row is None:
-            completed = received if event.status.terminal else None
-            created = (
-                await db.fetchval(
-                    "INSERT INTO jobs (job_id, kind, status, result, metadata, error_message,"
-                    " created_at, updated_at, completed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)"
-                    " ON CONFLICT (job_id) DO NOTHING RETURNING seq",
-                    event.job_id,
-                    event.kind,
-                    event.status.value,
-                    result,
-                    to_json(event.metadata),
-                    event.error_message,
-                    received,
-                    completed,
-                )
-                is not None
-            )
-            if not created:  # another transaction created it meanwhile, and has committed: lock that row
-                row = await db.fetchrow(_LOCK_JOB, event.job_id)
-        if row is not None and row["kind"] != event.kind:
-            raise KindConflict(event.job_id, row["kind"])
-        if require_registered and row is not None and row["registered_at"] is None:
-            raise Unregistered(event.job_id)
-        previous = Status(row["status"]) if row is not None else None
-        transition = decide(previous, event.status)
-        if row is None:
-            metadata, first_seen = event.metadata, received
-        else:
-            metadata, first_seen = decode_metadata(row["metadata"]), row["created_at"]
-            if transition.outcome is Outcome.APPLIED:
-                metadata = merge_metadata(metadata, event.metadata)
-                completed = received if transition.moves and event.status.terminal else None
-                await db.execute(
-                    "UPDATE jobs SET status = $1, updated_at = $2, metadata = $3,"
-                    " result = coalesce($4, result), error_message = coalesce($5, error_message),"
-                    " completed_at = coalesce($6, completed_at) WHERE job_id = $7",
-                    event.status.value,
-                    received,
-                    to_json(metadata),
-                    result,
-                    event.error_message,
-                    completed,
-                    event.job_id,
-                )
-        # Last, under the events lock: ids become visible in the order they were taken (see _RECORD_EVENT).
-        event_id = await db.fetchval(
-            _RECORD_EVENT,
-            event.job_id,
-            event.status.value,
-            event.timestamp,
-            received,
-            transition.outcome.value,
-            event.key,
-            event.delivery_id,
-            to_json(event.metadata),
-            event.error_message,
-        )
-        if event_id is None:
-            raise _Duplicate(previous)  # already recorded: roll back whatever this transaction wrote
-        if outbox is not None and transition.outcome is Outcome.APPLIED:
-            await postgres_outbox.enqueue(db, outbox, event, event_id, traceparent)
-    return answer(event, transition, previous, event_id, metadata, first_seen)
 
 
 async def _get(db: Connection, job_id: str) -> Job | None:
