@@ -281,3 +281,44 @@ def test_a_websocket_to_a_webhook_route_is_refused_as_on_any_route(
                 pass
             assert closed.value.detail == "Bad Request", path
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+async def test_a_webhook_posted_with_a_trailing_slash_is_received_as_without(client: AsyncTestClient[Any]) -> None:
+    """Webhook POSTs skip Litestar's router (gateway.http.webhooks.WebhooksFirst), which matches exact
+    paths only; any other spelling of the path still reaches the same receiver through the router."""
+    response = await client.post(f"{IMAGE}/", json=completed_image())
+    assert response.status_code == 200
+    assert response.json()["outcome"] == "applied"
+    again = await client.post(IMAGE, json=completed_image())
+    assert again.json()["outcome"] == "duplicate"
+
+
+async def test_a_bug_behind_a_webhook_is_a_logged_500_and_the_gateway_goes_on(
+    client: AsyncTestClient[Any], settings: Settings, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected exception is ours, not the sender's: answered 500 in Litestar's shape (the sender
+    retries), logged with its traceback, and the next webhook is received as usual."""
+    from gateway.stores.memory import MemoryIdempotencyStore
+    from gateway.stores.redis import RedisIdempotencyStore
+
+    calls = 0
+
+    def fail_once(store: object, keys: object) -> object:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("a bug")
+
+    store_type = RedisIdempotencyStore if settings.redis_url else MemoryIdempotencyStore
+    original = store_type.claim
+    monkeypatch.setattr(store_type, "claim", fail_once)
+    with caplog.at_level(logging.ERROR):
+        response = await client.post(IMAGE, json=completed_image())
+    assert response.status_code == 500
+    assert response.json() == {"status_code": 500, "detail": "Internal Server Error"}
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    assert errors[0].exc_info is not None
+    assert isinstance(errors[0].exc_info[1], RuntimeError)
+    monkeypatch.setattr(store_type, "claim", original)
+    assert (await client.post(IMAGE, json=completed_image())).json()["outcome"] == "applied"
+    assert calls == 1

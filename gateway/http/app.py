@@ -32,7 +32,7 @@ from gateway.http.openapi import document_webhooks
 from gateway.http.responses import error_response
 from gateway.http.status_page import status_page_routes
 from gateway.http.tracing import server_spans
-from gateway.http.webhooks import unknown_webhook_route, webhook_route
+from gateway.http.webhooks import WebhooksFirst, unknown_webhook_route, webhook_receiver, webhook_route
 from gateway.ingest.errors import unavailable
 from gateway.ingest.pipeline import Pipeline
 from gateway.ingest.ratelimit import RateLimiter
@@ -173,9 +173,12 @@ def create_app(
         refusal = unavailable(error.store)
         return error_response(refusal.status_code, refusal.detail, refusal.headers)
 
-    app = Litestar(
+    receivers = {kind: webhook_receiver(kind, pipeline) for kind in KINDS}
+    spans = server_spans(tracer, recording=provider.sampler is not ALWAYS_OFF)
+    app = WebhooksFirst(
+        webhooks={kind.route: spans(receiver) for kind, receiver in receivers.items()},
         route_handlers=[
-            *(webhook_route(kind, pipeline) for kind in KINDS),
+            *(webhook_route(kind, receiver) for kind, receiver in receivers.items()),
             unknown_webhook_route(tuple(kind.route for kind in KINDS), telemetry),
             *job_routes(jobs, read_guards, settings.max_body_bytes),
             *event_routes(streams, jobs, read_guards),
@@ -194,7 +197,7 @@ def create_app(
             ),
             *status_page_routes(),
         ],
-        middleware=[server_spans(tracer, recording=provider.sampler is not ALWAYS_OFF)],
+        middleware=[spans],
         on_app_init=[with_allow],
         exception_handlers={StoreUnavailable: store_unavailable},
         on_startup=[start],
