@@ -300,26 +300,71 @@ async def test_postgresql_events_become_visible_in_id_order(database_url: str) -
         before = await store.last_event_id()
         transaction = writer.transaction()
         await transaction.start()
-        # Another replica's batch: it holds the events lock from taking its id until it commits.
+        # Another replica's batch holds the events lock; this store's batch starts meanwhile, and only
+        # then does the other take its id and commit: the store's batch must not have taken one first.
         await writer.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
+        fast = asyncio.create_task(store.apply(event(Status.PENDING, job_id="fast")))
+        await asyncio.sleep(0.3)
+        assert not fast.done(), "an event was recorded while another replica held the events lock"
         slow_id = await writer.fetchval(
             "INSERT INTO job_events (job_id, status, timestamp, received_at, outcome, event_key)"
             " VALUES ('slow', 'generating', $1, $2, 'applied', 'slow:key') RETURNING id",
             T0,
             datetime.now(UTC),
         )
-        fast = asyncio.create_task(store.apply(event(Status.PENDING, job_id="fast")))
-        await asyncio.sleep(0.3)
-        assert not fast.done(), "a later event was recorded while an earlier id was still uncommitted"
         assert [e.id for e in await store.events_after(before, 10)] == []
         await transaction.commit()
         fast_id = (await fast).event_id
         assert fast_id is not None
-        assert slow_id < fast_id
+        assert slow_id < fast_id, "the batch took its id before the lock: a larger id could be seen first"
         assert [e.id for e in await store.events_after(before, 10)] == [slow_id, fast_id]
     finally:
         await writer.close()
         await store.close()
+
+
+async def test_postgresql_events_queued_behind_a_stuck_batch_are_refused_within_the_timeout(
+    database_url: str,
+) -> None:
+    """Another replica holds the events lock: every event queued here, however many, is refused (503) within
+    the store's timeout of its arrival, as any store call is, and the ones that arrive once the lock is
+    free are written; a close() given up on by its caller still answers everyone."""
+    import asyncpg
+
+    from gateway.stores.postgres_batch import EVENTS_LOCK
+
+    store = PostgresJobStore(database_url, pool_size=4, timeout=0.3)
+    await store.open()
+    holder = await asyncpg.connect(database_url)
+    transaction = holder.transaction()
+    await transaction.start()
+    await holder.execute("SELECT pg_advisory_xact_lock($1)", EVENTS_LOCK)
+    waited: list[float] = []
+
+    async def apply(job_id: str) -> object:
+        started = time.monotonic()
+        try:
+            return await store.apply(event(Status.PENDING, job_id=job_id))
+        except StoreUnavailable as refused:
+            return refused
+        finally:
+            waited.append(time.monotonic() - started)
+
+    try:
+        answers = await asyncio.gather(*(apply(f"stuck-{n}") for n in range(1200)))
+        assert all(isinstance(answer, StoreUnavailable) for answer in answers)
+        # 1200 events are five batches: waiting for the batches ahead took up to five timeouts.
+        assert max(waited) < 0.9
+        late = [asyncio.create_task(apply(f"late-{n}")) for n in range(3)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(store.close(), 0.05)
+    finally:
+        await transaction.rollback()
+        await holder.close()
+    done, _ = await asyncio.wait(late, timeout=2)
+    assert len(done) == 3, "a caller was left waiting when close() was given up on"
+    await store.close()
 
 
 async def test_an_apply_whose_caller_is_cancelled_still_answers_what_it_recorded(

@@ -125,8 +125,8 @@ class PostgresJobStore:
             raise StoreUnavailable("job", "open") from error
 
     async def close(self) -> None:
-        if self._writer is not None:  # the events already queued are written first (each batch is bounded)
-            await self._writer
+        if self._writer is not None:  # the events already queued are written (or refused) first
+            await asyncio.shield(self._writer)  # a caller giving up on close() must not cut a batch off
         if self._pool is not None:
             pool, self._pool = self._pool, None
             try:
@@ -141,8 +141,10 @@ class PostgresJobStore:
         if self._pool is None:
             raise StoreUnavailable("job", "apply")
         outbox = self._outbox
-        future: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
-        self._queued.append(Pending(event, current_traceparent() if outbox is not None else None, future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Applied] = loop.create_future()
+        traceparent = current_traceparent() if outbox is not None else None
+        self._queued.append(Pending(event, traceparent, future, loop.time() + self._timeout))
         if self._writer is None:
             self._writer = asyncio.create_task(self._write_batches())
         # A caller cancelled meanwhile (the shutdown deadline) still gets the batch's truthful answer.
@@ -153,24 +155,37 @@ class PostgresJobStore:
 
     async def _write_batches(self) -> None:
         """Write what queued up, a batch at a time, until nothing waits: the events arriving while a batch
-        is written make the next one, so batches grow with the load and stay at one event when idle."""
+        is written make the next one, so batches grow with the load and stay at one event when idle.
+
+        Every event is answered within the store's timeout of its arrival, as any other call: one that
+        waited that long already is refused unwritten, and a batch must commit by its oldest event's
+        deadline. Whatever ends this task, every waiting caller gets an answer."""
+        batch: list[Pending] = []
         try:
             while self._queued:
-                batch, self._queued = self._queued[:_MAX_BATCH], self._queued[_MAX_BATCH:]
+                now = asyncio.get_running_loop().time()
+                expired = 0
+                while expired < len(self._queued) and self._queued[expired].deadline <= now:
+                    expired += 1
+                _refuse(self._queued[:expired])
+                batch, self._queued = self._queued[expired : expired + _MAX_BATCH], self._queued[expired + _MAX_BATCH :]
+                if not batch:
+                    break
                 try:
                     work = partial(apply_batch, batch=batch, outbox=self._outbox, require=self._require_registered)
-                    answers: Sequence[Applied | Exception] = await self._run("apply", work)
-                except StoreUnavailable as error:
-                    answers = [error] * len(batch)
+                    answers: Sequence[Applied | Refused] = await self._run("apply", work, deadline=batch[0].deadline)
+                except StoreUnavailable:
+                    _refuse(batch)
+                    continue
                 for pending, answer in zip(batch, answers, strict=True):
-                    if isinstance(answer, Exception):
+                    if isinstance(answer, Refused):
                         pending.future.set_exception(answer)
                     else:
                         pending.future.set_result(answer)
         finally:
             self._writer = None
-            for pending in self._queued if self._pool is None else ():
-                pending.future.set_exception(StoreUnavailable("job", "apply"))
+            waiting, self._queued = self._queued, []
+            _refuse([*batch, *waiting])
 
     async def run(self, operation: str, work: Callable[[Connection], Awaitable[T]]) -> T:
         """Run ``work`` on a pooled connection for a neighbour sharing the database (the delivery outbox),
@@ -270,12 +285,17 @@ class PostgresJobStore:
         deleted: int = await self._run("prune", lambda db: db.fetchval(_PRUNE, before, limit))
         return deleted
 
-    async def _run(self, operation: str, work: Callable[[Connection], Awaitable[T]]) -> T:
-        """Run ``work`` on a pooled connection within the timeout; any failure is StoreUnavailable."""
+    async def _run(
+        self, operation: str, work: Callable[[Connection], Awaitable[T]], *, deadline: float | None = None
+    ) -> T:
+        """Run ``work`` on a pooled connection within the timeout (or by the loop time ``deadline``); any
+        failure is StoreUnavailable."""
         if self._pool is None:
             raise StoreUnavailable("job", operation)
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + self._timeout
         try:
-            async with asyncio.timeout(self._timeout), self._pool.acquire() as connection:
+            async with asyncio.timeout_at(deadline), self._pool.acquire() as connection:
                 result = await work(connection)
         except Refused:
             raise
@@ -289,6 +309,13 @@ class PostgresJobStore:
             self._failing = False
             logger.warning("job store answers again")
         return result
+
+
+def _refuse(waiting: Sequence[Pending]) -> None:
+    """Answer events that will not be written (the store failed, or they waited too long) with a 503."""
+    for pending in waiting:
+        if not pending.future.done():
+            pending.future.set_exception(StoreUnavailable("job", "apply"))
 
 
 async def _reset(connection: Connection) -> None:

@@ -45,7 +45,11 @@ EVENTS_LOCK = 7450201336512837937
 # Both statements below are planned once per connection (planning them took longer than running them),
 # and for tables of any size: a plan made while the tables are nearly empty (a new deployment) would scan
 # them whole until autovacuum's next ANALYZE. Settings for the batch's transaction only; one round trip.
-_BEGIN = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off"
+# READ COMMITTED whatever the server's default: a batch that lost a race re-reads what the winner committed.
+_BEGIN = (
+    "BEGIN ISOLATION LEVEL READ COMMITTED;"
+    " SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off"
+)
 # One round trip: the events of the batch recorded already, and the rows of its jobs, locked in job-id
 # order (a job of the batch that does not exist yet has no row: one row of NULLs stands for none).
 _READ = """
@@ -100,6 +104,8 @@ class Pending(NamedTuple):
     traceparent: str | None
     """The webhook's span, for the delivery span to link to (forwarding only)."""
     future: asyncio.Future[Applied]
+    deadline: float
+    """The event loop's time by which it is answered: its arrival plus the store's timeout."""
 
 
 @dataclass(slots=True)
