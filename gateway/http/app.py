@@ -88,7 +88,8 @@ def create_app(
     owns_tracer_provider = tracer_provider is None
     provider = tracer_provider or tracer_provider_from_env(metrics.spans_dropped, spans_queued=metrics.spans_queued)
     tracer = provider.get_tracer("gateway", __version__)
-    telemetry = Telemetry(metrics)
+    traced = provider.sampler is not ALWAYS_OFF  # no exporter: no span is ever recorded
+    telemetry = Telemetry(metrics, traced=traced)
 
     sinks = _sinks(settings)
     forwarding = tuple(sinks)
@@ -107,7 +108,7 @@ def create_app(
     limiter = RateLimiter.from_settings(settings, limits, MemoryRateLimitStore(max_keys=1), metrics=metrics)
     # Live streams are woken after each commit; with REDIS_URL (distributed mode) other replicas' too.
     wakeup = Wakeup(settings.redis_url, prefix=settings.redis_key_prefix, timeout=settings.store_timeout_seconds)
-    pipeline = Pipeline(settings, jobs, idempotency, telemetry, limiter=limiter, stored=wakeup.stored)
+    pipeline = Pipeline(settings, jobs, idempotency, telemetry, limiter=limiter, stored=wakeup.stored, traced=traced)
     streams = Streams(
         jobs,
         wakeup,
@@ -174,7 +175,7 @@ def create_app(
         return error_response(refusal.status_code, refusal.detail, refusal.headers)
 
     receivers = {kind: webhook_receiver(kind, pipeline) for kind in KINDS}
-    spans = server_spans(tracer, recording=provider.sampler is not ALWAYS_OFF)
+    spans = server_spans(tracer, recording=traced)
     app = WebhooksFirst(
         webhooks={kind.route: spans(receiver) for kind, receiver in receivers.items()},
         route_handlers=[

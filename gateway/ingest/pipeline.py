@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 _MAX_DELIVERY_ID = 256
 _NO_HEADERS: Mapping[str, str] = {}
+_UNTRACED = nullcontext()
 
 
 class Accepted(msgspec.Struct, frozen=True, kw_only=True):
@@ -77,8 +78,11 @@ class Pipeline:
         clock: Callable[[], float] = time.time,
         limiter: RateLimiter | None = None,
         stored: Callable[[], None] | None = None,
+        traced: bool = True,
     ) -> None:
         self._limiter = limiter
+        self._traced = traced
+        """Whether any request can have a recording span; when none can (no exporter), stages skip looking."""
         self._stored = stored
         """Called after an event is committed (the live streams' wake-up); never awaited, never fails."""
         self._max_body_bytes = settings.max_body_bytes
@@ -243,8 +247,10 @@ class Pipeline:
 
     def _stage(self, name: str) -> AbstractContextManager[object]:
         """Mark a stage on the request's span, only when the request is sampled."""
+        if not self._traced:
+            return _UNTRACED
         span = trace.get_current_span()
-        return _Stage(span, name) if span.is_recording() else nullcontext()
+        return _Stage(span, name) if span.is_recording() else _UNTRACED
 
 
 class _Stage:
