@@ -284,6 +284,32 @@ async def test_a_sqlite_store_reopened_after_close_answers_reads(tmp_path: Path)
         await store.close()
 
 
+async def test_a_stuck_sqlite_writer_answers_its_callers_503_at_their_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer thread stuck on a batch (a disk stall): the callers waiting on it, and those queued
+    behind it, are answered 503 once their deadline passes, not left hanging; the store then goes on."""
+    from gateway.stores import sqlite
+
+    monkeypatch.setattr(sqlite, "_CALL_TIMEOUT_SECONDS", 0.3)
+    monkeypatch.setattr(sqlite, "_WATCH_SECONDS", 0.05)
+    store = SqliteJobStore(str(tmp_path / "jobs.db"))
+    await store.open()
+    try:
+        started = time.monotonic()
+        stuck = asyncio.create_task(store.run("stall", lambda db: time.sleep(1.0)))
+        await asyncio.sleep(0.05)
+        queued = asyncio.create_task(store.apply(event(Status.PENDING, job_id="behind-a-stall")))
+        for call in (stuck, queued):
+            with pytest.raises(StoreUnavailable):
+                await call
+        assert time.monotonic() - started < 0.9, "answered only when the stall ended"
+        await asyncio.sleep(1.0)  # the stall ends; the queued write ran after it (its sender's retry: duplicate)
+        assert (await store.apply(event(Status.GENERATING, 1, job_id="after"))).outcome is Outcome.APPLIED
+    finally:
+        await store.close()
+
+
 async def test_postgresql_events_become_visible_in_id_order(database_url: str) -> None:
     """A live stream reads events by id: an event must never be visible before one with a smaller id is,
     or a stream that has read past it would skip that one for good (found in review on PostgreSQL, where

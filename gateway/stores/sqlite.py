@@ -68,13 +68,18 @@ _JOB_COLUMNS = (
 _MAX_BATCH = 256
 _CALL_TIMEOUT_SECONDS = 15.0
 """Longer than SQLite's busy timeout (5 s) plus a batch: past it the caller gets a 503, not a hang."""
+_WATCH_SECONDS = 1.0
+"""How often the writer thread's calls are checked against their deadline while any is waiting."""
 
 
 class _Op(NamedTuple):
+    operation: str
     run: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any]
     write: bool
     """A write may share a transaction with the writes queued next to it."""
+    deadline: float
+    """The event loop's time past which the caller is answered 503 (``_CALL_TIMEOUT_SECONDS``)."""
 
 
 class SqliteJobStore:
@@ -103,6 +108,10 @@ class SqliteJobStore:
         self._pending: list[_Op] = []
         """Operations waiting for the thread; handed over together, as one batch."""
         self._in_flight = False
+        self._batch: list[_Op] = []
+        """The operations the thread is working on."""
+        self._watchdog: asyncio.TimerHandle | None = None
+        """Checks deadlines while operations wait: one timer for all of them, not one per call."""
         self._abandoned: dict[asyncio.Future[Any], asyncio.Future[Any]] = {}
         """Writes whose caller was cancelled but still waits for the answer (see ``finish``): the
         original future (cancelled) and the one the caller waits on now."""
@@ -219,7 +228,10 @@ class SqliteJobStore:
         if self._path == ":memory:":  # another connection would open another, empty, database
             return await self._submit(operation, run)
         loop = asyncio.get_running_loop()
-        return await _answer(operation, loop.run_in_executor(self._reader, self._with_reader, run))
+        return await _answer(
+            operation,
+            asyncio.wait_for(loop.run_in_executor(self._reader, self._with_reader, run), _CALL_TIMEOUT_SECONDS),
+        )
 
     def _with_reader(self, run: Callable[[sqlite3.Connection], Any]) -> Any:
         """On the reader thread: its connection, opened on first use."""
@@ -238,7 +250,9 @@ class SqliteJobStore:
         if self._loop is None or self._thread is None:
             raise StoreUnavailable("job", operation)
         future = self._loop.create_future()
-        self._pending.append(_Op(run, future, write))
+        self._pending.append(_Op(operation, run, future, write, self._loop.time() + _CALL_TIMEOUT_SECONDS))
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_later(_WATCH_SECONDS, self._watch)
         if not self._in_flight and len(self._pending) == 1:
             # Hand over at the end of this loop iteration, so requests arriving meanwhile join the batch.
             self._loop.call_soon(self._hand_over)
@@ -267,15 +281,34 @@ class SqliteJobStore:
             return  # busy, idle, or closing (close() refuses what is left)
         batch, self._pending = self._pending[:_MAX_BATCH], self._pending[_MAX_BATCH:]
         self._in_flight = True
+        self._batch = batch
         self._queue.put(batch)
 
     def _settle(self, settled: list[Settled]) -> None:
         """On the event loop: answer a finished batch, then hand over what queued up meanwhile."""
         self._in_flight = False
+        self._batch = []
         if self._abandoned:
             settled = [(self._abandoned.get(future, future), result, error) for future, result, error in settled]
         _settle(settled)
         self._hand_over()
+
+    def _watch(self) -> None:
+        """Answer 503 to every caller whose deadline passed (the thread is stuck on a batch); look again
+        in a second while any caller still waits. The thread may still commit such a write later: the
+        sender's retry is then answered ``duplicate``."""
+        assert self._loop is not None
+        self._watchdog = None
+        now = self._loop.time()
+        waiting = [(op, self._abandoned.get(op.future, op.future)) for op in (*self._batch, *self._pending)]
+        waiting = [(op, waiter) for op, waiter in waiting if not waiter.done()]
+        late = [(op, waiter) for op, waiter in waiting if op.deadline <= now]
+        for op, waiter in late:
+            waiter.set_exception(StoreUnavailable("job", op.operation))
+        if late:
+            logger.error("job store: %d calls got no answer within %s s", len(late), _CALL_TIMEOUT_SECONDS)
+        if len(late) < len(waiting):
+            self._watchdog = self._loop.call_later(_WATCH_SECONDS, self._watch)
 
     # Everything below runs on the store's own thread.
 
@@ -444,9 +477,10 @@ def _transaction(db: sqlite3.Connection, writes: list[_Op]) -> list[Settled]:
 
 
 async def _answer(operation: str, pending: Awaitable[Any]) -> Any:
-    """Await a store call within its deadline; every failure becomes :class:`StoreUnavailable` (a 503)."""
+    """Await a store call (bounded by its deadline: the watchdog, or ``wait_for``); every failure becomes
+    :class:`StoreUnavailable` (a 503)."""
     try:
-        return await asyncio.wait_for(pending, _CALL_TIMEOUT_SECONDS)
+        return await pending
     except (Refused, StoreUnavailable):
         raise
     except TimeoutError:
