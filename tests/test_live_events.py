@@ -298,3 +298,34 @@ def test_replicas_hear_each_other_again_after_redis_restarts(
         post(first, progress("generating", job_id="after-restart"))
         assert next(stream).payload["job_id"] == "after-restart"
         assert time.monotonic() - started < 5
+
+
+async def test_a_burst_of_commits_is_a_handful_of_signals_and_the_last_one_is_heard(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Replicas ring each other once per 20 ms at most: 300 commits, about a millisecond apart, are one
+    PUBLISH per 20 ms of the burst, not 300, and a commit after the burst still reaches the other replica."""
+    import redis.asyncio as redis
+
+    sender, listener = Wakeup(redis_url, prefix=redis_prefix), redis.Redis.from_url(redis_url)
+    pubsub = listener.pubsub()
+    await pubsub.subscribe(f"{redis_prefix}job-events")
+    await pubsub.get_message(timeout=1)  # the subscription's confirmation
+    await sender.start()
+    try:
+        started = time.monotonic()
+        for _ in range(300):
+            sender.stored()
+            await asyncio.sleep(0.0005)
+        burst = time.monotonic() - started
+        await asyncio.sleep(0.1)
+        signals = 0
+        while await pubsub.get_message(timeout=0.2) is not None:
+            signals += 1
+        assert 1 <= signals <= burst / 0.02 + 3 < 100
+        sender.stored()
+        assert await pubsub.get_message(timeout=1) is not None, "a commit after the burst was not signalled"
+    finally:
+        await sender.stop()
+        await pubsub.aclose()
+        await listener.aclose()
