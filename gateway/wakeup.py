@@ -101,10 +101,10 @@ class Wakeup:
                             type(error).__name__,
                         )
                     failing = True
-                    continue
-                if failing:
-                    logger.warning("live streams: signalling other replicas again")
-                    failing = False
+                else:
+                    if failing:
+                        logger.warning("live streams: signalling other replicas again")
+                        failing = False
                 await asyncio.sleep(_PUBLISH_INTERVAL_SECONDS)
         finally:
             await client.aclose()

@@ -137,7 +137,11 @@ class SqliteJobStore:
             self._queue.put(None)
             await asyncio.to_thread(thread.join)
         waiting, self._pending = self._pending, []
-        _settle([(op.future, None, StoreUnavailable("job", "close")) for op in waiting])
+        refused = StoreUnavailable("job", "close")
+        _settle([(self._abandoned.get(op.future, op.future), None, refused) for op in waiting])
+        if self._watchdog is not None:  # nothing waits any more (and a reopened store may run on another loop)
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._reader_db is not None:
             await asyncio.get_running_loop().run_in_executor(self._reader, self._reader_db.close)
             self._reader_db = None
@@ -265,10 +269,12 @@ class SqliteJobStore:
                 except asyncio.CancelledError:
                     if not finish:
                         raise
-                    # The thread commits the write whatever happens to this caller: wait for its answer
-                    # on a new future (wait_for cancelled the last one), which _settle completes instead.
-                    waiter = self._abandoned[future] = self._loop.create_future()
                     interrupted += 1
+                    if waiter.done() and not waiter.cancelled():
+                        return await _answer(operation, waiter)  # answered in the same pass as the cancel
+                    # The thread commits the write whatever happens to this caller: wait for its answer
+                    # on a new future (the cancellation cancelled the last one), which _settle completes.
+                    waiter = self._abandoned[future] = self._loop.create_future()
         finally:
             if interrupted:
                 self._abandoned.pop(future, None)
