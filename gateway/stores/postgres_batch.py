@@ -10,7 +10,8 @@ for all of its events.
 A batch locks the rows of the jobs it touches in job-id order (``FOR UPDATE``: a concurrent batch of
 another replica waits, and two batches never deadlock), reads which of its events are recorded already,
 decides every event in arrival order with :func:`~gateway.ingest.transition.decide` against those rows,
-then writes the new jobs, the changed jobs, the events and their outbox rows with one statement each.
+then writes the new jobs, the changed jobs and the events in one statement (their outbox rows, with
+forwarding on, in a second one).
 The unique ``job_id``, ``event_key`` and ``delivery_id`` stay the last guard of exactly-once: if another
 transaction created one of the batch's jobs or recorded one of its events meanwhile, the batch is rolled
 back and decided again against what that transaction committed.
@@ -194,10 +195,10 @@ async def _write(
         for index, event in enumerate(events)
         if (entry := _decide(index, event, jobs, keys, delivery_ids, require_registered, answers)) is not None
     ]
-    new = sorted((job_id, job) for job_id, job in jobs.items() if job.new)
-    changed = sorted((job_id, job) for job_id, job in jobs.items() if job.changed and not job.new)
     if not decided:
         return decided, {}  # nothing to write: every event was refused or is recorded already
+    new = sorted((job_id, job) for job_id, job in jobs.items() if job.new)
+    changed = sorted((job_id, job) for job_id, job in jobs.items() if job.changed and not job.new)
     written = await db.fetch(_WRITE, *_created(new), *_changed(changed), *_recorded(decided), EVENTS_LOCK)
     ids = {row["event_key"]: row["id"] for row in written if row["event_key"] is not None}
     if written[0]["created"] != len(new) or len(ids) != len(decided):

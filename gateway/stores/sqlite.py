@@ -137,8 +137,7 @@ class SqliteJobStore:
             self._queue.put(None)
             await asyncio.to_thread(thread.join)
         waiting, self._pending = self._pending, []
-        refused = StoreUnavailable("job", "close")
-        _settle([(self._abandoned.get(op.future, op.future), None, refused) for op in waiting])
+        _settle([(self._abandoned.get(op.future, op.future), None, StoreUnavailable("job", "close")) for op in waiting])
         if self._watchdog is not None:  # nothing waits any more (and a reopened store may run on another loop)
             self._watchdog.cancel()
             self._watchdog = None
