@@ -160,3 +160,22 @@ def test_migrate_against_an_unreachable_postgresql_fails_without_echoing_the_pas
     assert result.returncode == 1
     assert "cannot migrate" in result.stderr
     assert "s3cret-pw" not in result.stderr + result.stdout
+
+
+def test_deliveries_list_with_forwarding_off_says_how_to_turn_it_on(tmp_path: Path) -> None:
+    """An empty listing is explained: forwarding is off and which variable turns it on (on stderr, so
+    stdout stays one JSON object a line); with forwarding on, an empty listing says nothing matched."""
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'd.db'}"}
+    assert run_gateway(tmp_path, "migrate", env=env).returncode == 0
+
+    off = run_gateway(tmp_path, "deliveries", "list", env=env)
+    assert off.returncode == 0, off.stderr
+    assert off.stdout == ""
+    assert "forwarding is off" in off.stderr
+    assert "GATEWAY_FORWARD_URL" in off.stderr
+
+    on = run_gateway(tmp_path, "deliveries", "list", env={**env, "GATEWAY_FORWARD_URL": "http://127.0.0.1:9/hooks"})
+    assert on.returncode == 0, on.stderr
+    assert on.stdout == ""
+    assert "no deliveries match" in on.stderr
+    assert "forwarding is off" not in on.stderr
