@@ -38,6 +38,7 @@ from gateway.ingest.pipeline import Pipeline
 from gateway.ingest.ratelimit import RateLimiter
 from gateway.kinds import KINDS
 from gateway.retention import Retention
+from gateway.startup import job_store_failure
 from gateway.stores.base import IdempotencyStore, RateLimitStore, StoreUnavailable
 from gateway.stores.memory import MemoryIdempotencyStore, MemoryRateLimitStore
 from gateway.stores.postgres import PostgresJobStore
@@ -131,7 +132,10 @@ def create_app(
     )
 
     async def start() -> None:
-        await jobs.open(apply_migrations=settings.migrate_on_start)
+        try:
+            await jobs.open(apply_migrations=settings.migrate_on_start)
+        except StoreUnavailable as error:
+            raise job_store_failure(settings.database, error.__cause__) from error
         await wakeup.start()
         if dispatcher is not None:
             if isinstance(outbox, SqliteOutbox):
