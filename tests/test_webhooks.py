@@ -127,9 +127,7 @@ async def test_an_invalid_payload_of_no_kind_gets_no_route_hint(client: AsyncTes
     payload = completed_image() | {"data": {"images": [{"url": "u", "size_bytes": -1}]}}
     response = await client.post(IMAGE, json=payload)
     assert response.status_code == 400
-    assert response.json()["detail"] == (
-        "Invalid payload: Expected `int` >= 0 - at `$.data.images[0].size_bytes`"
-    )
+    assert response.json()["detail"] == "Invalid payload: Expected `int` >= 0 - at `$.data.images[0].size_bytes`"
 
 
 async def test_unknown_fields_are_ignored(client: AsyncTestClient[Any]) -> None:
