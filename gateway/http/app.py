@@ -28,7 +28,7 @@ from gateway.http.events import Streams, event_routes
 from gateway.http.health import health_routes
 from gateway.http.jobs import job_routes
 from gateway.http.metrics import metrics_route
-from gateway.http.openapi import document_webhooks
+from gateway.http.openapi import api_docs, document_webhooks
 from gateway.http.responses import error_response
 from gateway.http.status_page import status_page_routes
 from gateway.http.tracing import server_spans
@@ -225,6 +225,7 @@ def create_app(
             version=__version__,
             description="Receives job-status webhooks from the generation backend, applies each exactly "
             "once to its job, and serves every job's state and history.",
+            render_plugins=api_docs(),
         ),
     )
     document_webhooks(app.openapi_schema, KINDS)
