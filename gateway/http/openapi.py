@@ -5,7 +5,7 @@ described here and added to the document Litestar builds for the other routes.
 The request body schema is msgspec's own JSON Schema of each kind's payload union, so what the schema
 promises is exactly what the decoder accepts; schema-driven fuzzers then exercise real payloads.
 
-The API docs (``/schema``) are Swagger UI served from the package's own files (the ``swagger-ui-bundle``
+The API docs (``/schema``) are Swagger UI served from the package's own files (the ``swagger-ui-bundle-v2``
 distribution), never from a CDN: they work offline and tell no third party who reads them.
 """
 
