@@ -170,6 +170,8 @@ def test_deliveries_list_with_forwarding_off_says_how_to_turn_it_on(tmp_path: Pa
     """An empty listing is explained: forwarding is off and which variable turns it on (on stderr, so
     stdout stays one JSON object a line); with forwarding on, an empty listing says nothing matched."""
     env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'd.db'}"}
+    unmigrated = run_gateway(tmp_path, "deliveries", "list", env=env)
+    assert "forwarding is off" in unmigrated.stderr  # said first, whatever the store answers
     assert run_gateway(tmp_path, "migrate", env=env).returncode == 0
 
     off = run_gateway(tmp_path, "deliveries", "list", env=env)
