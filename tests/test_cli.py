@@ -259,13 +259,26 @@ def test_serve_prints_where_to_look_and_warns_once_without_credentials(tmp_path:
     accepting unauthenticated webhooks appears once."""
     server = LiveServer(tmp_path, {})
     try:
-        output = server.log.read_text()
         for path in ("/status", "/schema", "/metrics"):
-            assert f"{server.url}{path}\n" in output
             assert httpx.get(f"{server.url}{path}", timeout=5).status_code == 200
     finally:
         server.stop()
+    output = server.log.read_text()  # once stopped: log lines are written by a thread of their own
     assert f"gateway: listening on {server.url}\n" in output
+    for path in ("/status", "/schema", "/metrics"):
+        assert f"{server.url}{path}\n" in output
     warnings = [line for line in output.splitlines() if "WEBHOOK_SIGNING_KEYS" in line]
     assert len(warnings) == 1, warnings
     assert "NO AUTHENTICATION" in warnings[0]
+
+
+def test_serve_with_redis_not_answering_starts_and_says_what_that_means(tmp_path: Path) -> None:
+    """Redis may come back, so it does not stop start-up (as the rate limiter's store does not), but the
+    operator reads at once that webhooks are refused until it answers, and what to check."""
+    server = LiveServer(
+        tmp_path, {"WEBHOOK_SECRET": "a-secret-for-this-test", "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    )
+    server.stop()
+    output = server.log.read_text()
+    assert "REDIS_URL does not answer: webhooks are answered 503 until it does. Check REDIS_URL" in output
+    assert "Traceback" not in output

@@ -136,6 +136,15 @@ def create_app(
             await jobs.open(apply_migrations=settings.migrate_on_start)
         except StoreUnavailable as error:
             raise job_store_failure(settings.database, error.__cause__) from error
+        if settings.redis_url is not None:
+            try:
+                await idempotency.ping()
+            except StoreUnavailable:
+                # Not fatal: Redis may come back; until then each webhook is refused (503), nothing recorded.
+                logger.warning(
+                    "REDIS_URL does not answer: webhooks are answered 503 until it does. Check REDIS_URL (host, "
+                    "port, password) and that Redis runs."
+                )
         await wakeup.start()
         if dispatcher is not None:
             if isinstance(outbox, SqliteOutbox):
