@@ -381,8 +381,8 @@ def _bad_signing_key(position: int, *, prefixed: bool) -> str:
     if prefixed:
         return f"WEBHOOK_SIGNING_KEYS: key #{position} is not valid base64 after its 'whsec_' prefix"
     return (
-        f"WEBHOOK_SIGNING_KEYS: key #{position} must start with 'whsec_' followed by the key in base64 "
-        "(a Standard Webhooks key: whsec_ then at least 16 random bytes in base64)"
+        f"WEBHOOK_SIGNING_KEYS: key #{position} must start with 'whsec_', followed by the key in base64 "
+        "(a Standard Webhooks key of at least 16 random bytes)"
     )
 
 

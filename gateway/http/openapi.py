@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 __all__ = ("api_docs", "document_webhooks")
 
 _VIEWER = Path(swagger_ui_path)
-"""Swagger UI's files, in a directory named after its version (``swagger-ui-4.15.5``)."""
+"""Swagger UI's files, in a directory named after its version (``swagger-ui-<version>``)."""
 _VIEWER_URL = f"/schema/static/{_VIEWER.name}"
 _VIEWER_FILES = {
     "swagger-ui-bundle.js": "text/javascript",
