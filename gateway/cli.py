@@ -112,19 +112,23 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int)
     # lines (the batched writer's) would be lost. This handler makes it a normal exit instead.
     for stop in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop, _exit_quietly)
-    if not settings.authenticates:
+    from gateway.http.app import create_app
+    from gateway.startup import ReportingLifespan, browse_lines, port_taken
+
+    bind_host = host or settings.host
+    bind_port = port if port is not None else settings.port
+    if port_taken(bind_host, bind_port):
         print(
-            "gateway: WARNING: no WEBHOOK_SECRET or WEBHOOK_SIGNING_KEYS set: accepting unauthenticated "
-            "webhooks (development mode only)",
+            f"gateway: port {bind_port} on {bind_host} is already in use (another gateway or program listens there): "
+            "stop it, or choose another port with --port or GATEWAY_PORT",
             file=sys.stderr,
         )
-    from gateway.http.app import create_app
-
+        return 1
     app = create_app(settings)
     config = uvicorn.Config(
         app,
-        host=host or settings.host,
-        port=port if port is not None else settings.port,
+        host=bind_host,
+        port=bind_port,
         loop="auto",
         http=BoundedHttpToolsProtocol,  # httptools, with bounds on the request head (gateway.http.limits)
         log_level=settings.log_level.lower(),
@@ -136,6 +140,8 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int)
         # lifespan shutdown closes the stores and flushes spans.
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
     )
+    config.load()
+    config.lifespan_class = ReportingLifespan  # a store that cannot be opened: one line, not a traceback
     wakeup: Wakeup = app.state["wakeup"]
 
     class Server(uvicorn.Server):
@@ -152,6 +158,8 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int)
 
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
+            if self.started:
+                print("\n".join(browse_lines(bind_host, bind_port)), file=sys.stderr, flush=True)
             # What exists once the app has started (modules, the app, its stores and telemetry) lives as
             # long as the process: frozen out of the cyclic collector's sight, a full collection no longer
             # walks it. Measured: full collections of ~40 ms, a few times a second at 50 connections, were

@@ -369,13 +369,21 @@ def _signing_keys(value: str | None) -> tuple[bytes, ...]:
             key = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             # Never echo the key itself: this message ends up in logs.
-            raise ConfigError(
-                f"WEBHOOK_SIGNING_KEYS: key #{position} is not valid base64 after its 'whsec_' prefix"
-            ) from None
+            raise ConfigError(_bad_signing_key(position, prefixed=encoded is not token)) from None
         if len(key) < 16:
             raise ConfigError(f"WEBHOOK_SIGNING_KEYS: key #{position} is shorter than 16 bytes once decoded")
         keys.append(key)
     return tuple(keys)
+
+
+def _bad_signing_key(position: int, *, prefixed: bool) -> str:
+    """What is wrong with a signing key that is not base64, without its text."""
+    if prefixed:
+        return f"WEBHOOK_SIGNING_KEYS: key #{position} is not valid base64 after its 'whsec_' prefix"
+    return (
+        f"WEBHOOK_SIGNING_KEYS: key #{position} must start with 'whsec_', followed by the key in base64 "
+        "(a Standard Webhooks key of at least 16 random bytes)"
+    )
 
 
 def _seconds(name: str, value: str | None, default: float) -> float:
@@ -422,6 +430,11 @@ def _database(value: str | None) -> Database:
             # A URL without a host would silently mean a local socket: say so rather than guess.
             raise ConfigError("DATABASE_URL: a postgresql:// URL needs a host, e.g. postgresql://user@db:5432/gateway")
         return PostgresDatabase(value)
+    if scheme.lower().startswith("sqlite:") or (scheme.lower() == "sqlite" and sep):
+        raise ConfigError(
+            "DATABASE_URL: a SQLite URL takes three slashes before a relative path (sqlite:///gateway.db) "
+            "and four before an absolute one (sqlite:////abs/path/gateway.db)"
+        )
     # Never echo the value: a mistyped PostgreSQL URL still carries its password.
     raise ConfigError(
         "DATABASE_URL must look like sqlite:///relative.db, sqlite:////absolute/path.db or "

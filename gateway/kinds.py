@@ -7,13 +7,13 @@ once at import so the hot path never builds one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 
 from gateway.payloads import BlogPayload, ImagePayload, Payload
 
-__all__ = ("KINDS", "JobKind", "kind_named")
+__all__ = ("KINDS", "JobKind", "a_job_of_kind", "kind_named")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +32,11 @@ class JobKind:
     @property
     def route(self) -> str:
         return f"/api/webhooks/{self.name}-completion"
+
+    @property
+    def statuses(self) -> tuple[str, ...]:
+        """The ``status`` values this kind's webhooks may carry, in the union's order."""
+        return tuple(str(member.__struct_config__.tag) for member in get_args(self.payload))
 
 
 KINDS: tuple[JobKind, ...] = (
@@ -52,3 +57,8 @@ _BY_NAME = {kind.name: kind for kind in KINDS}
 
 def kind_named(name: str) -> JobKind | None:
     return _BY_NAME.get(name)
+
+
+def a_job_of_kind(name: str) -> str:
+    """``"an image job"``, ``"a blog job"``: a kind's name in a sentence."""
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name} job"

@@ -129,7 +129,7 @@ class KindConflict(Refused):
     """The job exists under another kind: its webhooks belong on that kind's route."""
 
     def __init__(self, job_id: str, kind: str) -> None:
-        super().__init__(f"job {job_id!r} is a {kind!r} job")
+        super().__init__(f"job {job_id!r} is of kind {kind!r}")
         self.job_id = job_id
         self.kind = kind
 

@@ -208,3 +208,24 @@ def test_nats_subjects_and_stream_default_to_the_documented_names_and_can_be_mov
     assert (defaults.nats_subject_prefix, defaults.nats_stream) == ("gateway.jobs", "GATEWAY_JOBS")
     moved = Settings.from_env({"GATEWAY_NATS_SUBJECT_PREFIX": "staging.gw-1.jobs", "GATEWAY_NATS_STREAM": "GW_STAGING"})
     assert (moved.nats_subject_prefix, moved.nats_stream) == ("staging.gw-1.jobs", "GW_STAGING")
+
+
+@pytest.mark.parametrize("url", ["sqlite:/gateway.db", "sqlite:gateway.db", "sqlite://gateway.db", "sqlite://"])
+def test_a_sqlite_url_with_too_few_slashes_is_told_the_right_form(url: str) -> None:
+    """``sqlite:/gateway.db`` has a scheme: the message shows the forms that work, not "no scheme"."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"DATABASE_URL": url})
+    message = str(caught.value)
+    assert "no scheme" not in message
+    assert "sqlite:///gateway.db" in message
+    assert "sqlite:////abs/path/gateway.db" in message
+
+
+def test_a_signing_key_without_its_prefix_is_told_to_start_with_whsec() -> None:
+    """A key that is neither ``whsec_...`` nor base64 is not said to have a prefix it lacks."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"WEBHOOK_SIGNING_KEYS": "abc"})
+    message = str(caught.value)
+    assert "key #1 must start with 'whsec_'" in message
+    assert "after its 'whsec_' prefix" not in message
+    assert "abc" not in message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -190,3 +191,21 @@ async def test_options_lists_every_method_of_a_shared_path(client: AsyncTestClie
         response = await client.options(path)
         assert response.status_code == 204
         assert response.headers["allow"] == methods
+
+
+async def test_the_api_docs_load_nothing_from_another_host(client: AsyncTestClient[Any]) -> None:
+    """``/schema`` (the status page's "API docs") works offline and tells no third party who reads it:
+    every script, stylesheet and icon it references is a path on the gateway, and each is served."""
+    page = await client.get("/schema")
+    assert page.status_code == 200
+    assert "swagger-ui" in page.text
+    head = page.text.split("<body", 1)[0]  # the document itself (inlined in the body) may name any URL
+    references = re.findall(r'(?:src|href)=["\']([^"\']+)["\']', head)
+    assert len(references) >= 4  # the stylesheet, two scripts and the icon
+    assert [reference for reference in references if not reference.startswith("/")] == []
+    assert "fonts.googleapis" not in page.text
+    assert "cdn." not in page.text
+    for reference in references:
+        asset = await client.get(reference)
+        assert asset.status_code == 200, reference
+        assert len(asset.content) > 0

@@ -105,7 +105,9 @@ async def test_registration_under_another_kind_is_409_naming_the_route(client: A
     await client.post("/api/jobs", json=registration())
     response = await client.post("/api/jobs", json=registration(kind="blog"))
     assert response.status_code == 409
-    assert "/api/webhooks/image-completion" in response.json()["detail"]
+    assert response.json()["detail"] == (
+        "Job 'img-1' is an image job: its webhooks go to /api/webhooks/image-completion; register it with kind 'image'"
+    )
 
 
 async def test_registration_after_its_webhooks_attaches_the_context(client: AsyncTestClient[Any]) -> None:

@@ -65,3 +65,12 @@ async def test_the_page_links_to_the_json_api(client: AsyncTestClient[Any]) -> N
     page = (await client.get("/")).text
     for link in ('href="/api/jobs"', 'href="/api/jobs/stats"', 'href="/schema"', 'href="/schema/openapi.json"'):
         assert link in page
+
+
+async def test_the_gateway_has_an_icon(client: AsyncTestClient[Any]) -> None:
+    """Browsers ask for ``/favicon.ico`` on every page: an SVG icon, not a 404."""
+    response = await client.get("/favicon.ico")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("image/svg+xml")
+    assert response.text.startswith("<svg")
+    assert '<link rel="icon" type="image/svg+xml" href="/favicon.ico">' in (await client.get("/")).text

@@ -4,9 +4,11 @@ page is open appear on it without a reload, with and without a read-API token. S
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -14,9 +16,11 @@ import pytest
 from tests.conftest import SECRET, LiveServer, completed_blog, completed_image, progress
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser, Page, Route
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "images" / "status-page.png"
+"""The picture of the status page in the README and the docs, taken by this module (commit it when it changes)."""
 TOKEN = "status-page-token-0123456789"
 HOSTILE = '<img src=x onerror="window.pwned = true">Quota exceeded & <b>retry</b>'
 
@@ -89,6 +93,8 @@ def test_a_webhook_posted_while_the_page_is_open_appears_without_reload(page: Pa
     expect(completed).to_contain_text("image")
     expect(completed).to_contain_text("model gemini-2.0-flash-exp")  # the backend's metadata, once reloaded
     expect(completed).to_contain_text("generation 12.5 s")
+    # Its first event was its last: the gateway never saw it run, and says so rather than "0.0 s".
+    expect(completed.locator(".elapsed")).to_have_text("finished when first seen")
     expect(page.locator("#job-rows tr", has_text="blog-live-2")).to_contain_text("blog")
     expect(page.locator("#job-rows tr", has_text="job-before-the-page").locator(".badge")).to_have_text("saving")
     # An error message from outside is shown as text: no element of it is ever created.
@@ -173,3 +179,82 @@ def test_the_page_fits_a_narrow_screen(browser: Browser, live_server: LiveServer
         narrow.screenshot(path=ARTIFACTS / "status-page-narrow.png", full_page=True)
     finally:
         context.close()
+
+
+def test_the_list_says_loading_until_its_first_answer(page: Page, tmp_path: Path, stopping: list[LiveServer]) -> None:
+    """While the job list is on its way the page says so; "No jobs yet" only once the gateway said there are none."""
+    from playwright.sync_api import expect
+
+    server = LiveServer(tmp_path, {"WEBHOOK_SECRET": SECRET})
+    stopping.append(server)
+    held: list[Route] = []
+    holding = [True]
+    # The list's answer waits until the test lets it through.
+    page.route(
+        lambda url: "/api/jobs?" in url,
+        lambda route: held.append(route) if holding[0] else route.continue_(),
+    )
+    page.goto(f"{server.url}/")
+    expect(page.locator("#connection")).to_have_text("Live")
+    deadline = time.monotonic() + 10
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    assert held, "the page never asked for the job list"
+    expect(page.locator("#loading")).to_have_text("Loading jobs…")
+    expect(page.locator("#empty")).to_be_hidden()
+
+    holding[0] = False
+    for route in held:
+        route.continue_()
+    expect(page.locator("#empty")).to_contain_text("No jobs yet")
+    expect(page.locator("#loading")).to_be_hidden()
+
+
+def test_the_api_docs_render_from_the_gateway_alone(page: Page, live_server: LiveServer) -> None:
+    """The status page's "API docs" link: Swagger UI renders the webhook routes, and the browser asks no
+    host but the gateway for anything (no CDN, no web fonts), so it works offline and leaks nothing."""
+    from playwright.sync_api import expect
+
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url))
+    page.goto(f"{live_server.url}/")
+    page.get_by_role("link", name="API docs (OpenAPI)").click()
+    expect(page).to_have_url(f"{live_server.url}/schema")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("gateway")
+    expect(page.locator(".opblock-summary-path", has_text="/api/webhooks/image-completion")).to_be_visible()
+    hosts = {urlsplit(url).netloc for url in asked if urlsplit(url).scheme in ("http", "https")}
+    assert hosts == {f"127.0.0.1:{live_server.port}"}
+
+
+def test_a_screenshot_of_the_status_page_for_the_docs(page: Page, tmp_path: Path, stopping: list[LiveServer]) -> None:
+    """The README's picture: a fresh gateway with a few jobs in every state, as a visitor sees it."""
+    from playwright.sync_api import expect
+
+    server = LiveServer(tmp_path, {"WEBHOOK_SECRET": SECRET})
+    stopping.append(server)
+    for job_id, kind, user in (
+        ("img-20251021-7f3a", "image", "u-1042"),
+        ("blog-launch-notes", "blog", "u-2210"),
+        ("img-20251021-7f1e", "image", "u-1042"),
+    ):
+        response = httpx.post(
+            f"{server.url}/api/jobs", json={"job_id": job_id, "kind": kind, "user_id": user, "organization_id": "acme"}
+        )
+        assert response.status_code == 201, response.text
+        post(server, progress("generating", job_id=job_id), kind=kind)
+    post(server, progress("pending", job_id="img-20251021-7f52"))
+    time.sleep(1.5)  # for the picture only: finished jobs show a duration the eye can read
+    post(server, completed_image(job_id="img-20251021-7f3a"))
+    post(server, completed_blog("blog-launch-notes"), kind="blog")
+    post(server, failed_with("img-20251021-7f1e", "Upstream model timed out after 120 s"))
+    post(server, progress("saving", job_id="img-20251021-7f52"))
+    post(server, completed_image(job_id="img-20251021-7f60"))
+
+    page.goto(f"{server.url}/")
+    expect(page.locator("#connection")).to_have_text("Live")
+    expect(page.locator("#job-rows tr")).to_have_count(5)
+    expect(page.locator("#job-rows tr", has_text="img-20251021-7f3a")).to_contain_text("model gemini-2.0-flash-exp")
+    expect(page.locator("#stat-completed")).to_have_text("3")
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOT)
+    assert SCREENSHOT.stat().st_size > 10_000

@@ -7,6 +7,7 @@ import logging
 import re
 from typing import Any
 
+import msgspec
 import pytest
 from litestar.exceptions import WebSocketDisconnect
 from litestar.testing import AsyncTestClient, TestClient
@@ -88,6 +89,47 @@ async def test_malformed_json_is_400(client: AsyncTestClient[Any]) -> None:
     assert response.json()["detail"].startswith("Malformed JSON")
 
 
+@pytest.mark.parametrize(
+    ("route", "content", "detail"),
+    [
+        (IMAGE, b"", "Malformed JSON: the body is empty (expected a JSON object)"),
+        (IMAGE, b" \r\n", "Malformed JSON: the body is empty (expected a JSON object)"),
+        (
+            IMAGE,
+            b'{"job_id": "j-1", "status": "exploded", "timestamp": "2025-10-21T16:45:00Z"}',
+            "Invalid payload: Invalid value - at `$.status`: "
+            "expected one of pending, initializing, generating, saving, completed, failed",
+        ),
+        (
+            IMAGE,
+            msgspec.json.encode(completed_blog()),
+            "Invalid payload: Object missing required field `images` - at `$.data`; "
+            "this looks like a blog job: post it to /api/webhooks/blog-completion",
+        ),
+        (
+            BLOG,
+            msgspec.json.encode(completed_image()),
+            "Invalid payload: Object missing required field `article` - at `$.data`; "
+            "this looks like an image job: post it to /api/webhooks/image-completion",
+        ),
+    ],
+)
+async def test_a_400_says_how_to_fix_the_request(
+    client: AsyncTestClient[Any], route: str, content: bytes, detail: str
+) -> None:
+    """An empty body, an unknown status and another kind's payload each get a detail that says what to do."""
+    response = await client.post(route, content=content, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["detail"] == detail
+
+
+async def test_an_invalid_payload_of_no_kind_gets_no_route_hint(client: AsyncTestClient[Any]) -> None:
+    payload = completed_image() | {"data": {"images": [{"url": "u", "size_bytes": -1}]}}
+    response = await client.post(IMAGE, json=payload)
+    assert response.status_code == 400
+    assert response.json()["detail"] == "Invalid payload: Expected `int` >= 0 - at `$.data.images[0].size_bytes`"
+
+
 async def test_unknown_fields_are_ignored(client: AsyncTestClient[Any]) -> None:
     payload = completed_image(progress_percent=100)
     payload["data"]["images"][0]["seed"] = 42
@@ -132,7 +174,9 @@ async def test_job_of_another_kind_is_409_naming_its_route(client: AsyncTestClie
     assert (await client.post(IMAGE, json=progress("generating"))).status_code == 200
     response = await client.post(BLOG, json=completed_blog(job_id=JOB_ID))
     assert response.status_code == 409
-    assert "/api/webhooks/image-completion" in response.json()["detail"]
+    assert response.json()["detail"] == (
+        f"Job {JOB_ID!r} is an image job: post its webhooks to /api/webhooks/image-completion"
+    )
     assert (await client.get(f"/api/jobs/{JOB_ID}")).json()["status"] == "generating"
 
 

@@ -26,6 +26,10 @@ from gateway.telemetry.metrics import SINKS
 __all__ = ("add_parser", "run")
 
 _encode = msgspec.json.Encoder().encode
+_FORWARDING_OFF = (
+    "gateway: forwarding is off, so no delivery is recorded: set GATEWAY_FORWARD_URL (your app's endpoint) "
+    "or GATEWAY_NATS_URL (a NATS server with JetStream) and restart the gateway to forward every applied event"
+)
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -64,14 +68,17 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
+    forwarding = settings.forward_url is not None or settings.nats_url is not None
+    if args.action == "list" and not forwarding:
+        print(_FORWARDING_OFF, file=sys.stderr)  # first: the store may not even exist yet
     try:
-        return asyncio.run(_run(settings, args))
+        return asyncio.run(_run(settings, args, forwarding=forwarding))
     except StoreUnavailable as error:
         print(f"gateway: the store does not answer ({error}); is DATABASE_URL right and migrated?", file=sys.stderr)
         return 1
 
 
-async def _run(settings: Settings, args: argparse.Namespace) -> int:
+async def _run(settings: Settings, args: argparse.Namespace, *, forwarding: bool) -> int:
     database = settings.database
     store: SqliteJobStore | PostgresJobStore
     outbox: Outbox
@@ -83,18 +90,22 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
         outbox = SqliteOutbox(store)
     await store.open(apply_migrations=False)
     try:
-        return await _act(outbox, args)
+        return await _act(outbox, args, forwarding=forwarding)
     finally:
         await store.close()
 
 
-async def _act(outbox: Outbox, args: argparse.Namespace) -> int:
+async def _act(outbox: Outbox, args: argparse.Namespace, *, forwarding: bool) -> int:
+    """Carry out ``args.action``; ``forwarding`` says whether a sink is configured (notes go to stderr, so
+    the listing on stdout stays one JSON object a line; with forwarding off, :func:`run` said so already)."""
     now = datetime.now(UTC)
     if args.action == "list":
         state = DeliveryState(args.state) if args.state else None
         page = await outbox.list_deliveries(state=state, job_id=args.job_id, limit=args.limit, cursor=None)
         for listed in page.deliveries:
             print(_encode(listed).decode())
+        if forwarding and not page.deliveries:
+            print("gateway: no deliveries match", file=sys.stderr)
         return 0
     if args.action == "enable":
         was_disabled = await outbox.enable_sink(args.sink)

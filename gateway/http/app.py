@@ -28,7 +28,7 @@ from gateway.http.events import Streams, event_routes
 from gateway.http.health import health_routes
 from gateway.http.jobs import job_routes
 from gateway.http.metrics import metrics_route
-from gateway.http.openapi import document_webhooks
+from gateway.http.openapi import api_docs, document_webhooks
 from gateway.http.responses import error_response
 from gateway.http.status_page import status_page_routes
 from gateway.http.tracing import server_spans
@@ -38,6 +38,7 @@ from gateway.ingest.pipeline import Pipeline
 from gateway.ingest.ratelimit import RateLimiter
 from gateway.kinds import KINDS
 from gateway.retention import Retention
+from gateway.startup import job_store_failure
 from gateway.stores.base import IdempotencyStore, RateLimitStore, StoreUnavailable
 from gateway.stores.memory import MemoryIdempotencyStore, MemoryRateLimitStore
 from gateway.stores.postgres import PostgresJobStore
@@ -131,7 +132,19 @@ def create_app(
     )
 
     async def start() -> None:
-        await jobs.open(apply_migrations=settings.migrate_on_start)
+        try:
+            await jobs.open(apply_migrations=settings.migrate_on_start)
+        except StoreUnavailable as error:
+            raise job_store_failure(settings.database, error.__cause__) from error
+        if settings.redis_url is not None:
+            try:
+                await idempotency.ping()
+            except StoreUnavailable:
+                # Not fatal: Redis may come back; until then each webhook is refused (503), nothing recorded.
+                logger.warning(
+                    "REDIS_URL does not answer: webhooks are answered 503 until it does. Check REDIS_URL (host, "
+                    "port, password) and that Redis runs."
+                )
         await wakeup.start()
         if dispatcher is not None:
             if isinstance(outbox, SqliteOutbox):
@@ -221,6 +234,7 @@ def create_app(
             version=__version__,
             description="Receives job-status webhooks from the generation backend, applies each exactly "
             "once to its job, and serves every job's state and history.",
+            render_plugins=api_docs(),
         ),
     )
     document_webhooks(app.openapi_schema, KINDS)

@@ -12,7 +12,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from gateway.http.responses import UNAUTHORIZED, ErrorBody, error_response, json_response
-from gateway.kinds import KINDS, kind_named
+from gateway.kinds import KINDS, a_job_of_kind, kind_named
 from gateway.model import Job, JobPage, JobStats, KindConflict, Status
 from gateway.registration import RegisterOutcome, Registration, RegistrationError, decode_registration
 from gateway.stores.queries import JobQuery
@@ -89,7 +89,7 @@ def job_routes(jobs: JobStore, guards: list[Guard], max_body_bytes: int) -> list
         except KindConflict as conflict:
             return error_response(
                 409,
-                f"Job {conflict.job_id!r} is a {conflict.kind!r} job: its webhooks go to "
+                f"Job {conflict.job_id!r} is {a_job_of_kind(conflict.kind)}: its webhooks go to "
                 f"/api/webhooks/{conflict.kind}-completion; register it with kind {conflict.kind!r}",
             )
         if registered.outcome is RegisterOutcome.CONFLICT:

@@ -4,13 +4,19 @@ described here and added to the document Litestar builds for the other routes.
 
 The request body schema is msgspec's own JSON Schema of each kind's payload union, so what the schema
 promises is exactly what the decoder accepts; schema-driven fuzzers then exercise real payloads.
+
+The API docs (``/schema``) are Swagger UI served from the package's own files (the ``swagger-ui-bundle-v2``
+distribution), never from a CDN: they work offline and tell no third party who reads them.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
+from litestar import get
+from litestar.openapi.plugins import JsonRenderPlugin, OpenAPIRenderPlugin, SwaggerRenderPlugin, YamlRenderPlugin
 from litestar.openapi.spec import (
     OpenAPIMediaType,
     OpenAPIResponse,
@@ -21,6 +27,8 @@ from litestar.openapi.spec import (
     RequestBody,
     Schema,
 )
+from litestar.response import File
+from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
 from gateway.http.responses import ErrorBody
 from gateway.ingest.pipeline import Accepted
@@ -28,11 +36,23 @@ from gateway.ingest.pipeline import Accepted
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+    from litestar import Router
+    from litestar.handlers import HTTPRouteHandler
     from litestar.openapi.spec import OpenAPI
 
     from gateway.kinds import JobKind
 
-__all__ = ("document_webhooks",)
+__all__ = ("api_docs", "document_webhooks")
+
+_VIEWER = Path(swagger_ui_path)
+"""Swagger UI's files, in a directory named after its version (``swagger-ui-<version>``)."""
+_VIEWER_URL = f"/schema/static/{_VIEWER.name}"
+_VIEWER_FILES = {
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui-standalone-preset.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+}
+_FAVICON = '<link rel="icon" type="image/svg+xml" href="/favicon.ico">'
 
 _HEADERS = (
     ("X-Webhook-Secret", "The shared secret (`WEBHOOK_SECRET`), if the sender authenticates with it."),
@@ -116,3 +136,43 @@ def _inline_schema(annotation: Any) -> dict[str, Any]:
     # OpenAPI's discriminator mapping points at component refs, which inlining removed.
     resolved.pop("discriminator", None)
     return resolved
+
+
+def api_docs() -> list[OpenAPIRenderPlugin]:
+    """The render plugins of ``/schema``: Swagger UI at ``/schema`` (and ``/schema/swagger``) from local
+    files, and the document at ``/schema/openapi.json`` and ``/schema/openapi.yaml``."""
+    return [
+        _LocalSwaggerUI(
+            path=["/", "/swagger"],
+            js_url=f"{_VIEWER_URL}/swagger-ui-bundle.js",
+            css_url=f"{_VIEWER_URL}/swagger-ui.css",
+            standalone_preset_js_url=f"{_VIEWER_URL}/swagger-ui-standalone-preset.js",
+            favicon=_FAVICON,
+        ),
+        JsonRenderPlugin(),
+        YamlRenderPlugin(),
+    ]
+
+
+class _LocalSwaggerUI(SwaggerRenderPlugin):
+    """Swagger UI whose script and stylesheet are served by the gateway itself, under ``/schema/static``."""
+
+    def receive_router(self, router: Router) -> None:
+        super().receive_router(router)
+        for name, media_type in _VIEWER_FILES.items():
+            router.register(_viewer_file(name, media_type))
+
+
+def _viewer_file(name: str, media_type: str) -> HTTPRouteHandler:
+    """A route streaming one of Swagger UI's files; its URL names the version, so it may be cached."""
+    path = _VIEWER / name
+
+    async def serve() -> File:
+        return File(
+            path,
+            media_type=media_type,
+            content_disposition_type="inline",
+            headers={"Cache-Control": "public, max-age=604800, immutable", "X-Content-Type-Options": "nosniff"},
+        )
+
+    return get(f"/static/{_VIEWER.name}/{name}", name=f"api-docs-{name}", include_in_schema=False)(serve)

@@ -44,15 +44,22 @@ def _asset(name: str, media_type: str) -> HTTPRouteHandler:
 
 
 def status_page_routes() -> list[HTTPRouteHandler]:
-    """``GET /`` and ``GET /status`` (the page), and the script and stylesheet it loads."""
+    """``GET /`` and ``GET /status`` (the page), the script and stylesheet it loads, and the gateway's icon
+    at ``/favicon.ico`` (an SVG, which is what the page and the API docs link to)."""
     page = (_STATIC / "status.html").read_bytes()
+    icon = (_STATIC / "favicon.svg").read_bytes()
 
     @get(["/", "/status"], name="status-page", include_in_schema=False)
     async def status_page() -> Response[bytes]:
         return Response(page, media_type="text/html", headers=_HEADERS)
 
+    @get("/favicon.ico", name="favicon", include_in_schema=False)
+    async def favicon() -> Response[bytes]:
+        return Response(icon, media_type="image/svg+xml", headers=_HEADERS)
+
     return [
         status_page,
+        favicon,
         _asset("status.js", "text/javascript"),
         _asset("status.css", "text/css"),
     ]

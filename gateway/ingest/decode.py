@@ -1,22 +1,20 @@
 """Stage 5: decode and validate the body into a normalised :class:`~gateway.model.JobEvent`.
 
 msgspec does the validation in one pass; its messages name the JSON path of the problem
-(``Expected `int` >= 0, got -1 - at `$.data.images[0].size_bytes```) and are passed to the sender as is.
+(``Expected `int` >= 0 - at `$.data.images[0].size_bytes```) and are passed to the sender, less
+any echoed value, plus a hint where one helps (the allowed statuses, another kind's route).
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import msgspec
 
 from gateway.ingest.errors import Refusal, Rejection
+from gateway.kinds import KINDS, JobKind, a_job_of_kind
 from gateway.model import JobEvent, Status
 from gateway.payloads import BlogCompleted, Failed, ImageCompleted, Payload
-
-if TYPE_CHECKING:
-    from gateway.kinds import JobKind
 
 __all__ = ("decode_event",)
 
@@ -29,9 +27,10 @@ def decode_event(kind: JobKind, body: bytes, delivery_id: str | None, received_a
     try:
         payload = kind.decoder.decode(body)
     except msgspec.ValidationError as error:
-        raise Rejection(400, Refusal.INVALID, f"Invalid payload: {_without_value(str(error))}") from None
+        raise Rejection(400, Refusal.INVALID, _invalid(kind, body, str(error))) from None
     except msgspec.DecodeError as error:
-        raise Rejection(400, Refusal.INVALID, f"Malformed JSON: {error}") from None
+        detail = "the body is empty (expected a JSON object)" if not body.strip() else str(error)
+        raise Rejection(400, Refusal.INVALID, f"Malformed JSON: {detail}") from None
     except UnicodeDecodeError:
         raise Rejection(400, Refusal.INVALID, "Malformed JSON: the body is not valid UTF-8") from None
     except RecursionError:
@@ -68,6 +67,23 @@ def decode_event(kind: JobKind, body: bytes, delivery_id: str | None, received_a
         error_message=error_message,
         images=images,
     )
+
+
+def _invalid(kind: JobKind, body: bytes, message: str) -> str:
+    """The 400 detail for a payload that is valid JSON but not a webhook of ``kind`` (built on the error
+    path only): msgspec's message without the offending value, the allowed statuses when ``status`` is
+    unknown, and the right route when the payload is another kind's."""
+    detail = f"Invalid payload: {_without_value(message)}"
+    if message.startswith("Invalid value '") and message.endswith(" - at `$.status`"):
+        return f"{detail}: expected one of {', '.join(kind.statuses)}"
+    for other in KINDS:
+        if other is not kind:
+            try:
+                other.decoder.decode(body)
+            except (msgspec.DecodeError, RecursionError):
+                continue
+            return f"{detail}; this looks like {a_job_of_kind(other.name)}: post it to {other.route}"
+    return detail
 
 
 def _without_value(message: str) -> str:

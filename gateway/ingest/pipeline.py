@@ -33,6 +33,7 @@ from gateway.ingest.authenticate import Authenticator
 from gateway.ingest.decode import decode_event
 from gateway.ingest.deduplicate import idempotency_keys
 from gateway.ingest.errors import Refusal, Rejection, shutting_down, unavailable
+from gateway.kinds import a_job_of_kind
 from gateway.model import KindConflict, Outcome, Status, Unregistered
 from gateway.stores.base import StoreUnavailable
 
@@ -204,7 +205,7 @@ class Pipeline:
             raise Rejection(
                 409,
                 Refusal.CONFLICT,
-                f"Job {conflict.job_id!r} is a {conflict.kind!r} job: post its webhooks to "
+                f"Job {conflict.job_id!r} is {a_job_of_kind(conflict.kind)}: post its webhooks to "
                 f"/api/webhooks/{conflict.kind}-completion",
                 job_id=conflict.job_id,
             ) from None

@@ -21,6 +21,7 @@
   let reloadDue = null;
   let generation = 0; // bumped on sign-out, so late answers of a stopped page are ignored
   let signedIn = false; // the API answered since the page (re)started: a 401 now means the session ended
+  let listed = false; // the job list answered since the page (re)started: before that, "Loading jobs…"
 
   class Unauthorized extends Error {}
 
@@ -53,9 +54,16 @@
     return Number.isNaN(when) ? "–" : `${seconds(Date.now() - when)} ago`;
   }
 
+  // A job whose first event was its last (created and completed at once) was never seen running: the
+  // gateway cannot time it, and says so rather than "0.0 s" (the backend's own figure shows beside it).
+  function seenOnlyFinished(job) {
+    return Boolean(job.completed_at) && Date.parse(job.completed_at) <= Date.parse(job.created_at);
+  }
+
   function duration(job) {
     const started = Date.parse(job.created_at);
     if (Number.isNaN(started)) return "–";
+    if (seenOnlyFinished(job)) return "finished when first seen";
     if (job.completed_at) return seconds(Date.parse(job.completed_at) - started);
     return `running ${seconds(Date.now() - started)}`;
   }
@@ -108,7 +116,9 @@
 
     // The gateway's view (first heard of to finished), and the backend's own figure when it sent one.
     const took = document.createElement("td");
-    took.append(text("span", "elapsed", duration(job)));
+    const elapsed = text("span", "elapsed", duration(job));
+    if (seenOnlyFinished(job)) elapsed.title = "The gateway first heard of this job with its final status";
+    took.append(elapsed);
     if (typeof reported.generation_time_seconds === "number") {
       took.append(text("span", "who", `generation ${reported.generation_time_seconds} s`));
     }
@@ -136,7 +146,8 @@
     const entries = [...jobs.values()].sort((a, b) => Date.parse(b.job.created_at) - Date.parse(a.job.created_at));
     for (const stale of entries.slice(2 * LIMIT)) jobs.delete(stale.job.job_id);
     rows.replaceChildren(...entries.slice(0, 2 * LIMIT).map((entry) => entry.row));
-    byId("empty").hidden = jobs.size > 0;
+    byId("loading").hidden = listed;
+    byId("empty").hidden = !listed || jobs.size > 0;
   }
 
   async function loadJobs() {
@@ -145,6 +156,7 @@
       const known = jobs.get(job.job_id);
       if (!known || JSON.stringify(known.job) !== JSON.stringify(job)) upsert(job, false);
     }
+    listed = true;
     reorder();
     refreshTimes(); // every row's "ago" from the same instant
     byId("load-error").textContent = "";
@@ -282,6 +294,8 @@
     stop();
     jobs.clear();
     rows.replaceChildren();
+    listed = false;
+    reorder(); // "Loading jobs…" until the list answers
     byId("sign-in").hidden = true;
     byId("dashboard").hidden = false;
     setConnection("connecting", "Connecting…");
