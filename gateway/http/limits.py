@@ -173,14 +173,22 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         size = limit if self._chunked else min(int(self._announced or 0), limit)
         if size:
             if self.budget.held + size > self.bounds.max_buffered_bytes:
+                # Not a parser error (uvicorn would log one): answered here, the request never starts, and
+                # what the parser still has of this chunk is ignored (on_body, on_message_complete).
                 self.budget.refused += 1
-                self._refusal = _busy(self.bounds.max_buffered_bytes)
-                raise _Refused
+                self._refuse(_busy(self.bounds.max_buffered_bytes), log=False)
+                return
             self.budget.held += size
         self._reserved.append(size)
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if self._refusal is None:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self._refusal is not None:
+            return
         super().on_message_complete()
         self._reading_head = True
         self._head_bytes = 0
@@ -194,10 +202,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # uvicorn calls this while handling the parser's exception: that exception says what was wrong.
         self._refuse(self._refusal or _invalid(sys.exception()))
 
-    def _refuse(self, answer: bytes) -> None:
+    def _refuse(self, answer: bytes, *, log: bool = True) -> None:
         self._refusal = answer
         if not self.transport.is_closing():
-            logger.warning("refused a request: %s", answer.rpartition(b"\r\n\r\n")[2].decode())
+            if log:
+                logger.warning("refused a request: %s", answer.rpartition(b"\r\n\r\n")[2].decode())
             self.transport.write(answer)
             self.transport.close()
 
