@@ -133,13 +133,14 @@ class Pipeline:
         now = self._clock()
         # What the headers decide is decided before a byte of the body is held: a wrong or missing credential
         # costs the gateway a head, and the connection is closed (its unread body is never read).
-        early = self._authenticator.verify_headers(headers, now)
+        with self._stage("authenticate"):
+            early = self._authenticator.verify_headers(headers, now)
         if early is not None and early.failure is not None:
             self._telemetry.auth_failed(early.failure)
             raise Rejection(401, Refusal.UNAUTHORIZED, _UNAUTHORIZED, _CLOSE)
         body = await read_body(chunks, self._max_body_bytes)
 
-        if early is None:
+        if early is None:  # signature headers: the signature over the body decides (a second stage event)
             with self._stage("authenticate"):
                 verdict = self._authenticator.verify(headers, body, now)
             if verdict.clock_skew is not None:
