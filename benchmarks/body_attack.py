@@ -64,9 +64,10 @@ def head(credentials: Credentials, announced: int) -> bytes:
     else:
         fake = base64.b64encode(b"s" * 32)
         auth = b"webhook-id: msg_attack\r\nwebhook-timestamp: %d\r\nwebhook-signature: v1,%s\r\n" % (time.time(), fake)
-    return (
-        b"POST %s HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n"
-        % (IMAGE.encode(), announced, auth)
+    return b"POST %s HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n" % (
+        IMAGE.encode(),
+        announced,
+        auth,
     )
 
 
