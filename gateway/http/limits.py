@@ -222,7 +222,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             if now - self._progress_at >= self.bounds.idle_timeout:
                 self.transport.close()  # never sent a byte: closed as an idle keep-alive connection is
             return
-        if self._reading_head and self._head_bytes:
+        if self._reading_head and self._head_bytes and (cycle is None or cycle.response_complete):
+            # (A pipelined head waiting behind a request still being answered is not the client's delay.)
             self._head_since = self._head_since or now
             if now - self._head_since >= self.bounds.body_timeout:
                 self._refuse(_timeout("request head", f"{self.bounds.body_timeout:g} seconds after its first byte"))
