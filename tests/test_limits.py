@@ -122,6 +122,7 @@ def test_a_chunked_body_over_http_is_applied_once_and_one_past_the_limit_is_413(
         (b"GET /healthz HTTP/9.1\r\nHost: x\r\n\r\n", "HTTP version"),
         (b"GET /h\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n", "url"),
         (b"\x16\x03\x01\x00\xa5\x01\x00", "method"),  # TLS spoken to the plain-HTTP port
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "HTTP/2 without an upgrade"),
     ],
     ids=[
         "invalid-content-length",
@@ -136,6 +137,7 @@ def test_a_chunked_body_over_http_is_applied_once_and_one_past_the_limit_is_413(
         "bad-version",
         "non-ascii-path",
         "tls-handshake",
+        "http2-preface",
     ],
 )
 def test_a_request_the_parser_refuses_gets_a_json_400_naming_what_is_wrong(

@@ -87,6 +87,8 @@ _HEAD_TOO_LARGE = _answer(
     f"Request headers too large: at most {MAX_HEADERS} fields and {MAX_HEAD_BYTES} bytes",
 )
 _MAX_REASON = 200
+_REASONS = {"Pause on PRI/Upgrade": "HTTP/2 without an upgrade; this port speaks HTTP/1.1"}
+"""The parser's reasons that would not tell a sender what was wrong, said plainly."""
 
 
 class _Refused(Exception):
@@ -283,6 +285,6 @@ def _timeout(what: str, how: str) -> bytes:
 def _invalid(error: BaseException | None) -> bytes:
     """The 400 for a request the parser refused, naming what it found wrong."""
     if isinstance(error, httptools.HttpParserError) and not isinstance(error, httptools.HttpParserCallbackError):
-        reason = str(error)[:_MAX_REASON] or "malformed"
+        reason = _REASONS.get(str(error), str(error)[:_MAX_REASON] or "malformed")
         return _answer(400, b"Bad Request", f"Invalid HTTP request: {reason}")
     return _answer(400, b"Bad Request", "Invalid HTTP request: its head could not be read")
