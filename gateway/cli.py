@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 __all__ = ("main",)
 
+_KEEP_ALIVE_SECONDS = 5
+"""How long a connection may stay idle between requests (uvicorn's default), or before its first one."""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
@@ -105,7 +108,7 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int)
         return 2
     import uvicorn
 
-    from gateway.http.limits import BoundedHttpToolsProtocol
+    from gateway.http.limits import TransportBounds, bounded_protocol
 
     # uvicorn handles SIGTERM and SIGINT itself (graceful shutdown), then raises the signal again once it
     # is done. With the default action that kills the process on the spot, skipping atexit: the last log
@@ -130,7 +133,16 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int)
         host=bind_host,
         port=bind_port,
         loop="auto",
-        http=BoundedHttpToolsProtocol,  # httptools, with bounds on the request head (gateway.http.limits)
+        # httptools, with bounds on request heads and bodies and JSON errors (gateway.http.limits)
+        http=bounded_protocol(
+            TransportBounds(
+                body_timeout=settings.body_timeout_seconds,
+                idle_timeout=_KEEP_ALIVE_SECONDS,
+                max_body_bytes=settings.max_body_bytes,
+                max_buffered_bytes=settings.max_buffered_bytes,
+            )
+        ),
+        timeout_keep_alive=_KEEP_ALIVE_SECONDS,
         log_level=settings.log_level.lower(),
         log_config=None,  # the gateway's own handler (JSON or console) formats uvicorn's records too
         access_log=False,

@@ -111,6 +111,13 @@ class Settings:
     off when a deployment step runs ``gateway migrate`` before the replicas start."""
     max_body_bytes: int = _MIB
     """``GATEWAY_MAX_BODY_BYTES``: larger bodies are refused with 413 before being read whole."""
+    body_timeout_seconds: float = 30.0
+    """``GATEWAY_BODY_TIMEOUT_SECONDS``: a request body with no new byte for this long (or a request head
+    not complete this long after its first byte) is answered 408 and its connection closed."""
+    max_buffered_bytes: int = 64 * _MIB
+    """``GATEWAY_MAX_BUFFERED_BYTES``: bytes that request bodies being read may hold, all connections
+    together (each counts its ``Content-Length``, a chunked one ``GATEWAY_MAX_BODY_BYTES``); a body that
+    would pass it is answered 503 with ``Retry-After`` before it is read."""
     idempotency_ttl_seconds: int = 72 * 3600
     """``GATEWAY_IDEMPOTENCY_TTL_SECONDS``: how long a delivery is remembered in memory; covers the
     sender's retry horizon (Standard Webhooks' example schedule spans about three days)."""
@@ -233,6 +240,12 @@ class Settings:
             max_body_bytes=_integer(
                 "GATEWAY_MAX_BODY_BYTES", get("GATEWAY_MAX_BODY_BYTES"), cls.max_body_bytes, minimum=1
             ),
+            body_timeout_seconds=_seconds(
+                "GATEWAY_BODY_TIMEOUT_SECONDS", get("GATEWAY_BODY_TIMEOUT_SECONDS"), cls.body_timeout_seconds
+            ),
+            max_buffered_bytes=_integer(
+                "GATEWAY_MAX_BUFFERED_BYTES", get("GATEWAY_MAX_BUFFERED_BYTES"), cls.max_buffered_bytes, minimum=1
+            ),
             idempotency_ttl_seconds=_integer(
                 "GATEWAY_IDEMPOTENCY_TTL_SECONDS",
                 get("GATEWAY_IDEMPOTENCY_TTL_SECONDS"),
@@ -317,6 +330,12 @@ class Settings:
                 f"GATEWAY_RETENTION_DAYS={settings.retention_days} is shorter than GATEWAY_IDEMPOTENCY_TTL_SECONDS "
                 f"({settings.idempotency_ttl_seconds} s, the senders' retry horizon): a retried event would be "
                 "applied again after its job was pruned"
+            )
+        if settings.max_buffered_bytes < settings.max_body_bytes:
+            # A body the size of the limit (and every chunked one, which counts as that) could never be read.
+            raise ConfigError(
+                f"GATEWAY_MAX_BUFFERED_BYTES ({settings.max_buffered_bytes}) must be at least "
+                f"GATEWAY_MAX_BODY_BYTES ({settings.max_body_bytes})"
             )
         if settings.env == "production" and settings.forward_url and settings.forward_signing_key is None:
             raise ConfigError(

@@ -11,10 +11,19 @@ from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
+from prometheus_client import CollectorRegistry
 from standardwebhooks import Webhook
 
 from gateway.config import Settings, SqliteDatabase
 from gateway.http.app import create_app
+from gateway.ingest.authenticate import Authenticator
+from gateway.ingest.errors import Rejection
+from gateway.ingest.pipeline import Pipeline
+from gateway.kinds import kind_named
+from gateway.stores.memory import MemoryIdempotencyStore
+from gateway.stores.sqlite import SqliteJobStore
+from gateway.telemetry.metrics import Metrics, ModelLabels
+from gateway.telemetry.recorder import Telemetry
 from tests.conftest import JOB_ID, SECRET, completed_image
 
 IMAGE = "/api/webhooks/image-completion"
@@ -151,3 +160,63 @@ async def test_secret_with_accents_sent_as_utf8_is_accepted(tmp_path: Path) -> N
         bad = await client.post(IMAGE, json=completed_image(), headers={"X-Webhook-Secret": b"cle-secrete-2025"})
     assert good.status_code == 200
     assert bad.status_code == 401
+
+
+def _signature_headers(**changed: str) -> dict[str, str]:
+    headers = {k.lower(): v for k, v in signed(BODY, OTHER_KEY).items()}
+    headers.update(changed)
+    return {name: value for name, value in headers.items() if value}
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ({"content-type": "application/json"}, "missing"),
+        ({"content-type": "application/json", "x-webhook-secret": "wrong"}, "bad_secret"),
+        (_signature_headers(**{"webhook-timestamp": ""}), "malformed"),
+        (_signature_headers(**{"webhook-timestamp": "12x"}), "malformed"),
+        (_signature_headers(**{"webhook-signature": "v1,not-base64!"}), "malformed"),
+        (_signature_headers(**{"webhook-id": ""}), "malformed"),
+        (_signature_headers(**{"webhook-timestamp": str(int(datetime.now(UTC).timestamp()) - 3600)}), "expired"),
+    ],
+    ids=["missing", "wrong-secret", "no-timestamp", "bad-timestamp", "bad-signature-encoding", "no-id", "expired"],
+)
+async def test_credentials_the_headers_refuse_are_401_before_the_body_is_read(
+    tmp_path: Path, headers: dict[str, str], reason: str
+) -> None:
+    jobs = SqliteJobStore(str(tmp_path / "early.db"))
+    await jobs.open()
+    registry = CollectorRegistry()
+    telemetry = Telemetry(Metrics(registry, ["image", "blog"], ModelLabels()))
+    settings = Settings(webhook_secret=SECRET, signing_keys=_keys(OLD_KEY))
+    pipeline = Pipeline(settings, jobs, MemoryIdempotencyStore(3600, 100), telemetry)
+    read: list[bytes] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        read.append(b"")  # the body was asked for
+        yield BODY.encode()
+
+    try:
+        with pytest.raises(Rejection) as refused:
+            await pipeline.ingest(kind_named("image"), headers, body(), client="127.0.0.1")  # type: ignore[arg-type]
+    finally:
+        await jobs.close()
+    assert (refused.value.status_code, refused.value.detail) == (401, "Missing or invalid webhook credentials")
+    assert refused.value.headers == {"Connection": "close"}
+    assert read == []
+    assert registry.get_sample_value("gateway_webhook_auth_failures_total", {"reason": reason}) == 1
+
+
+async def test_a_right_secret_wins_over_malformed_signature_headers_before_the_body(tmp_path: Path) -> None:
+    settings = Settings(webhook_secret=SECRET, signing_keys=_keys(OLD_KEY))
+    authenticator = Authenticator(settings.webhook_secret, settings.signing_keys, settings.tolerance_seconds)
+    now = datetime.now(UTC).timestamp()
+    assert authenticator.verify_headers(_signature_headers(**{"x-webhook-secret": SECRET, "webhook-id": ""}), now) == (
+        authenticator.verify({"x-webhook-secret": SECRET}, b"", now)
+    )
+    # Well-formed, fresh signature headers: only the body can decide.
+    assert authenticator.verify_headers(_signature_headers(), now) is None
+
+
+def _keys(*keys: str) -> tuple[bytes, ...]:
+    return Settings.from_env({"WEBHOOK_SIGNING_KEYS": ",".join(keys)}).signing_keys

@@ -50,6 +50,8 @@ def test_values_are_read_and_converted() -> None:
             "GATEWAY_PORT": "65535",
             "WEBHOOK_TOLERANCE_SECONDS": "1",
             "GATEWAY_MAX_BODY_BYTES": "2048",
+            "GATEWAY_BODY_TIMEOUT_SECONDS": "2.5",
+            "GATEWAY_MAX_BUFFERED_BYTES": "4096",
             "GATEWAY_IDEMPOTENCY_TTL_SECONDS": "60",
             "GATEWAY_IDEMPOTENCY_MAX_KEYS": "10",
             "GATEWAY_LOG_LEVEL": "debug",
@@ -60,6 +62,8 @@ def test_values_are_read_and_converted() -> None:
     assert settings.port == 65535
     assert settings.tolerance_seconds == 1
     assert settings.max_body_bytes == 2048
+    assert settings.body_timeout_seconds == 2.5
+    assert settings.max_buffered_bytes == 4096
     assert settings.idempotency_ttl_seconds == 60
     assert settings.idempotency_max_keys == 10
     assert settings.log_level == "DEBUG"
@@ -85,6 +89,10 @@ def test_without_a_mapping_the_process_environment_is_read(monkeypatch: pytest.M
         ("GATEWAY_ENV", "staging"),
         ("WEBHOOK_TOLERANCE_SECONDS", "0"),
         ("GATEWAY_MAX_BODY_BYTES", "-1"),
+        ("GATEWAY_BODY_TIMEOUT_SECONDS", "0"),
+        ("GATEWAY_BODY_TIMEOUT_SECONDS", "forever"),
+        ("GATEWAY_MAX_BUFFERED_BYTES", "0"),
+        ("GATEWAY_MAX_BUFFERED_BYTES", "1000"),  # less than the body limit: no full-size body could be read
         ("GATEWAY_IDEMPOTENCY_TTL_SECONDS", "0"),
         ("GATEWAY_IDEMPOTENCY_MAX_KEYS", "many"),
         ("GATEWAY_LOG_LEVEL", "LOUD"),

@@ -8,6 +8,7 @@ import gc
 import json
 import os
 import signal
+import socket
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -161,7 +162,8 @@ async def test_a_slow_client_is_cut_off_with_a_resume_point_and_memory_stays_fla
         wakeup.stored()
 
     try:
-        stream = streams.run(0, job_id=None, user_id=None)
+        stream = streams.take(0, job_id=None, user_id=None)
+        assert stream is not None
         assert (await anext(stream)).startswith(b"retry:")
         assert streams.open == 1
         for number in range(200):  # warm up, then measure while the client reads nothing
@@ -191,6 +193,46 @@ async def test_a_slow_client_is_cut_off_with_a_resume_point_and_memory_stays_fla
     assert streams.open == 0
     # Resuming from the overflow's id (what an EventSource does by itself) picks up right after the cut.
     assert rest[0].id == int(overflow["id"]) + 1
+
+
+def test_a_burst_of_300_streams_opens_exactly_the_cap_of_100(tmp_path: Path, stopping: list[LiveServer]) -> None:
+    """The cap held under a real burst: 300 connections ask at once, 100 streams open, 200 get 503."""
+    server = start(tmp_path, stopping, GATEWAY_SSE_MAX_STREAMS="100")
+    request = b"GET /api/jobs/events HTTP/1.1\r\nHost: x\r\n\r\n"
+    sockets = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(300)]
+    try:
+        for sock in sockets:  # every request is sent before any answer is read
+            sock.sendall(request)
+        heads = [_read_head(sock) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+    statuses = [head.split(b" ", 2)[1] for head in heads]
+    assert statuses.count(b"200") == 100, statuses.count(b"200")
+    assert statuses.count(b"503") == 200
+    assert all(b"retry-after: 5" in head.lower() for head in heads if b" 503 " in head.split(b"\r\n")[0])
+
+
+def _read_head(sock: socket.socket) -> bytes:
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    return head
+
+
+async def test_a_stream_dropped_before_its_first_byte_gives_its_slot_back(tmp_path: Path) -> None:
+    jobs = SqliteJobStore(str(tmp_path / "drop.db"))
+    streams = Streams(jobs, Wakeup(), max_streams=1, heartbeat=5, buffer=4)
+    first = streams.take(0, job_id=None, user_id=None)
+    assert first is not None
+    assert streams.take(0, job_id=None, user_id=None) is None  # the slot was taken at once, not at the first byte
+    del first  # never started: a client gone before the response began
+    gc.collect()
+    assert streams.open == 0
+    assert streams.take(0, job_id=None, user_id=None) is not None
 
 
 def test_streams_beyond_the_cap_are_503(tmp_path: Path, stopping: list[LiveServer]) -> None:
@@ -272,8 +314,10 @@ async def test_a_finished_jobs_long_history_is_sent_whole_then_the_stream_ends(t
         for second in range(61, 140):  # late progress reports: recorded as stale, after the terminal one
             await jobs.apply(event(Status.SAVING, second))
         streams = Streams(jobs, Wakeup(), max_streams=1, heartbeat=5, buffer=32)
+        stream = streams.take(0, job_id="long", user_id=None)
+        assert stream is not None
         async with asyncio.timeout(5):
-            text = b"".join([chunk async for chunk in streams.run(0, job_id="long", user_id=None)]).decode()
+            text = b"".join([chunk async for chunk in stream]).decode()
     finally:
         await jobs.close()
     got = list(messages(iter(text.split("\n"))))

@@ -214,6 +214,8 @@ def create_app(
         middleware=[spans],
         on_app_init=[with_allow],
         exception_handlers={StoreUnavailable: store_unavailable},
+        # No route reads more than a webhook may send (Litestar's default is 10 MB); some read less.
+        request_max_body_size=settings.max_body_bytes,
         on_startup=[start],
         on_shutdown=[stop],
         # `gateway serve` ends the live streams when the server is told to stop (see gateway.cli), before

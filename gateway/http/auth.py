@@ -21,20 +21,31 @@ import msgspec
 from litestar import Request, Response, delete, post
 from litestar.datastructures import Cookie
 from litestar.exceptions import NotAuthorizedException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody
 
-from gateway.http.responses import ErrorBody, json_response
+from gateway.http.responses import ErrorBody, error_response, json_response
 
 if TYPE_CHECKING:
     from litestar.connection import ASGIConnection
     from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
 
-__all__ = ("SESSION_COOKIE", "SESSION_SECONDS", "ReadAccess", "Session", "SignIn", "session_routes")
+__all__ = (
+    "SESSION_COOKIE",
+    "SESSION_SECONDS",
+    "SIGN_IN_MAX_BYTES",
+    "ReadAccess",
+    "Session",
+    "SignIn",
+    "session_routes",
+)
 
 SESSION_COOKIE = "gateway_session"
 SESSION_SECONDS = 8 * 3600
 """A working day: the status page signs in again after that."""
+SIGN_IN_MAX_BYTES = 4096
+"""Most bytes of a ``POST /api/session`` body (413 beyond, before it is read)."""
 
 _NEEDS = (
     "The read API needs GATEWAY_API_TOKEN: send `Authorization: Bearer <token>`, or sign in with "
@@ -121,6 +132,10 @@ class Session(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: datetime | None = None
 
 
+def _sign_in_too_large(_: Request[Any, Any, Any], __: RequestEntityTooLarge) -> Response[bytes]:
+    return error_response(413, f'A sign-in body is {{"token": "<token>"}}: at most {SIGN_IN_MAX_BYTES} bytes')
+
+
 def session_routes(access: ReadAccess) -> list[HTTPRouteHandler]:
     """``POST /api/session`` (sign in with the token, get the cookie) and ``DELETE /api/session``."""
 
@@ -134,7 +149,13 @@ def session_routes(access: ReadAccess) -> list[HTTPRouteHandler]:
                 Session, generate_examples=False, description="Signed in (the cookie is set), or no token is needed."
             ),
             401: ResponseSpec(ErrorBody, generate_examples=False, description="Wrong token."),
+            413: ResponseSpec(
+                ErrorBody, generate_examples=False, description=f"Body larger than {SIGN_IN_MAX_BYTES} bytes."
+            ),
         },
+        # A token is a few dozen bytes: nobody reads megabytes before a sign-in is even checked.
+        request_max_body_size=SIGN_IN_MAX_BYTES,
+        exception_handlers={RequestEntityTooLarge: _sign_in_too_large},
     )
     async def sign_in(data: JSONBody[SignIn], request: Request[Any, Any, Any]) -> Response[bytes]:
         if not access.required:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -105,6 +106,20 @@ def _message(event: StreamEvent) -> bytes:
     return b"id: %d\ndata: %s\n\n" % (event.id, _encode(event))
 
 
+class _Slot:
+    """One stream's place among ``GATEWAY_SSE_MAX_STREAMS``, given back once however often released."""
+
+    __slots__ = ("_streams",)
+
+    def __init__(self, streams: Streams) -> None:
+        self._streams: Streams | None = streams
+
+    def release(self) -> None:
+        if self._streams is not None:
+            self._streams.open -= 1
+            self._streams = None
+
+
 class Streams:
     """The open live streams of this process: at most ``max_streams``, each bounded to ``buffer`` messages."""
 
@@ -116,12 +131,22 @@ class Streams:
         self._buffer = buffer
         self.open = 0
 
-    def full(self) -> bool:
-        return self.open >= self._max_streams
+    def take(self, after: int, *, job_id: str | None, user_id: str | None) -> AsyncIterator[bytes] | None:
+        """A stream's bytes, holding one of the ``max_streams`` slots; ``None`` when every slot is taken.
 
-    async def run(self, after: int, *, job_id: str | None, user_id: str | None) -> AsyncIterator[bytes]:
-        """The stream's bytes. The slot is taken here, before the first byte, and given back however it ends."""
+        The slot is taken here, with no ``await`` between the check and the take, so a burst of requests
+        never opens more than ``max_streams``. It is given back when the stream ends however it ends, or
+        when the stream is dropped without ever being started (a client gone before the first byte).
+        """
+        if self.open >= self._max_streams:
+            return None
         self.open += 1
+        slot = _Slot(self)
+        stream = self._run(after, job_id, user_id, slot)
+        weakref.finalize(stream, slot.release)
+        return stream
+
+    async def _run(self, after: int, job_id: str | None, user_id: str | None, slot: _Slot) -> AsyncIterator[bytes]:
         queue: asyncio.Queue[_Item] = asyncio.Queue(self._buffer)
         room = asyncio.Event()
         dropped = asyncio.Event()
@@ -151,7 +176,7 @@ class Streams:
             producer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await producer
-            self.open -= 1
+            slot.release()
 
     async def _guarded(
         self,
@@ -251,14 +276,15 @@ def event_routes(streams: Streams, jobs: JobStore, guards: list[Guard]) -> list[
     """The two live-stream routes, behind ``guards`` (the read API's token)."""
 
     def open_stream(after: int, job_id: str | None, user_id: str | None) -> Response[Any]:
-        if streams.full():
+        stream = streams.take(after, job_id=job_id, user_id=user_id)
+        if stream is None:
             return error_response(
                 503,
                 "Too many live streams open on this replica (GATEWAY_SSE_MAX_STREAMS): retry later",
                 {"Retry-After": "5"},
             )
         return Stream(
-            streams.run(after, job_id=job_id, user_id=user_id),
+            stream,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.exceptions import NotFoundException, ValidationException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, QueryParameter
 
@@ -75,10 +76,12 @@ def job_routes(jobs: JobStore, guards: list[Guard], max_body_bytes: int) -> list
         guards=guards,
         responses=_REGISTER_RESPONSES,
         status_code=201,
+        request_max_body_size=max_body_bytes,  # Litestar stops reading past it (its default is 10 MB)
     )
     async def register_job(request: Request[Any, Any, Any]) -> Response[bytes]:
-        body = await request.body()
-        if len(body) > max_body_bytes:
+        try:
+            body = await request.body()
+        except RequestEntityTooLarge:
             return error_response(413, f"Body larger than GATEWAY_MAX_BODY_BYTES ({max_body_bytes} bytes)")
         try:
             registration: Registration = decode_registration(body)

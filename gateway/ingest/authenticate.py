@@ -2,7 +2,9 @@
 
 A request is authentic when it carries either the shared secret in ``X-Webhook-Secret`` (as the seed's
 backend sends it) or a valid Standard Webhooks signature made with any configured key. Every comparison
-with a secret is constant-time. The sender only ever learns "401"; the precise reason is kept for the
+with a secret is constant-time. What the headers alone decide (a secret, or signature headers that are
+missing, malformed or out of tolerance) is decided before the body is read
+(:meth:`Authenticator.verify_headers`). The sender only ever learns "401"; the precise reason is kept for the
 gateway's own telemetry.
 """
 
@@ -79,6 +81,22 @@ class Authenticator:
             return self._verify_signature(headers, body, now)
         return Verdict(failure)
 
+    def verify_headers(self, headers: Mapping[str, str], now: float) -> Verdict | None:
+        """What the headers alone decide, before the body is read: a :class:`Verdict`, or ``None`` when
+        the decision needs the body (well-formed signature headers within the tolerance: call :meth:`verify`).
+
+        A request refused here would be refused by :meth:`verify` too, for the same reason, except that a
+        signature with a timestamp out of tolerance is ``EXPIRED`` without its HMAC being checked.
+        """
+        if not self._keys or "webhook-signature" not in headers:
+            return self.verify(headers, b"", now)  # no signature to check: the body plays no part
+        failure = _signature_headers_failure(headers, now, self._tolerance)
+        if failure is None:
+            return None
+        # The secret, when right, wins over a signature (as in verify): asked only on this failing path.
+        unsigned = {name: value for name, value in headers.items() if name != "webhook-signature"}
+        return _ACCEPTED if self.verify(unsigned, b"", now).failure is None else Verdict(failure)
+
     def _verify_signature(self, headers: Mapping[str, str], body: bytes, now: float) -> Verdict:
         msg_id = headers.get("webhook-id")
         timestamp = headers.get("webhook-timestamp")
@@ -105,6 +123,21 @@ class Authenticator:
         if abs(skew) > self._tolerance:
             return Verdict(AuthFailure.EXPIRED, skew)
         return Verdict(None, skew)
+
+
+def _signature_headers_failure(headers: Mapping[str, str], now: float, tolerance: int) -> AuthFailure | None:
+    """Why signature headers fail before the body is seen (``MALFORMED``, ``EXPIRED``), or ``None``."""
+    msg_id = headers.get("webhook-id")
+    timestamp = headers.get("webhook-timestamp")
+    if (
+        not msg_id
+        or not timestamp
+        or len(timestamp) > _MAX_TIMESTAMP_DIGITS
+        or not (timestamp.isascii() and timestamp.isdigit())
+        or not _parse_signatures(headers["webhook-signature"])
+    ):
+        return AuthFailure.MALFORMED
+    return AuthFailure.EXPIRED if abs(int(timestamp) - now) > tolerance else None
 
 
 def _parse_signatures(header: str) -> list[bytes]:

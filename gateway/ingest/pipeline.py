@@ -3,8 +3,9 @@
 1. rate limit -- the sender's budget, then the process's (429 with ``Retry-After`` and ``RateLimit``),
    before anything else reads the request, so a refused request costs almost nothing
 2. admission  -- content type and announced size checked from the headers alone (415, 413)
-3. body       -- the body read, cut off past the size limit (413)
-4. authenticate -- shared secret or Standard Webhooks signature (401)
+3. authenticate, from the headers -- a missing or wrong secret, or signature headers missing, malformed or
+   out of tolerance: 401 before the body is read, and the connection closed
+4. body       -- the body read, cut off past the size limit (413); then the signature over it (401)
 5. decode     -- msgspec validation into a normalised event (400 naming the field path)
 6. deduplicate -- a delivery seen before is acknowledged as ``duplicate`` and changes nothing
 7. transition + persist -- one job-store transaction decides the status change and records the event
@@ -53,6 +54,8 @@ logger = logging.getLogger(__name__)
 
 
 _MAX_DELIVERY_ID = 256
+_UNAUTHORIZED = "Missing or invalid webhook credentials"
+_CLOSE: Mapping[str, str] = {"Connection": "close"}
 _NO_HEADERS: Mapping[str, str] = {}
 _UNTRACED = nullcontext()
 
@@ -128,16 +131,24 @@ class Pipeline:
     ) -> tuple[JobEvent, Accepted, Applied | None, Mapping[str, str]]:
         answer_headers = _NO_HEADERS if self._limiter is None else await self._limiter.admit(client, headers)
         check_headers(headers, self._max_body_bytes)
+        now = self._clock()
+        # What the headers decide is decided before a byte of the body is held: a wrong or missing credential
+        # costs the gateway a head, and the connection is closed (its unread body is never read).
+        with self._stage("authenticate"):
+            early = self._authenticator.verify_headers(headers, now)
+        if early is not None and early.failure is not None:
+            self._telemetry.auth_failed(early.failure)
+            raise Rejection(401, Refusal.UNAUTHORIZED, _UNAUTHORIZED, _CLOSE)
         body = await read_body(chunks, self._max_body_bytes)
 
-        now = self._clock()
-        with self._stage("authenticate"):
-            verdict = self._authenticator.verify(headers, body, now)
-        if verdict.clock_skew is not None:
-            self._telemetry.clock_skew(verdict.clock_skew)
-        if verdict.failure is not None:
-            self._telemetry.auth_failed(verdict.failure)
-            raise Rejection(401, Refusal.UNAUTHORIZED, "Missing or invalid webhook credentials")
+        if early is None:  # signature headers: the signature over the body decides (a second stage event)
+            with self._stage("authenticate"):
+                verdict = self._authenticator.verify(headers, body, now)
+            if verdict.clock_skew is not None:
+                self._telemetry.clock_skew(verdict.clock_skew)
+            if verdict.failure is not None:
+                self._telemetry.auth_failed(verdict.failure)
+                raise Rejection(401, Refusal.UNAUTHORIZED, _UNAUTHORIZED)
 
         # An empty webhook-id identifies nothing: treated as absent, or every such delivery would
         # share one idempotency key and all but the first would be dropped as duplicates.
