@@ -112,7 +112,8 @@ class Result:
     """Requests wrk completed in the measured run."""
     cpu_us: dict[str, float] | None = None
     """CPU microseconds a request per process group (``gateway``; for G-dist also ``postgres``,
-    ``postgres-background``, ``redis``); ``None`` where /proc cannot be read."""
+    ``postgres-background``, ``redis``), and ``gateway-loop``, the part of ``gateway`` its main thread
+    (the event loop, under uvicorn) spent; ``None`` where /proc cannot be read."""
     forwarded: int | None = None
     """G-fwd: events the receiver got between the two CPU readings."""
 
@@ -502,7 +503,10 @@ def measure(server: Server, connections: int, duration: float, repeat: int, core
 
 def snapshot(server: Server) -> cpu.Snapshot:
     """CPU seconds so far of the server's process tree and, for G-dist, of PostgreSQL and Redis."""
-    groups: cpu.Snapshot = {"gateway": {server.process.pid: cpu.tree_seconds(server.process.pid)}}
+    pid = server.process.pid
+    groups: cpu.Snapshot = {"gateway": {pid: cpu.tree_seconds(pid)}}
+    if "granian" not in server.config.command:  # granian serves from a worker process: no loop thread here
+        groups["gateway-loop"] = {pid: cpu.main_thread_seconds(pid)}  # part of "gateway", not added to it
     if server.config.name == "G-dist":
         groups.update(_database_processes())
     return groups
@@ -557,7 +561,9 @@ def best_runs(results: list[Result]) -> dict[tuple[str, int], Result]:
 
 def total_cpu_us(result: Result) -> float | None:
     """CPU microseconds a webhook of every process group measured for ``result``, added up."""
-    return round(sum(result.cpu_us.values()), 1) if result.cpu_us else None
+    if not result.cpu_us:
+        return None
+    return round(sum(us for group, us in result.cpu_us.items() if group in CPU_GROUPS), 1)
 
 
 def target_rows(best: dict[tuple[str, int], Result]) -> list[dict[str, object]]:
@@ -624,17 +630,19 @@ def report(
     print()
     print(
         f"{'config':<9} {'conns':>5} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'non-2xx':>7}"
-        f"  {'CPU us a webhook: gateway':>25} {'postgres':>8} {'pg-bg':>6} {'redis':>6} {'total':>6}  description"
+        f"  {'CPU us a webhook: gateway':>25} {'(loop)':>6} {'postgres':>8} {'pg-bg':>6} {'redis':>6}"
+        f" {'total':>6}  description"
     )
     for config in chosen:
         for connections in concurrencies:
             r = best[(config.name, connections)]
             usage = r.cpu_us or {}
             cells = [f"{usage[group]:.0f}" if group in usage else "-" for group in CPU_GROUPS]
+            loop = f"{usage['gateway-loop']:.0f}" if "gateway-loop" in usage else "-"
             total = total_cpu_us(r)
             print(
                 f"{config.name:<9} {connections:>5} {r.requests_per_second:>8.0f} {r.p50_ms:>7.2f} "
-                f"{r.p99_ms:>7.2f} {r.non_2xx:>7}  {cells[0]:>25} {cells[1]:>8} {cells[2]:>6} {cells[3]:>6} "
+                f"{r.p99_ms:>7.2f} {r.non_2xx:>7}  {cells[0]:>25} {loop:>6} {cells[1]:>8} {cells[2]:>6} {cells[3]:>6} "
                 f"{'-' if total is None else f'{total:.0f}':>6}  {config.description}"
                 + (f" ({r.forwarded} delivered)" if r.forwarded is not None else "")
             )
