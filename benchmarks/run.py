@@ -232,6 +232,12 @@ def dist_schema(create: bool) -> None:
         finally:
             await db.close()
 
+    if create:  # Redis first: a run that cannot start leaves no schema behind
+        client = redis.Redis.from_url(DIST_REDIS, socket_timeout=5)
+        try:
+            client.ping()
+        finally:
+            client.close()
     asyncio.run(run())
     if not create:
         client = redis.Redis.from_url(DIST_REDIS)
