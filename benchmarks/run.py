@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per server (default 2)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per configuration and concurrency (default 2)")
     parser.add_argument("--json", type=Path, default=Path("benchmark-results.json"), help="where to save results")
+    parser.add_argument("--note", default="", help="the run's conditions in a sentence, kept in the JSON and the docs")
     parser.add_argument(
         "--memory",
         action="store_true",
@@ -362,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "note": args.note,
     }
     report(results, chosen, concurrencies, args.json, conditions)
     return 0
