@@ -36,6 +36,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -357,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                 dist_schema(create=False)
     conditions = {
         "started": started,
-        "command": " ".join(["python -m benchmarks", *(sys.argv[1:] if argv is None else argv)]),
+        "command": "python -m benchmarks " + shlex.join(sys.argv[1:] if argv is None else argv),
         "duration_seconds": args.duration,
         "warmup_seconds": args.warmup,
         "repeats": args.repeats,
