@@ -43,16 +43,16 @@ def test_the_capacity_figures_and_the_sizing_follow_the_measured_cost() -> None:
         },
     ]
     page = report.capacity_page(data)
-    assert "| G | gateway | 200 | 250 | 4,000 |" in page  # the cautious (higher) cost: 1e6 / 250
-    assert "| G-dist | Redis | 40 | 30 | 25,000 |" in page
+    assert "| G | gateway | 200 | 250 | 4,000 |" in page  # the cost at 50 connections: 1e6 / 250
+    assert "| G-dist | Redis | 40 | 30 | 33,333 |" in page
     assert "about 4,000 webhooks a second" in page  # the embedded ceiling
     small, large = report.sizing(data, 2_000), report.sizing(data, 20_000)
     assert "at 50 % of its core" in small[0]  # 2,000 x 250 us
-    assert "**2 replicas**" in small[1]  # 2,000 x 500 us = 1 core, at 70 % a core
+    assert "**2 replicas**" in small[1]  # 2,000 x 400 us = 0.8 core, at 70 % a core
     assert large[0].startswith("- **Embedded** cannot")
-    assert "**15 replicas**" in large[1]  # 20,000 x 500 us = 10 cores / 0.7
-    assert "**3 cores**" in large[1]  # 20,000 x 100 us = 2 cores / 0.7
-    assert "**80 % of its one core**" in large[1]  # 20,000 x 40 us
+    assert "**12 replicas**" in large[1]  # 20,000 x 400 us = 8 cores / 0.7
+    assert "**3 cores**" in large[1]  # 20,000 x 80 us = 1.6 cores / 0.7
+    assert "**60 % of its one core**" in large[1]  # 20,000 x 30 us
 
 
 def test_a_ratio_not_measured_says_so_instead_of_passing() -> None:
