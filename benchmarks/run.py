@@ -406,7 +406,9 @@ class Server:
                 return self
             except httpx.TransportError:
                 time.sleep(0.1)
-        raise RuntimeError(f"{self.config.name} did not start")
+        self.process.kill()  # never left running behind a run that gave up on it
+        self.process.wait()
+        raise RuntimeError(f"{self.config.name} did not start within 30 s")
 
     def settle(self) -> int:
         """Wait (at most 30 s) until the forwarding receiver stops receiving; answer its count (0 without)."""
