@@ -487,8 +487,9 @@ where other clients use the same servers (see the method in [benchmark.md](bench
   replicas a batch may wait for up to R - 1 other holds. Fewer, larger replicas keep that tail shorter
   than many small ones, and a slow fsync (network disks) lengthens every hold.
 - **Redis: one thread.** Every new webhook on the distributed path is one claim (a Lua script setting
-  the delivery's keys if none exists); Redis runs commands on one thread, so one Redis caps the
-  deployment at 1,000,000 / (its µs a webhook) webhooks a second, however many cores it has.{redis_ceiling}
+  the delivery's keys if none exists); Redis runs commands on one thread (its optional I/O threads take
+  only the socket work off it), so one Redis caps the deployment at about 1,000,000 / (its µs a
+  webhook) webhooks a second, however many cores it has.{redis_ceiling}
 - **The gateway's Python.** Above the stores, every replica's core goes to the HTTP server's I/O
   (uvicorn and uvloop), the pipeline and telemetry; replicas scale it out linearly, each on its own
   core, behind a load balancer.
