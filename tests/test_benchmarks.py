@@ -34,6 +34,15 @@ def test_quick_benchmark_measures_every_configuration_without_errors(tmp_path: P
     measured = {(r["config"], r["connections"]) for r in report["results"]}
     assert measured == {("A", 10), ("B", 10), ("G", 10)}
     assert all(r["requests_per_second"] > 0 and r["non_2xx"] == 0 for r in report["results"])
+    # the cost a webhook, read from /proc, beside the rate: the server's own CPU over what wrk completed
+    assert all(r["requests"] > 0 and r["cpu_us"]["gateway"] > 0 for r in report["results"])
+    # the ratio table with its targets; what was not measured says so rather than passing
+    assert "G / B (bare Litestar)" in result.stdout
+    rows = {row["ratio"]: row for row in report["targets"]}
+    assert rows["G / B (bare Litestar)"]["target"] == 0.8
+    assert rows["G / B (bare Litestar)"]["holds"] is None  # only 10 connections were measured
+    assert rows["p50 of B / p50 of G"]["holds"] in (True, False)
+    assert "10" in rows["G / A (raw ASGI floor)"]["by_cpu"]
 
 
 def test_the_rate_limit_benchmark_measures_every_limiter_against_the_baseline(redis_url: str) -> None:

@@ -4,13 +4,23 @@ Names and labels are a contract with the dashboards and alert rules in ``dashboa
 there too. Every label comes from a closed set (kinds, outcomes, statuses, reasons, a bounded set of
 model names); a job id or a sender is never a label. Label children of the closed sets are resolved
 once here, so the hot path does a dictionary lookup instead of ``.labels()``.
+
+The metrics a webhook or a delivery updates are :class:`LoopCounter` and :class:`LoopHistogram`:
+prometheus_client's own classes, exposed by their own code (the exposition is byte for byte what
+``Counter`` and ``Histogram`` give), whose values are plain floats added to without a lock, because
+only the event loop's thread updates them. Metrics updated from other threads (spans dropped by the
+export thread) stay prometheus_client's locked ones.
 """
 
 from __future__ import annotations
 
+import time
+from bisect import bisect_left
 from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import metrics as stock
+from prometheus_client.samples import Exemplar
 
 from gateway import __version__
 from gateway.ingest.authenticate import AuthFailure
@@ -22,7 +32,16 @@ if TYPE_CHECKING:
 
     from prometheus_client import CollectorRegistry
 
-__all__ = ("DELIVERY_RESULTS", "OUTCOMES", "SINKS", "UNKNOWN_KIND", "Metrics", "ModelLabels")
+__all__ = (
+    "DELIVERY_RESULTS",
+    "OUTCOMES",
+    "SINKS",
+    "UNKNOWN_KIND",
+    "LoopCounter",
+    "LoopHistogram",
+    "Metrics",
+    "ModelLabels",
+)
 
 OUTCOMES: tuple[str, ...] = (*(o.value for o in Outcome), *(r.value for r in Refusal))
 """Every value of the ``outcome`` label: what the pipeline answered."""
@@ -41,6 +60,77 @@ UNKNOWN_KIND = "unknown"
 """The ``kind`` label of a webhook posted to a path that is no kind's route."""
 UNKNOWN_MODEL = "unknown"
 OTHER_MODEL = "other"
+
+
+class _Value:
+    """One sample's value and exemplar, read and written without a lock (prometheus_client's value
+    interface: ``inc``, ``set``, ``get``, ``set_exemplar``, ``get_exemplar``)."""
+
+    __slots__ = ("exemplar", "value")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.exemplar: Exemplar | None = None
+
+    def inc(self, amount: float) -> None:
+        self.value += amount
+
+    def set(self, value: float, timestamp: float | None = None) -> None:
+        self.value = value
+
+    def get(self) -> float:
+        return self.value
+
+    def set_exemplar(self, exemplar: Exemplar) -> None:
+        self.exemplar = exemplar
+
+    def get_exemplar(self) -> Exemplar | None:
+        return self.exemplar
+
+
+class LoopCounter(Counter):
+    """A ``Counter`` whose children count without a lock: update it from the event loop's thread only.
+
+    ``inc`` refuses a negative amount (``ValueError``) and records an exemplar as ``Counter`` does;
+    a scrape reads the value as it stands.
+    """
+
+    def _metric_init(self) -> None:
+        self._count = _Value()
+        self._value = self._count  # read by Counter's own exposition
+        self._created = time.time()
+
+    def inc(self, amount: float = 1, exemplar: dict[str, str] | None = None) -> None:
+        if amount < 0 or exemplar:
+            super().inc(amount, exemplar)  # the refusal, or the exemplar, exactly as Counter does it
+            return
+        self._count.value += amount
+
+
+class LoopHistogram(Histogram):
+    """A ``Histogram`` whose children observe without a lock: update it from the event loop's thread only.
+
+    An observation goes to the first bucket whose bound it does not exceed (a NaN to none, its sum
+    still counted) with its exemplar, as ``Histogram.observe`` does; a scrape reads the buckets as they
+    stand.
+    """
+
+    def _metric_init(self) -> None:
+        self._created = time.time()
+        self._total = _Value()
+        self._counts = [_Value() for _ in self._upper_bounds]
+        self._sum = self._total  # read by Histogram's own exposition
+        self._buckets = self._counts
+
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        self._total.value += amount
+        if amount != amount:  # NaN: under no bound
+            return
+        bucket = self._counts[bisect_left(self._upper_bounds, amount)]
+        bucket.value += 1
+        if exemplar:
+            stock._validate_exemplar(exemplar)  # type: ignore[attr-defined,no-untyped-call]  # as Histogram does
+            bucket.exemplar = Exemplar(exemplar, amount, time.time())
 
 
 class ModelLabels:
@@ -76,52 +166,52 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry, kinds: Iterable[str], models: ModelLabels) -> None:
         self.models = models
         kinds = (*kinds, UNKNOWN_KIND)
-        self.webhook_requests = Counter(
+        self.webhook_requests = LoopCounter(
             "gateway_webhook_requests",
             "Webhooks received, by job kind and what the gateway answered.",
             ["kind", "outcome"],
             registry=registry,
         )
-        self.webhook_request_duration = Histogram(
+        self.webhook_request_duration = LoopHistogram(
             "gateway_webhook_request_duration_seconds",
             "Time from a webhook's arrival to its answer, by job kind and outcome.",
             ["kind", "outcome"],
             buckets=REQUEST_BUCKETS,
             registry=registry,
         )
-        self.job_transitions = Counter(
+        self.job_transitions = LoopCounter(
             "gateway_job_transitions",
             "Applied status transitions (a job's first event included; progress updates excluded).",
             ["kind", "status"],
             registry=registry,
         )
-        self.jobs_finished = Counter(
+        self.jobs_finished = LoopCounter(
             "gateway_jobs_finished",
             "Jobs that reached a terminal status: the SLI of the failed-generation alerts.",
             ["kind", "model", "result"],
             registry=registry,
         )
-        self.generation_duration = Histogram(
+        self.generation_duration = LoopHistogram(
             "gateway_generation_duration_seconds",
             "generation_time_seconds reported by the backend when a job finished.",
             ["kind", "model"],
             buckets=GENERATION_BUCKETS,
             registry=registry,
         )
-        self.job_duration = Histogram(
+        self.job_duration = LoopHistogram(
             "gateway_job_duration_seconds",
             "Time from the first event the gateway saw for a job to its terminal event.",
             ["kind", "result"],
             buckets=JOB_BUCKETS,
             registry=registry,
         )
-        self.auth_failures = Counter(
+        self.auth_failures = LoopCounter(
             "gateway_webhook_auth_failures",
             "Webhooks refused with 401, by reason (the sender is only ever told 401).",
             ["reason"],
             registry=registry,
         )
-        self.clock_skew = Histogram(
+        self.clock_skew = LoopHistogram(
             "gateway_webhook_clock_skew_seconds",
             "Signed webhooks' webhook-timestamp minus the gateway's clock at arrival.",
             buckets=SKEW_BUCKETS,
@@ -144,7 +234,7 @@ class Metrics:
             "Trace spans dropped: the export queue was full or the exporter failed.",
             registry=registry,
         )
-        self.images = Counter(
+        self.images = LoopCounter(
             "gateway_images",
             "Images delivered by completed image jobs.",
             ["model"],
@@ -161,19 +251,19 @@ class Metrics:
             ["store", "operation"],
             registry=registry,
         )
-        self.rate_limit_decisions = Counter(
+        self.rate_limit_decisions = LoopCounter(
             "gateway_rate_limit_decisions",
             "Rate limiter decisions: allowed, limited, or error (its store failed).",
             ["result"],
             registry=registry,
         )
-        self.deliveries = Counter(
+        self.deliveries = LoopCounter(
             "gateway_deliveries",
             "Delivery attempts of applied events, by sink and result (delivered, retried, dead).",
             ["sink", "result"],
             registry=registry,
         )
-        self.delivery_duration = Histogram(
+        self.delivery_duration = LoopHistogram(
             "gateway_delivery_duration_seconds",
             "Time one delivery attempt took, by sink.",
             ["sink"],
