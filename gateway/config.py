@@ -179,7 +179,8 @@ class Settings:
     ``/api/deliveries*``; ``/api/session`` exchanges it for a read-only cookie); unset, the
     read API is open. Webhook secrets never open it."""
     public_read: bool = False
-    """``GATEWAY_PUBLIC_READ``: says job data may be public, so production starts without ``GATEWAY_API_TOKEN``."""
+    """``GATEWAY_PUBLIC_READ``: says job data may be public: reads need no credential, so production starts
+    without ``GATEWAY_API_TOKEN``. Never opens a write (see :mod:`gateway.http.auth`)."""
     sse_max_streams: int = 100
     """``GATEWAY_SSE_MAX_STREAMS``: live streams (``/api/jobs/events``...) open at once per process; 503 beyond."""
     sse_heartbeat_seconds: float = 15.0

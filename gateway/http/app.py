@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from litestar import Litestar, Request, Response
+from litestar import Litestar, Request, Response, Router
 from litestar.datastructures import State
 from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig
@@ -22,7 +22,7 @@ from gateway.delivery.postgres_outbox import PostgresOutbox
 from gateway.delivery.schedule import RetrySchedule
 from gateway.delivery.sqlite_outbox import SqliteOutbox
 from gateway.http.allow import with_allow
-from gateway.http.auth import ReadAccess, session_routes
+from gateway.http.auth import PUBLIC, ApiAccess, session_routes
 from gateway.http.deliveries import delivery_controller
 from gateway.http.events import Streams, event_routes
 from gateway.http.health import health_routes
@@ -49,7 +49,6 @@ from gateway.telemetry.tracing import tracer_provider_from_env
 from gateway.wakeup import Wakeup
 
 if TYPE_CHECKING:
-    from litestar.types import Guard
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import Tracer
 
@@ -116,8 +115,9 @@ def create_app(
         heartbeat=settings.sse_heartbeat_seconds,
         buffer=settings.sse_buffer_events,
     )
-    access = ReadAccess(settings.api_token)
-    read_guards: list[Guard] = [access.guard]
+    # The one guard of every route, chosen by the request's method: reads need the read credential, writes
+    # the bearer token (closed in production without one), whatever GATEWAY_PUBLIC_READ says.
+    access = ApiAccess(settings.api_token, public_read=settings.public_read, production=settings.env == "production")
     # Each store with finished records to expire adds its pruner here (name, prune(before, limit)).
     retention = (
         Retention(
@@ -150,10 +150,16 @@ def create_app(
                 "NO AUTHENTICATION: neither WEBHOOK_SECRET nor WEBHOOK_SIGNING_KEYS is set, so webhooks "
                 "from anyone are accepted. Fine for development; GATEWAY_ENV=production refuses this."
             )
-        if not access.required:
+        if access.writes_closed:
             logger.warning(
-                "OPEN READ API: GATEWAY_API_TOKEN is not set, so anyone who reaches the gateway reads every "
-                "job. GATEWAY_ENV=production refuses this unless GATEWAY_PUBLIC_READ=true."
+                "GATEWAY_API_TOKEN is not set: job registration and delivery replays are refused (403) in "
+                "production; reads are open (GATEWAY_PUBLIC_READ=true)."
+            )
+        elif not access.required:
+            logger.warning(
+                "OPEN API: GATEWAY_API_TOKEN is not set, so anyone who reaches the gateway reads every job and "
+                "may register jobs and replay deliveries. GATEWAY_ENV=production refuses this unless "
+                "GATEWAY_PUBLIC_READ=true, and then keeps those writes closed."
             )
 
     async def stop() -> None:
@@ -181,11 +187,11 @@ def create_app(
         route_handlers=[
             *(webhook_route(kind, receiver) for kind, receiver in receivers.items()),
             unknown_webhook_route(tuple(kind.route for kind in KINDS), telemetry),
-            *job_routes(jobs, read_guards, settings.max_body_bytes),
-            *event_routes(streams, jobs, read_guards),
+            *job_routes(jobs, settings.max_body_bytes),
+            *event_routes(streams, jobs),
             *session_routes(access),
             *health_routes(jobs, idempotency),
-            delivery_controller(outbox, dispatcher.reconsider if dispatcher is not None else _nothing, read_guards),
+            delivery_controller(outbox, dispatcher.reconsider if dispatcher is not None else _nothing),
             metrics_route(
                 registry,
                 metrics,
@@ -199,6 +205,7 @@ def create_app(
             *status_page_routes(),
         ],
         middleware=[spans],
+        guards=[access.guard],
         on_app_init=[with_allow],
         exception_handlers={StoreUnavailable: store_unavailable},
         on_startup=[start],
@@ -221,6 +228,7 @@ def create_app(
             version=__version__,
             description="Receives job-status webhooks from the generation backend, applies each exactly "
             "once to its job, and serves every job's state and history.",
+            openapi_router=Router("/schema", route_handlers=[], include_in_schema=False, opt=PUBLIC),
         ),
     )
     document_webhooks(app.openapi_schema, KINDS)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import msgspec
 from litestar import Response, get
 
+from gateway.http.auth import PUBLIC
 from gateway.stores.base import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -25,11 +26,11 @@ class Readiness(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def health_routes(jobs: JobStore, idempotency: IdempotencyStore) -> list[HTTPRouteHandler]:
-    @get("/healthz", tags=["health"], summary="Liveness: the process answers")
+    @get("/healthz", opt=PUBLIC, tags=["health"], summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @get("/readyz", tags=["health"], summary="Readiness: every store answers (503 naming the failing one)")
+    @get("/readyz", opt=PUBLIC, tags=["health"], summary="Readiness: every store answers (503 naming the failing one)")
     async def readyz() -> Response[Readiness]:
         stores = {"jobs": await _state(jobs), "idempotency": await _state(idempotency)}
         ready = all(state == "ok" for state in stores.values())
