@@ -329,6 +329,8 @@ class Settings:
                 "GATEWAY_ENV=production needs WEBHOOK_SECRET or WEBHOOK_SIGNING_KEYS: "
                 "refusing to accept unauthenticated webhooks in production"
             )
+        if settings.env == "production" and settings.webhook_secret is not None:
+            _production_secret(settings.webhook_secret)
         if settings.env == "production" and settings.api_token is None and not settings.public_read:
             raise ConfigError(
                 "GATEWAY_ENV=production needs GATEWAY_API_TOKEN to protect the read API (/api/jobs), or "
@@ -494,6 +496,21 @@ def _api_token(value: str | None) -> str | None:
         # Never echo the token: this message ends up in logs.
         raise ConfigError(f"GATEWAY_API_TOKEN must be at least 16 characters, got {len(value)}")
     return value
+
+
+_MIN_SECRET_CHARACTERS = 16
+"""As for the API token and the signing keys' bytes: a short shared secret is guessed by trying."""
+
+
+def _production_secret(value: str) -> None:
+    """Refuse a ``WEBHOOK_SECRET`` too short to resist guessing, saying how to make a good one (never echoing
+    the secret: this message ends up in logs)."""
+    if len(value) < _MIN_SECRET_CHARACTERS:
+        raise ConfigError(
+            f"GATEWAY_ENV=production needs WEBHOOK_SECRET of at least {_MIN_SECRET_CHARACTERS} characters, got "
+            f"{len(value)}: a short secret can be guessed by trying. Make one with "
+            '`python -c "import secrets; print(secrets.token_urlsafe(32))"` and give it to the sender too'
+        )
 
 
 def _redis_url(value: str | None) -> str | None:
