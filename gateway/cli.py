@@ -19,6 +19,7 @@ import asyncpg
 from gateway import __version__
 from gateway.config import ConfigError, PostgresDatabase, Settings
 from gateway.delivery import commands as delivery_commands
+from gateway.redact import scrub
 from gateway.send import add_send_parser, run_send
 from gateway.telemetry.logs import configure_logging
 from gateway.telemetry.tracing import check_tracing_env
@@ -176,7 +177,10 @@ def _migrate(settings: Settings) -> int:
         try:
             applied = asyncio.run(postgres.migrate(database.url))
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-            print(f"gateway: cannot migrate {where}: {type(error).__name__}: {error}", file=sys.stderr)
+            print(
+                f"gateway: cannot migrate {where}: {type(error).__name__}: {scrub(str(error), database.url)}",
+                file=sys.stderr,
+            )
             return 1
     else:
         from gateway.stores import sqlite

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+from gateway.redact import shown_url
+
 __all__ = ("ConfigError", "Database", "IPNetwork", "OnError", "PostgresDatabase", "Rate", "Settings", "SqliteDatabase")
 
 Environment = Literal["development", "production"]
@@ -59,13 +61,8 @@ class PostgresDatabase:
 
     @property
     def shown(self) -> str:
-        """The URL with any password masked, for log lines and messages."""
-        scheme, _, rest = self.url.partition("://")
-        credentials, at, location = rest.rpartition("@")
-        if not at:
-            return self.url
-        user = credentials.partition(":")[0]
-        return f"{scheme}://{user}:***@{location}" if ":" in credentials else f"{scheme}://{user}@{location}"
+        """The URL with every password masked (user-info and query), for log lines and messages."""
+        return shown_url(self.url)
 
 
 Database = SqliteDatabase | PostgresDatabase

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 from litestar import Litestar, Request, Response, Router
 from litestar.datastructures import State
 from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig
+from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
@@ -37,6 +39,7 @@ from gateway.ingest.errors import unavailable
 from gateway.ingest.pipeline import Pipeline
 from gateway.ingest.ratelimit import RateLimiter
 from gateway.kinds import KINDS
+from gateway.redact import shown_url
 from gateway.retention import Retention
 from gateway.stores.base import IdempotencyStore, RateLimitStore, StoreUnavailable
 from gateway.stores.memory import MemoryIdempotencyStore, MemoryRateLimitStore
@@ -131,6 +134,7 @@ def create_app(
     )
 
     async def start() -> None:
+        logger.info("connecting to %s", _endpoints(settings, traced=traced))
         await jobs.open(apply_migrations=settings.migrate_on_start)
         await wakeup.start()
         if dispatcher is not None:
@@ -233,6 +237,22 @@ def create_app(
     )
     document_webhooks(app.openapi_schema, KINDS)
     return app
+
+
+def _endpoints(settings: Settings, *, traced: bool) -> str:
+    """Where the stores and sinks are, for the start-up line: every URL through :func:`shown_url`."""
+    database = settings.database
+    shown = [f"jobs {database.shown if isinstance(database, PostgresDatabase) else database.path}"]
+    if settings.redis_url is not None:
+        shown.append(f"redis {shown_url(settings.redis_url)}")
+    if settings.forward_url is not None:
+        shown.append(f"forwarding {shown_url(settings.forward_url)}")
+    if settings.nats_url is not None:
+        shown.append(f"nats {shown_url(settings.nats_url)}")
+    otlp = os.environ.get(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) or os.environ.get(OTEL_EXPORTER_OTLP_ENDPOINT)
+    if traced and otlp:
+        shown.append(f"spans {shown_url(otlp)}")
+    return ", ".join(shown)
 
 
 def _job_store(settings: Settings, outbox: OutboxWriter | None) -> SqliteJobStore | PostgresJobStore:
