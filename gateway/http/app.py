@@ -216,7 +216,7 @@ def create_app(
         on_shutdown=[stop],
         # `gateway serve` ends the live streams when the server is told to stop (see gateway.cli), before
         # it waits for open connections: an open stream must not hold up a graceful shutdown.
-        state=State({"wakeup": wakeup}),
+        state=State({"wakeup": wakeup, "jobs": jobs}),  # the job store: for tests that make it fail
         # Litestar's records (unhandled exceptions included) go to the root logger, which the gateway
         # configures (JSON or console); Litestar must not install its own root handler.
         logging_config=LoggingConfig(

@@ -1,4 +1,11 @@
-"""``GET /healthz`` (the process answers) and ``GET /readyz`` (every store answers)."""
+"""``GET /healthz`` (the process answers) and ``GET /readyz`` (every store answers, and jobs can be written).
+
+Readiness is a real write: a ``SELECT 1`` answered while a full disk refused every webhook. So each
+``/readyz`` commits a small write to the job store (a job row of a few pages, inserted and deleted in one
+transaction, never visible) and says ``unwritable`` when it fails. A probe rather than the outcome of the
+last webhook: an instance taken out of rotation gets no webhooks, so only a probe can see it recover; and
+it sees a full disk before any sender does. It costs one short write transaction per probe.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +29,8 @@ class Readiness(msgspec.Struct, frozen=True, kw_only=True):
     status: str
     """``ready`` or ``unavailable``."""
     stores: dict[str, str]
-    """Each store's state: ``ok`` or ``unavailable``."""
+    """Each store's state: ``ok``, ``unavailable`` (it does not answer) or, for ``jobs``, ``unwritable``
+    (it answers but a write does not commit: a full disk, a read-only database)."""
 
 
 def health_routes(jobs: JobStore, idempotency: IdempotencyStore) -> list[HTTPRouteHandler]:
@@ -30,14 +38,30 @@ def health_routes(jobs: JobStore, idempotency: IdempotencyStore) -> list[HTTPRou
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @get("/readyz", opt=PUBLIC, tags=["health"], summary="Readiness: every store answers (503 naming the failing one)")
+    @get(
+        "/readyz",
+        opt=PUBLIC,
+        tags=["health"],
+        summary="Readiness: every store answers and a job write commits (503 naming the failing store)",
+    )
     async def readyz() -> Response[Readiness]:
-        stores = {"jobs": await _state(jobs), "idempotency": await _state(idempotency)}
+        stores = {"jobs": await _writable(jobs), "idempotency": await _state(idempotency)}
         ready = all(state == "ok" for state in stores.values())
         body = Readiness(status="ready" if ready else "unavailable", stores=stores)
         return Response(body, status_code=200 if ready else 503)
 
     return [healthz, readyz]
+
+
+async def _writable(jobs: JobStore) -> str:
+    state = await _state(jobs)
+    if state != "ok":
+        return state
+    try:
+        await jobs.probe_write()
+    except StoreUnavailable:
+        return "unwritable"
+    return "ok"
 
 
 async def _state(store: JobStore | IdempotencyStore) -> str:
