@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -23,6 +24,7 @@ from litestar.testing import AsyncTestClient
 
 from gateway.config import PostgresDatabase, Settings
 from gateway.http.app import create_app
+from gateway.http.health import WriteProbe
 from gateway.stores.postgres import PostgresJobStore
 from gateway.stores.sqlite import SqliteJobStore
 from tests.conftest import SECRET, completed_image
@@ -123,6 +125,15 @@ def _large(job_id: str) -> dict[str, Any]:
     return body
 
 
+async def _readiness_becomes(client: httpx.AsyncClient, status_code: int) -> Any:
+    """``/readyz``'s answer once it has this status: it probes at most once a second."""
+    deadline = time.monotonic() + 10
+    while (ready := await client.get("/readyz")).status_code != status_code:
+        assert time.monotonic() < deadline, f"/readyz still answers {ready.status_code}: {ready.text}"
+        await asyncio.sleep(0.1)
+    return ready.json()
+
+
 def _store_errors(metrics: str) -> float:
     return sum(
         float(line.rsplit(" ", 1)[1])
@@ -149,9 +160,8 @@ async def test_a_full_database_is_not_ready_and_logs_its_outage_once(
         while (await client.post(IMAGE, json=_large(f"filling-{accepted}"))).status_code == 200:
             accepted += 1
             assert accepted < 100, "the database never filled up"
-        ready = await client.get("/readyz")
-        assert ready.status_code == 503
-        assert ready.json()["stores"]["jobs"] == "unwritable"
+        ready = await _readiness_becomes(client, 503)
+        assert ready["stores"]["jobs"] == "unwritable"
         codes = []
         for number in range(REFUSED):
             codes.append((await client.post(IMAGE, json=_large(f"during-{number}"))).status_code)
@@ -166,7 +176,7 @@ async def test_a_full_database_is_not_ready_and_logs_its_outage_once(
         assert _store_errors((await client.get("/metrics")).text) - errors_before == REFUSED + 1
 
         await disk.free()
-        assert (await client.get("/readyz")).status_code == 200
+        await _readiness_becomes(client, 200)
         assert (await client.post(IMAGE, json=_large("after"))).status_code == 200
         recovered = [record.getMessage() for record in errors if record.levelno == logging.WARNING]
         assert "job store writes work again" in recovered
@@ -174,7 +184,33 @@ async def test_a_full_database_is_not_ready_and_logs_its_outage_once(
 
 
 async def test_readiness_probe_changes_nothing_a_reader_sees(client: AsyncTestClient[Any]) -> None:
+    """The probe's row is inserted and deleted in one transaction: no reader ever sees it."""
     assert (await client.post(IMAGE, json=completed_image(job_id="j1"))).status_code == 200
     for _ in range(3):
         assert (await client.get("/readyz")).status_code == 200
     assert [job["job_id"] for job in (await client.get("/api/jobs")).json()["jobs"]] == ["j1"]
+
+
+async def test_asking_for_readiness_often_probes_at_most_once_a_second() -> None:
+    """``/readyz`` needs no credential: a flood of it must not become a flood of writes."""
+    probes = 0
+
+    class Jobs:
+        async def ping(self) -> None:
+            pass
+
+        async def probe_write(self) -> None:
+            nonlocal probes
+            probes += 1
+            await asyncio.sleep(0)
+
+    now = [100.0]
+    probe = WriteProbe(Jobs(), clock=lambda: now[0])  # type: ignore[arg-type]
+    assert set(await asyncio.gather(*(probe.state() for _ in range(50)))) == {"ok"}
+    assert probes == 1
+    now[0] += 0.5
+    await probe.state()
+    assert probes == 1
+    now[0] += 0.5
+    await probe.state()
+    assert probes == 2

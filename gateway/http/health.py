@@ -4,11 +4,16 @@ Readiness is a real write: a ``SELECT 1`` answered while a full disk refused eve
 ``/readyz`` commits a small write to the job store (a job row of a few pages, inserted and deleted in one
 transaction, never visible) and says ``unwritable`` when it fails. A probe rather than the outcome of the
 last webhook: an instance taken out of rotation gets no webhooks, so only a probe can see it recover; and
-it sees a full disk before any sender does. It costs one short write transaction per probe.
+it sees a full disk before any sender does. ``/readyz`` needs no credential, so asking often must not
+make the gateway write often: the probe runs at most once a second, whoever asks, and concurrent askers
+share it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -22,7 +27,9 @@ if TYPE_CHECKING:
 
     from gateway.stores.base import IdempotencyStore, JobStore
 
-__all__ = ("Readiness", "health_routes")
+__all__ = ("Readiness", "WriteProbe", "health_routes")
+
+_PROBE_SECONDS = 1.0
 
 
 class Readiness(msgspec.Struct, frozen=True, kw_only=True):
@@ -33,7 +40,28 @@ class Readiness(msgspec.Struct, frozen=True, kw_only=True):
     (it answers but a write does not commit: a full disk, a read-only database)."""
 
 
+class WriteProbe:
+    """The job store's state for readiness (``ok``, ``unavailable``, ``unwritable``), probed at most once
+    per ``_PROBE_SECONDS``: a caller within that time gets the last answer. Event-loop only."""
+
+    def __init__(self, jobs: JobStore, clock: Callable[[], float] = time.monotonic) -> None:
+        self._jobs = jobs
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._state = ""
+        self._at = 0.0
+
+    async def state(self) -> str:
+        async with self._lock:  # concurrent askers wait for the probe in flight and share its answer
+            if not self._state or self._clock() - self._at >= _PROBE_SECONDS:
+                self._state = await _writable(self._jobs)
+                self._at = self._clock()
+            return self._state
+
+
 def health_routes(jobs: JobStore, idempotency: IdempotencyStore) -> list[HTTPRouteHandler]:
+    probe = WriteProbe(jobs)
+
     @get("/healthz", opt=PUBLIC, tags=["health"], summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -45,7 +73,7 @@ def health_routes(jobs: JobStore, idempotency: IdempotencyStore) -> list[HTTPRou
         summary="Readiness: every store answers and a job write commits (503 naming the failing store)",
     )
     async def readyz() -> Response[Readiness]:
-        stores = {"jobs": await _writable(jobs), "idempotency": await _state(idempotency)}
+        stores = {"jobs": await probe.state(), "idempotency": await _state(idempotency)}
         ready = all(state == "ok" for state in stores.values())
         body = Readiness(status="ready" if ready else "unavailable", stores=stores)
         return Response(body, status_code=200 if ready else 503)
