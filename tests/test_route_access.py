@@ -119,3 +119,22 @@ async def test_in_development_without_a_token_every_route_stays_open(client: Asy
         if (method, path) not in _OWN_AUTHENTICATION:
             response = await client.request(method, _concrete(path), json={}, headers=_STREAM_STOPPER)
             assert response.status_code not in (401, 403), (method, path)
+
+
+_PUBLIC = {"/healthz", "/readyz", "/metrics"}
+"""The only documented reads open to anyone whatever the settings; the status page (``/``, ``/status``)
+and the OpenAPI document are open too, and hold no job data."""
+
+
+async def test_with_a_token_every_read_but_health_and_metrics_needs_it(settings: Settings) -> None:
+    """Reads are closed by default: a read route is open only if it says so."""
+    app = create_app(dataclasses.replace(settings, api_token=TOKEN))
+    async with AsyncTestClient(app=app) as client:
+        answered = {}
+        for method, path in await _operations(client):
+            if method == "GET":
+                response = await client.get(_concrete(path), headers=_STREAM_STOPPER)
+                answered[path] = response.status_code == 401
+        assert {path for path, refused in answered.items() if not refused} == _PUBLIC
+        for path in ("/", "/status", "/schema/openapi.json"):
+            assert (await client.get(path)).status_code == 200, path
