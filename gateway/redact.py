@@ -9,9 +9,15 @@ through :func:`scrub`. Both are pure functions, safe anywhere.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
-__all__ = ("MASK", "scrub", "shown_url")
+if TYPE_CHECKING:
+    from gateway.config import Settings
+
+__all__ = ("MASK", "configured_urls", "scrub", "shown_url", "url_secrets")
 
 MASK = "***"
 _SECRET_NAMES = ("pass", "pwd", "secret", "token", "key", "auth", "sig", "credential", "session")
@@ -38,9 +44,23 @@ def shown_url(url: str) -> str:
 def scrub(text: str, *urls: str | None) -> str:
     """``text`` with every secret found in ``urls`` (as written, and percent-decoded) replaced by ``***``:
     for messages that may quote a URL or a part of one, such as a driver's connection error."""
-    for secret in sorted({value for url in urls if url for value in _secrets(url)}, key=len, reverse=True):
+    for secret in url_secrets(*urls):
         text = text.replace(secret, MASK)
     return text
+
+
+def url_secrets(*urls: str | None) -> tuple[str, ...]:
+    """Every password in ``urls`` (as written and percent-decoded), longest first: what log lines mask."""
+    return tuple(sorted({value for url in urls if url for value in _secrets(url)}, key=len, reverse=True))
+
+
+def configured_urls(settings: Settings, environ: Mapping[str, str] = os.environ) -> tuple[str, ...]:
+    """The URLs the gateway is configured with: the database (PostgreSQL), Redis, NATS, forwarding, OTLP."""
+    database_url: str | None = getattr(settings.database, "url", None)
+    otlp = (environ.get(name) for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"))
+    return tuple(
+        url for url in (database_url, settings.redis_url, settings.nats_url, settings.forward_url, *otlp) if url
+    )
 
 
 def _shown_parameter(parameter: str) -> str:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import logging
+import sys
 from pathlib import Path
 
 import pytest
 
 from gateway.config import PostgresDatabase
-from gateway.redact import scrub, shown_url
+from gateway.redact import scrub, shown_url, url_secrets
+from gateway.telemetry.logs import BatchingHandler, ConsoleFormatter, JsonFormatter
 from tests.conftest import SECRET, LiveServer, free_port
 from tests.test_cli import run_gateway
 
@@ -89,3 +93,25 @@ def test_start_up_names_every_url_without_its_password(tmp_path: Path, stopping:
     assert f"nats nats://nats:***@127.0.0.1:{closed}" in log
     assert f"spans http://otlp:***@127.0.0.1:{closed}?auth=***" in log
     assert "-pw-" not in log
+
+
+@pytest.mark.parametrize("formatter", [JsonFormatter(), ConsoleFormatter()], ids=["json", "console"])
+def test_a_log_line_quoting_a_url_is_masked_whoever_wrote_it(formatter: logging.Formatter) -> None:
+    """A library's line (a driver's error, an exporter's traceback) may quote a configured URL: the
+    gateway's log handler masks every password of the configured URLs in every line it writes."""
+    urls = ('postgresql://gw:pw-"1@db/gw', "http://otlp:4318/v1/traces?token=pw-2")
+    stream = io.StringIO()
+    handler = BatchingHandler(stream, url_secrets(*urls))
+    handler.setFormatter(formatter)
+    handler.start()
+    try:
+        raise ConnectionError(f"cannot reach {urls[1]}")
+    except ConnectionError:
+        record = logging.LogRecord("exporter", logging.ERROR, __file__, 1, "export to %s failed", (urls[0],), None)
+        record.exc_info = sys.exc_info()
+    handler.emit(record)
+    handler.stop()
+    written = stream.getvalue()
+    assert "export to postgresql://gw:***@db/gw failed" in written
+    assert "?token=***" in written
+    assert "pw-" not in written
