@@ -23,9 +23,10 @@ import base64
 import hashlib
 import hmac
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 from litestar import Request, Response, delete, post
@@ -67,10 +68,12 @@ _ALWAYS_OPEN = frozenset({"OPTIONS"})
 _WRITES_NEED = "Routes that change data need GATEWAY_API_TOKEN: send `Authorization: Bearer <token>`"
 
 _ACCESS = "access"
-PUBLIC: dict[str, Any] = {_ACCESS: "public"}
+Declared = Literal["public", "own"]
+"""What a route may declare under ``opt["access"]``; a route declaring nothing gets the default rule."""
+PUBLIC: Mapping[str, Declared] = MappingProxyType({_ACCESS: "public"})
 """A route's ``opt`` for reads anyone may make (health, metrics, status page, OpenAPI document); never opens a
 write."""
-OWN_AUTHENTICATION: dict[str, Any] = {_ACCESS: "own"}
+OWN_AUTHENTICATION: Mapping[str, Declared] = MappingProxyType({_ACCESS: "own"})
 """A route's ``opt`` for routes that authenticate their caller themselves: the webhooks (secret or signature)
 and ``POST``/``DELETE /api/session`` (the token in the body; signing out needs nothing)."""
 
@@ -115,7 +118,7 @@ class ApiAccess:
         declared :data:`PUBLIC` (reads only) or :data:`OWN_AUTHENTICATION`. Raises 401 (a credential would
         help) or 403 (production with no token: nothing opens a write)."""
         method = connection.scope.get("method", "GET")
-        declared = handler.opt.get(_ACCESS)
+        declared: Declared | None = handler.opt.get(_ACCESS)
         if method in _ALWAYS_OPEN or declared == "own":
             return
         if method in _READS:
