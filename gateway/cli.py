@@ -19,6 +19,7 @@ import asyncpg
 from gateway import __version__
 from gateway.config import ConfigError, PostgresDatabase, Settings
 from gateway.delivery import commands as delivery_commands
+from gateway.redact import configured_urls, scrub, url_secrets
 from gateway.send import add_send_parser, run_send
 from gateway.telemetry.logs import configure_logging
 from gateway.telemetry.tracing import check_tracing_env
@@ -43,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"gateway: configuration error: {error}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, url_secrets(*configured_urls(settings)))
     if args.command == "serve":
         return _serve(settings, args.host, args.port, args.workers)
     if args.command == "deliveries":
@@ -196,7 +197,10 @@ def _migrate(settings: Settings) -> int:
         try:
             applied = asyncio.run(postgres.migrate(database.url))
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-            print(f"gateway: cannot migrate {where}: {type(error).__name__}: {error}", file=sys.stderr)
+            print(
+                f"gateway: cannot migrate {where}: {type(error).__name__}: {scrub(str(error), database.url)}",
+                file=sys.stderr,
+            )
             return 1
     else:
         from gateway.stores import sqlite

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+from gateway.redact import shown_url
+
 __all__ = ("ConfigError", "Database", "IPNetwork", "OnError", "PostgresDatabase", "Rate", "Settings", "SqliteDatabase")
 
 Environment = Literal["development", "production"]
@@ -59,13 +61,8 @@ class PostgresDatabase:
 
     @property
     def shown(self) -> str:
-        """The URL with any password masked, for log lines and messages."""
-        scheme, _, rest = self.url.partition("://")
-        credentials, at, location = rest.rpartition("@")
-        if not at:
-            return self.url
-        user = credentials.partition(":")[0]
-        return f"{scheme}://{user}:***@{location}" if ":" in credentials else f"{scheme}://{user}@{location}"
+        """The URL with every password masked (user-info and query), for log lines and messages."""
+        return shown_url(self.url)
 
 
 Database = SqliteDatabase | PostgresDatabase
@@ -186,7 +183,8 @@ class Settings:
     ``/api/deliveries*``; ``/api/session`` exchanges it for a read-only cookie); unset, the
     read API is open. Webhook secrets never open it."""
     public_read: bool = False
-    """``GATEWAY_PUBLIC_READ``: says job data may be public, so production starts without ``GATEWAY_API_TOKEN``."""
+    """``GATEWAY_PUBLIC_READ``: says job data may be public: reads need no credential, so production starts
+    without ``GATEWAY_API_TOKEN``. Never opens a write (see :mod:`gateway.http.auth`)."""
     sse_max_streams: int = 100
     """``GATEWAY_SSE_MAX_STREAMS``: live streams (``/api/jobs/events``...) open at once per process; 503 beyond."""
     sse_heartbeat_seconds: float = 15.0
@@ -347,6 +345,8 @@ class Settings:
                 "GATEWAY_ENV=production needs WEBHOOK_SECRET or WEBHOOK_SIGNING_KEYS: "
                 "refusing to accept unauthenticated webhooks in production"
             )
+        if settings.env == "production" and settings.webhook_secret is not None:
+            _production_secret(settings.webhook_secret)
         if settings.env == "production" and settings.api_token is None and not settings.public_read:
             raise ConfigError(
                 "GATEWAY_ENV=production needs GATEWAY_API_TOKEN to protect the read API (/api/jobs), or "
@@ -525,6 +525,21 @@ def _api_token(value: str | None) -> str | None:
         # Never echo the token: this message ends up in logs.
         raise ConfigError(f"GATEWAY_API_TOKEN must be at least 16 characters, got {len(value)}")
     return value
+
+
+_MIN_SECRET_CHARACTERS = 16
+"""As for the API token and the signing keys' bytes: a short shared secret is guessed by trying."""
+
+
+def _production_secret(value: str) -> None:
+    """Refuse a ``WEBHOOK_SECRET`` too short to resist guessing, saying how to make a good one (never echoing
+    the secret: this message ends up in logs)."""
+    if len(value) < _MIN_SECRET_CHARACTERS:
+        raise ConfigError(
+            f"GATEWAY_ENV=production needs WEBHOOK_SECRET of at least {_MIN_SECRET_CHARACTERS} characters, got "
+            f"{len(value)}: a short secret can be guessed by trying. Make one with "
+            '`python -c "import secrets; print(secrets.token_urlsafe(32))"` and give it to the sender too'
+        )
 
 
 def _redis_url(value: str | None) -> str | None:

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from gateway.config import Settings
 from gateway.kinds import KINDS, kind_named
+from gateway.redact import scrub, shown_url
 
 __all__ = ("SCENARIOS", "add_send_parser", "run_send")
 
@@ -179,7 +180,7 @@ def run_send(args: argparse.Namespace, settings: Settings) -> int:
     assert kind is not None  # argparse restricted the choices
     base = (args.url or _local_url(settings)).rstrip("/")
     if not base.startswith(("http://", "https://")):
-        print(f"gateway send: --url must start with http:// or https://, got {base!r}", file=sys.stderr)
+        print(f"gateway send: --url must start with http:// or https://, got {shown_url(base)!r}", file=sys.stderr)
         return 2
     if args.file is not None and args.job_id is not None:
         print("gateway send: --job-id names the job of a --scenario payload; a --file carries its own", file=sys.stderr)
@@ -208,7 +209,7 @@ def run_send(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         report = {
             "scenario": scenario,
-            "url": url,
+            "url": shown_url(url),
             "kind": kind.name,
             "job_id": None if args.file is not None else job_id,
             "authentication": credentials.described,
@@ -284,7 +285,11 @@ class _Poster:
             status, raw = error.code, error.read()
         except (OSError, http.client.HTTPException) as error:  # refused, reset, timed out, not HTTP at all
             reason = error.reason if isinstance(error, urllib.error.URLError) else error
-            return Answer(None, time.perf_counter() - started, error=f"cannot reach {self._url}: {reason}")
+            return Answer(
+                None,
+                time.perf_counter() - started,
+                error=scrub(f"cannot reach {shown_url(self._url)}: {reason}", self._url),
+            )
         elapsed = time.perf_counter() - started
         try:
             parsed: Any = json.loads(raw)
@@ -313,7 +318,7 @@ def _print_text(
     ok: bool,
 ) -> None:
     job = f" job {job_id}" if job_id is not None else ""
-    print(f"{scenario}: POST {url}{job} ({credentials.described})")
+    print(f"{scenario}: POST {shown_url(url)}{job} ({credentials.described})")
     for number, answer in enumerate(answers, start=1):
         label = f"  #{number} " if len(answers) > 1 else "  "
         took = f"in {answer.elapsed_seconds * 1000:.1f} ms"

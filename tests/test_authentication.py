@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import hmac
 import json
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -220,3 +222,23 @@ async def test_a_right_secret_wins_over_malformed_signature_headers_before_the_b
 
 def _keys(*keys: str) -> tuple[bytes, ...]:
     return Settings.from_env({"WEBHOOK_SIGNING_KEYS": ",".join(keys)}).signing_keys
+
+
+@pytest.mark.parametrize("given", ["", "x", SECRET[:-1], SECRET, SECRET + "x" * 1000], ids=len)
+def test_the_secret_comparison_sees_equal_lengths_whatever_the_secret(
+    monkeypatch: pytest.MonkeyPatch, given: str
+) -> None:
+    """``hmac.compare_digest`` runs in time that depends on its operands' lengths: comparing the raw
+    secret with the header told a prober how long the secret is. Only fixed-size digests are compared."""
+    compared: list[tuple[int, int]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append((len(a), len(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    for secret in ("short", SECRET, "a-much-longer-shared-secret-" * 8):
+        verdict = Authenticator(secret, (), 300).verify({"x-webhook-secret": given}, b"{}", time.time())
+        assert (verdict.failure is None) == (given == secret)
+    assert compared == [(32, 32)] * 3

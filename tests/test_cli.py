@@ -275,10 +275,12 @@ def test_serve_prints_where_to_look_and_warns_once_without_credentials(tmp_path:
 def test_serve_with_redis_not_answering_starts_and_says_what_that_means(tmp_path: Path) -> None:
     """Redis may come back, so it does not stop start-up (as the rate limiter's store does not), but the
     operator reads at once that webhooks are refused until it answers, and what to check."""
+    port = free_port()
     server = LiveServer(
-        tmp_path, {"WEBHOOK_SECRET": "a-secret-for-this-test", "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+        tmp_path, {"WEBHOOK_SECRET": "a-secret-for-this-test", "REDIS_URL": f"redis://:hunter2@127.0.0.1:{port}/0"}
     )
     server.stop()
     output = server.log.read_text()
-    assert "REDIS_URL does not answer: webhooks are answered 503 until it does. Check REDIS_URL" in output
+    assert f"REDIS_URL (redis://:***@127.0.0.1:{port}/0) does not answer: webhooks are answered 503" in output
+    assert "hunter2" not in output
     assert "Traceback" not in output

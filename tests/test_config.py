@@ -159,7 +159,7 @@ def test_production_without_credentials_refuses_to_start() -> None:
 
 @pytest.mark.parametrize(
     "credentials",
-    [{"WEBHOOK_SECRET": "s3cret"}, {"WEBHOOK_SIGNING_KEYS": whsec(KEY_1)}],
+    [{"WEBHOOK_SECRET": "s3cret-of-16-chars"}, {"WEBHOOK_SIGNING_KEYS": whsec(KEY_1)}],
     ids=["shared-secret", "signing-keys"],
 )
 def test_production_with_a_credential_starts(credentials: dict[str, str]) -> None:
@@ -167,6 +167,28 @@ def test_production_with_a_credential_starts(credentials: dict[str, str]) -> Non
     settings = Settings.from_env({"GATEWAY_ENV": "production", "GATEWAY_PUBLIC_READ": "true", **credentials})
     assert settings.env == "production"
     assert settings.authenticates is True
+
+
+@pytest.mark.parametrize("secret", ["abc", "fifteen-chars!!"])
+def test_production_refuses_a_short_shared_secret_and_says_how_to_make_one(secret: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"GATEWAY_ENV": "production", "GATEWAY_PUBLIC_READ": "true", "WEBHOOK_SECRET": secret})
+    message = str(caught.value)
+    assert "WEBHOOK_SECRET" in message
+    assert "16 characters" in message
+    assert "secrets.token_urlsafe" in message
+    assert secret not in message
+
+
+def test_a_short_shared_secret_still_starts_in_development() -> None:
+    assert Settings.from_env({"WEBHOOK_SECRET": "abc"}).webhook_secret == "abc"
+
+
+def test_sixteen_characters_are_enough_in_production() -> None:
+    settings = Settings.from_env(
+        {"GATEWAY_ENV": "production", "GATEWAY_PUBLIC_READ": "true", "WEBHOOK_SECRET": "x" * 16}
+    )
+    assert settings.webhook_secret == "x" * 16
 
 
 @pytest.mark.parametrize(

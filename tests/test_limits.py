@@ -34,12 +34,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 
 
 def exchange(server: LiveServer, head: bytes, body: bytes = b"", *, timeout: float = 2, stall: bool = False) -> bytes:
-    """Send raw bytes, read the answer until the server closes or ``timeout`` passes. ``stall``: the sending
-    side stays open (the client seems to have more to send) instead of being shut."""
+    """Send raw bytes, read the answer until the server closes (``timeout`` bounds each wait). The sending side
+    stays open: a half-close would race the answer, since uvicorn drops a connection whose peer sent EOF.
+    ``stall``: says the request is left unfinished on purpose (the server is expected to give up on it).
+    A request the server should answer in full asks for ``Connection: close`` (see :func:`head`)."""
+    del stall
     with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as sock:
         sock.sendall(head + body)
-        if not stall:
-            sock.shutdown(socket.SHUT_WR)
         answer = b""
         while chunk := sock.recv(65536):
             answer += chunk
@@ -54,7 +55,7 @@ def error_of(answer: bytes) -> tuple[int, dict[str, object]]:
 
 
 def head(*extra: bytes) -> bytes:
-    return b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(extra) + b"\r\n"
+    return b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + b"".join(extra) + b"\r\n"
 
 
 def test_too_many_headers_are_refused_with_431(server: LiveServer) -> None:
@@ -282,7 +283,8 @@ def test_a_sign_in_body_over_4_kib_is_413_before_it_is_read(live_server: LiveSer
         "status_code": 413,
         "detail": 'A sign-in body is {"token": "<token>"}: at most 4096 bytes',
     }
-    answer = exchange(live_server, b"POST /api/session HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n{")
+    raw = b"POST /api/session HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 10000000\r\n\r\n{"
+    answer = exchange(live_server, raw)
     assert error_of(answer)[0] == 413
     assert httpx.post(f"{live_server.url}/api/session", json={"token": "x"}, timeout=5).status_code == 200
 

@@ -13,7 +13,7 @@ from litestar.testing import AsyncTestClient
 
 from gateway.config import Settings
 from gateway.http.app import create_app
-from gateway.http.auth import SESSION_COOKIE, SESSION_SECONDS, ReadAccess
+from gateway.http.auth import SESSION_COOKIE, SESSION_SECONDS, ApiAccess
 from tests.conftest import SECRET, LiveServer, completed_image
 from tests.test_cli import run_gateway
 from tests.test_registration import registration as registration_body
@@ -101,14 +101,14 @@ async def test_a_forged_or_tampered_cookie_is_401(guarded: AsyncTestClient[Any])
 
 def test_a_session_expires_and_a_new_token_signs_everyone_out() -> None:
     now = [1_000_000.0]
-    access = ReadAccess(TOKEN, clock=lambda: now[0])
+    access = ApiAccess(TOKEN, clock=lambda: now[0])
     value, expires = access.sign()
     assert expires == 1_000_000 + SESSION_SECONDS
     assert access.session_valid(value)
     now[0] += SESSION_SECONDS + 1
     assert not access.session_valid(value)
     now[0] -= SESSION_SECONDS
-    assert not ReadAccess(TOKEN + "-rotated", clock=lambda: now[0]).session_valid(value)
+    assert not ApiAccess(TOKEN + "-rotated", clock=lambda: now[0]).session_valid(value)
 
 
 async def test_without_a_token_the_read_api_is_open(client: AsyncTestClient[Any]) -> None:
@@ -134,11 +134,14 @@ def test_production_starts_with_the_token_and_guards_reads(tmp_path: Path, stopp
     assert httpx.get(f"{server.url}/api/jobs", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
 
 
-def test_production_with_public_read_starts_open(tmp_path: Path, stopping: list[LiveServer]) -> None:
+def test_production_with_public_read_starts_open_for_reads_only(tmp_path: Path, stopping: list[LiveServer]) -> None:
     env = {"GATEWAY_ENV": "production", "WEBHOOK_SECRET": SECRET, "GATEWAY_PUBLIC_READ": "true"}
     server = LiveServer(tmp_path, env)
     stopping.append(server)
     assert httpx.get(f"{server.url}/api/jobs").status_code == 200
+    refused = httpx.post(f"{server.url}/api/jobs", json=registration_body("public-1"))
+    assert refused.status_code == 403
+    assert "GATEWAY_API_TOKEN" in refused.json()["detail"]
 
 
 def test_a_short_token_is_refused_at_start(tmp_path: Path) -> None:

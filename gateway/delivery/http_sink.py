@@ -17,13 +17,13 @@ import time
 from collections.abc import Callable
 from datetime import UTC
 from email.utils import parsedate_to_datetime
-from urllib.parse import urlsplit
 
 from opentelemetry import propagate
 
 from gateway import __version__
 from gateway.delivery.http_client import HttpClient
 from gateway.delivery.sink import Attempt, Dead, Delivered, Delivery, Gone, Retry
+from gateway.redact import shown_url
 
 __all__ = ("HttpSink", "retry_after", "sign")
 
@@ -64,9 +64,8 @@ class HttpSink:
     def __init__(
         self, url: str, signing_key: bytes | None, timeout_seconds: float, *, clock: Callable[[], float] = time.time
     ) -> None:
-        parts = urlsplit(url)
-        self._shown = f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
-        """The endpoint without credentials or query, for messages."""
+        self._shown = shown_url(url)
+        """The endpoint with its passwords masked, for messages."""
         self._key = signing_key
         self._timeout = timeout_seconds
         self._clock = clock

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
-from litestar import Litestar, Request, Response
+from litestar import Litestar, Request, Response, Router
 from litestar.datastructures import State
 from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig
+from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
@@ -22,7 +24,7 @@ from gateway.delivery.postgres_outbox import PostgresOutbox
 from gateway.delivery.schedule import RetrySchedule
 from gateway.delivery.sqlite_outbox import SqliteOutbox
 from gateway.http.allow import with_allow
-from gateway.http.auth import ReadAccess, session_routes
+from gateway.http.auth import PUBLIC, ApiAccess, session_routes
 from gateway.http.deliveries import delivery_controller
 from gateway.http.events import Streams, event_routes
 from gateway.http.health import health_routes
@@ -37,6 +39,7 @@ from gateway.ingest.errors import unavailable
 from gateway.ingest.pipeline import Pipeline
 from gateway.ingest.ratelimit import RateLimiter
 from gateway.kinds import KINDS
+from gateway.redact import shown_url
 from gateway.retention import Retention
 from gateway.startup import job_store_failure
 from gateway.stores.base import IdempotencyStore, RateLimitStore, StoreUnavailable
@@ -50,7 +53,6 @@ from gateway.telemetry.tracing import tracer_provider_from_env
 from gateway.wakeup import Wakeup
 
 if TYPE_CHECKING:
-    from litestar.types import Guard
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import Tracer
 
@@ -117,8 +119,9 @@ def create_app(
         heartbeat=settings.sse_heartbeat_seconds,
         buffer=settings.sse_buffer_events,
     )
-    access = ReadAccess(settings.api_token)
-    read_guards: list[Guard] = [access.guard]
+    # The one guard of every route, chosen by the request's method: reads need the read credential, writes
+    # the bearer token (closed in production without one), whatever GATEWAY_PUBLIC_READ says.
+    access = ApiAccess(settings.api_token, public_read=settings.public_read, production=settings.env == "production")
     # Each store with finished records to expire adds its pruner here (name, prune(before, limit)).
     retention = (
         Retention(
@@ -132,6 +135,7 @@ def create_app(
     )
 
     async def start() -> None:
+        logger.info("connecting to %s", _endpoints(settings, traced=traced))
         try:
             await jobs.open(apply_migrations=settings.migrate_on_start)
         except StoreUnavailable as error:
@@ -142,8 +146,9 @@ def create_app(
             except StoreUnavailable:
                 # Not fatal: Redis may come back; until then each webhook is refused (503), nothing recorded.
                 logger.warning(
-                    "REDIS_URL does not answer: webhooks are answered 503 until it does. Check REDIS_URL (host, "
-                    "port, password) and that Redis runs."
+                    "REDIS_URL (%s) does not answer: webhooks are answered 503 until it does. Check its host, port "
+                    "and password, and that Redis runs.",
+                    shown_url(settings.redis_url),
                 )
         await wakeup.start()
         if dispatcher is not None:
@@ -163,10 +168,16 @@ def create_app(
                 "NO AUTHENTICATION: neither WEBHOOK_SECRET nor WEBHOOK_SIGNING_KEYS is set, so webhooks "
                 "from anyone are accepted. Fine for development; GATEWAY_ENV=production refuses this."
             )
-        if not access.required:
+        if access.writes_closed:
             logger.warning(
-                "OPEN READ API: GATEWAY_API_TOKEN is not set, so anyone who reaches the gateway reads every "
-                "job. GATEWAY_ENV=production refuses this unless GATEWAY_PUBLIC_READ=true."
+                "GATEWAY_API_TOKEN is not set: job registration and delivery replays are refused (403) in "
+                "production; reads are open (GATEWAY_PUBLIC_READ=true)."
+            )
+        elif not access.required:
+            logger.warning(
+                "OPEN API: GATEWAY_API_TOKEN is not set, so anyone who reaches the gateway reads every job and "
+                "may register jobs and replay deliveries. GATEWAY_ENV=production refuses this unless "
+                "GATEWAY_PUBLIC_READ=true, and then keeps those writes closed."
             )
 
     async def stop() -> None:
@@ -194,11 +205,11 @@ def create_app(
         route_handlers=[
             *(webhook_route(kind, receiver) for kind, receiver in receivers.items()),
             unknown_webhook_route(tuple(kind.route for kind in KINDS), telemetry),
-            *job_routes(jobs, read_guards, settings.max_body_bytes),
-            *event_routes(streams, jobs, read_guards),
+            *job_routes(jobs, settings.max_body_bytes),
+            *event_routes(streams, jobs),
             *session_routes(access),
             *health_routes(jobs, idempotency),
-            delivery_controller(outbox, dispatcher.reconsider if dispatcher is not None else _nothing, read_guards),
+            delivery_controller(outbox, dispatcher.reconsider if dispatcher is not None else _nothing),
             metrics_route(
                 registry,
                 metrics,
@@ -212,6 +223,7 @@ def create_app(
             *status_page_routes(),
         ],
         middleware=[spans],
+        guards=[access.guard],
         on_app_init=[with_allow],
         exception_handlers={StoreUnavailable: store_unavailable},
         # No route reads more than a webhook may send (Litestar's default is 10 MB); some read less.
@@ -220,7 +232,7 @@ def create_app(
         on_shutdown=[stop],
         # `gateway serve` ends the live streams when the server is told to stop (see gateway.cli), before
         # it waits for open connections: an open stream must not hold up a graceful shutdown.
-        state=State({"wakeup": wakeup}),
+        state=State({"wakeup": wakeup, "jobs": jobs}),  # the job store: for tests that make it fail
         # Litestar's records (unhandled exceptions included) go to the root logger, which the gateway
         # configures (JSON or console); Litestar must not install its own root handler.
         logging_config=LoggingConfig(
@@ -237,10 +249,27 @@ def create_app(
             description="Receives job-status webhooks from the generation backend, applies each exactly "
             "once to its job, and serves every job's state and history.",
             render_plugins=api_docs(),
+            openapi_router=Router("/schema", route_handlers=[], include_in_schema=False, opt=PUBLIC),
         ),
     )
     document_webhooks(app.openapi_schema, KINDS)
     return app
+
+
+def _endpoints(settings: Settings, *, traced: bool) -> str:
+    """Where the stores and sinks are, for the start-up line: every URL through :func:`shown_url`."""
+    database = settings.database
+    shown = [f"jobs {database.shown if isinstance(database, PostgresDatabase) else database.path}"]
+    if settings.redis_url is not None:
+        shown.append(f"redis {shown_url(settings.redis_url)}")
+    if settings.forward_url is not None:
+        shown.append(f"forwarding {shown_url(settings.forward_url)}")
+    if settings.nats_url is not None:
+        shown.append(f"nats {shown_url(settings.nats_url)}")
+    otlp = os.environ.get(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) or os.environ.get(OTEL_EXPORTER_OTLP_ENDPOINT)
+    if traced and otlp:
+        shown.append(f"spans {shown_url(otlp)}")
+    return ", ".join(shown)
 
 
 def _job_store(settings: Settings, outbox: OutboxWriter | None) -> SqliteJobStore | PostgresJobStore:

@@ -1,5 +1,15 @@
-"""The read API's own credential: ``GATEWAY_API_TOKEN`` as a bearer token, or a session cookie signed with it.
+"""Who may call which route: one guard for the whole app, chosen by the request's method.
 
+Every route is guarded by :meth:`ApiAccess.guard`, registered once on the app (``create_app``), so a route
+added later is covered without anyone remembering to: a request that reads (``GET``, ``HEAD``) needs the
+read credential, and one that writes (any other method but ``OPTIONS``) needs the bearer token. A route
+opts out only by declaring it: :data:`PUBLIC` for reads anyone may make (health, metrics, the status page,
+the OpenAPI document), :data:`OWN_AUTHENTICATION` for the routes that authenticate their caller
+themselves (the webhooks, the sign-in routes). ``GATEWAY_PUBLIC_READ=true`` opens reads only; in
+production with no ``GATEWAY_API_TOKEN`` every write is refused (403); in development with no token
+everything is open.
+
+The credential is ``GATEWAY_API_TOKEN`` as a bearer token, or, for reads, a session cookie signed with it.
 A browser's ``EventSource`` cannot send an ``Authorization`` header, so a page signs in once
 (``POST /api/session`` with the token) and gets an HttpOnly, SameSite=Strict cookie holding an expiry and
 an HMAC of it, keyed by a key derived from the token: nothing to store server-side, any replica with the
@@ -13,14 +23,15 @@ import base64
 import hashlib
 import hmac
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 from litestar import Request, Response, delete, post
 from litestar.datastructures import Cookie
-from litestar.exceptions import NotAuthorizedException
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody
@@ -32,10 +43,12 @@ if TYPE_CHECKING:
     from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
 
 __all__ = (
+    "OWN_AUTHENTICATION",
+    "PUBLIC",
     "SESSION_COOKIE",
     "SESSION_SECONDS",
     "SIGN_IN_MAX_BYTES",
-    "ReadAccess",
+    "ApiAccess",
     "Session",
     "SignIn",
     "session_routes",
@@ -54,6 +67,19 @@ _NEEDS = (
 
 
 _READS = frozenset({"GET", "HEAD"})
+_ALWAYS_OPEN = frozenset({"OPTIONS"})
+"""Answered with the path's ``Allow`` header only: reads nothing, changes nothing."""
+_WRITES_NEED = "Routes that change data need GATEWAY_API_TOKEN: send `Authorization: Bearer <token>`"
+
+_ACCESS = "access"
+Declared = Literal["public", "own"]
+"""What a route may declare under ``opt["access"]``; a route declaring nothing gets the default rule."""
+PUBLIC: Mapping[str, Declared] = MappingProxyType({_ACCESS: "public"})
+"""A route's ``opt`` for reads anyone may make (health, metrics, status page, OpenAPI document); never opens a
+write."""
+OWN_AUTHENTICATION: Mapping[str, Declared] = MappingProxyType({_ACCESS: "own"})
+"""A route's ``opt`` for routes that authenticate their caller themselves: the webhooks (secret or signature)
+and ``POST``/``DELETE /api/session`` (the token in the body; signing out needs nothing)."""
 
 
 def _digest(value: str) -> bytes:
@@ -61,20 +87,79 @@ def _digest(value: str) -> bytes:
     return hashlib.sha256(value.encode()).digest()
 
 
-class ReadAccess:
-    """Decides who may read jobs; :meth:`guard` is a Litestar guard for every read route."""
+class ApiAccess:
+    """Decides who may call which route; :meth:`guard` is the app's one guard.
 
-    def __init__(self, token: str | None, clock: Callable[[], float] = time.time) -> None:
+    ``token``: ``GATEWAY_API_TOKEN``. ``public_read``: ``GATEWAY_PUBLIC_READ`` (reads need no credential).
+    ``production``: ``GATEWAY_ENV=production``, where writes stay closed when no token is set.
+    """
+
+    def __init__(
+        self,
+        token: str | None,
+        clock: Callable[[], float] = time.time,
+        *,
+        public_read: bool = False,
+        production: bool = False,
+    ) -> None:
         self._token = _digest(token) if token is not None else None
         self._key = hmac.new(token.encode(), b"gateway-session-v1", hashlib.sha256).digest() if token else b""
         self._clock = clock
+        self._public_read = public_read
+        self._writes_closed = production and token is None
 
     @property
     def required(self) -> bool:
         return self._token is not None
 
+    @property
+    def writes_closed(self) -> bool:
+        """No write route can ever be called: production without ``GATEWAY_API_TOKEN``."""
+        return self._writes_closed
+
     def guard(self, connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-        """Let the request through with the right bearer token or a valid session cookie; else 401."""
+        """The app's guard: reads need the read credential, writes the bearer token, unless the route
+        declared :data:`PUBLIC` (reads only) or :data:`OWN_AUTHENTICATION`. Raises 401 (a credential would
+        help) or 403 (production with no token: nothing opens a write)."""
+        method = connection.scope.get("method", "GET")
+        declared: Declared | None = handler.opt.get(_ACCESS)
+        if method in _ALWAYS_OPEN or declared == "own":
+            return
+        if method in _READS:
+            if declared != "public" and not self._public_read:
+                self._check_read(connection)
+            return
+        self._check_write(connection)
+
+    def _check_write(self, connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+        """The bearer token, and only it (a cookie rides along with forged requests); open in development
+        when no token is set."""
+        if self._writes_closed:
+            raise PermissionDeniedException(
+                "GATEWAY_API_TOKEN is not set, so in production the routes that change data are closed "
+                "(GATEWAY_PUBLIC_READ opens reads only): set GATEWAY_API_TOKEN and send it as a bearer token"
+            )
+        if self._token is None:
+            return
+        authorization = connection.headers.get("authorization")
+        if authorization is not None:
+            scheme, _, credential = authorization.partition(" ")
+            if scheme.lower() == "bearer" and self.token_matches(credential.strip()):
+                return
+            raise NotAuthorizedException(
+                f"Invalid credentials. {_WRITES_NEED}", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+            )
+        if connection.cookies.get(SESSION_COOKIE) is not None:
+            # A cookie rides along with any request the browser makes, a forged one included: it opens
+            # reads (the status page's), never a change (registration, replay).
+            raise NotAuthorizedException(
+                "The session cookie only opens reads: send Authorization: Bearer <token> to change anything",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        raise NotAuthorizedException(_WRITES_NEED, headers={"WWW-Authenticate": "Bearer"})
+
+    def _check_read(self, connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+        """The bearer token or a valid session cookie; open when no token is set."""
         if self._token is None:
             return
         authorization = connection.headers.get("authorization")
@@ -86,13 +171,6 @@ class ReadAccess:
                 f"Invalid credentials. {_NEEDS}", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
             )
         cookie = connection.cookies.get(SESSION_COOKIE)
-        if cookie is not None and connection.scope.get("method") not in _READS:
-            # A cookie rides along with any request the browser makes, a forged one included: it opens
-            # reads (the status page's), never a change (registration, replay).
-            raise NotAuthorizedException(
-                "The session cookie only opens reads: send Authorization: Bearer <token> to change anything",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
         if cookie is not None and self.session_valid(cookie):
             return
         detail = f"Session expired or invalid. {_NEEDS}" if cookie is not None else _NEEDS
@@ -136,11 +214,12 @@ def _sign_in_too_large(_: Request[Any, Any, Any], __: RequestEntityTooLarge) -> 
     return error_response(413, f'A sign-in body is {{"token": "<token>"}}: at most {SIGN_IN_MAX_BYTES} bytes')
 
 
-def session_routes(access: ReadAccess) -> list[HTTPRouteHandler]:
+def session_routes(access: ApiAccess) -> list[HTTPRouteHandler]:
     """``POST /api/session`` (sign in with the token, get the cookie) and ``DELETE /api/session``."""
 
     @post(
         "/api/session",
+        opt=OWN_AUTHENTICATION,
         tags=["session"],
         summary="Exchange the API token for a session cookie (browsers)",
         status_code=200,
@@ -181,6 +260,7 @@ def session_routes(access: ReadAccess) -> list[HTTPRouteHandler]:
 
     @delete(
         "/api/session",
+        opt=OWN_AUTHENTICATION,
         tags=["session"],
         summary="Sign out: clear the session cookie",
         status_code=204,

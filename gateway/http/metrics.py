@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from litestar import Request, Response, get
 from prometheus_client.exposition import choose_encoder
 
+from gateway.http.auth import PUBLIC
 from gateway.model import Status
 from gateway.stores.base import StoreUnavailable
 
@@ -73,6 +74,7 @@ def metrics_route(
 
     @get(
         "/metrics",
+        opt=PUBLIC,
         tags=["telemetry"],
         summary="Prometheus metrics",
         include_in_schema=True,

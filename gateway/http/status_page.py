@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 from litestar import Response, get
 
+from gateway.http.auth import PUBLIC
+
 if TYPE_CHECKING:
     from litestar.handlers import HTTPRouteHandler
 
@@ -40,7 +42,7 @@ def _asset(name: str, media_type: str) -> HTTPRouteHandler:
     async def serve() -> Response[bytes]:
         return Response(content, media_type=media_type, headers=_HEADERS)
 
-    return get(f"/status/{name}", name=f"status-{name}", include_in_schema=False)(serve)
+    return get(f"/status/{name}", name=f"status-{name}", include_in_schema=False, opt=PUBLIC)(serve)
 
 
 def status_page_routes() -> list[HTTPRouteHandler]:
@@ -49,7 +51,7 @@ def status_page_routes() -> list[HTTPRouteHandler]:
     page = (_STATIC / "status.html").read_bytes()
     icon = (_STATIC / "favicon.svg").read_bytes()
 
-    @get(["/", "/status"], name="status-page", include_in_schema=False)
+    @get(["/", "/status"], name="status-page", include_in_schema=False, opt=PUBLIC)
     async def status_page() -> Response[bytes]:
         return Response(page, media_type="text/html", headers=_HEADERS)
 

@@ -13,6 +13,7 @@ from litestar.exceptions import ClientException
 from litestar.params import FromPath
 from litestar.types import Receive, Scope, Send  # at runtime: Litestar reads the handler's signature
 
+from gateway.http.auth import OWN_AUTHENTICATION
 from gateway.http.responses import ErrorBody, error_response, send_json
 from gateway.ingest.errors import Refusal, Rejection
 from gateway.ingest.ratelimit import client_address
@@ -106,7 +107,7 @@ def webhook_route(kind: JobKind, receiver: ASGIApp) -> ASGIRouteHandler:
     Litestar leaves raw ASGI routes out of the OpenAPI document:
     :func:`gateway.http.openapi.document_webhooks` puts them in.
     """
-    return asgi(kind.route, name=f"{kind.name}-webhook", copy_scope=False)(receiver)
+    return asgi(kind.route, name=f"{kind.name}-webhook", copy_scope=False, opt=OWN_AUTHENTICATION)(receiver)
 
 
 async def _other_method(method: str, send: Send) -> None:
@@ -144,6 +145,7 @@ def unknown_webhook_route(routes: tuple[str, ...], telemetry: Telemetry) -> HTTP
     @post(
         "/api/webhooks/{name:str}",
         name="unknown-webhook",
+        opt=OWN_AUTHENTICATION,
         summary="Any other webhook path: 404 naming the webhook routes",
         tags=["webhooks"],
         include_in_schema=False,

@@ -2,8 +2,9 @@
 
 A request is authentic when it carries either the shared secret in ``X-Webhook-Secret`` (as the seed's
 backend sends it) or a valid Standard Webhooks signature made with any configured key. Every comparison
-with a secret is constant-time. What the headers alone decide (a secret, or signature headers that are
-missing, malformed or out of tolerance) is decided before the body is read
+with a secret is constant-time, and compares SHA-256 digests of equal length, so its running time says
+nothing about the secret's length either. What the headers alone decide (a secret, or signature headers that
+are missing, malformed or out of tolerance) is decided before the body is read
 (:meth:`Authenticator.verify_headers`). The sender only ever learns "401"; the precise reason is kept for the
 gateway's own telemetry.
 """
@@ -55,7 +56,7 @@ class Authenticator:
     __slots__ = ("_keys", "_secret", "_tolerance")
 
     def __init__(self, secret: str | None, signing_keys: tuple[bytes, ...], tolerance_seconds: int) -> None:
-        self._secret = secret.encode() if secret is not None else None
+        self._secret = _digest(secret.encode()) if secret is not None else None
         self._keys = signing_keys
         self._tolerance = tolerance_seconds
 
@@ -73,7 +74,7 @@ class Authenticator:
         if provided is not None and self._secret is not None:
             # Header values arrive decoded as Latin-1: re-encoding so recovers the bytes the sender sent
             # (a UTF-8 secret with accents then matches).
-            if hmac.compare_digest(provided.encode("latin-1", "replace"), self._secret):
+            if hmac.compare_digest(_digest(provided.encode("latin-1", "replace")), self._secret):
                 return _ACCEPTED
             failure = AuthFailure.BAD_SECRET
         if "webhook-signature" in headers and self._keys:
@@ -138,6 +139,11 @@ def _signature_headers_failure(headers: Mapping[str, str], now: float, tolerance
     ):
         return AuthFailure.MALFORMED
     return AuthFailure.EXPIRED if abs(int(timestamp) - now) > tolerance else None
+
+
+def _digest(secret: bytes) -> bytes:
+    """What is compared in place of a shared secret: 32 bytes whatever its length."""
+    return hashlib.sha256(secret).digest()
 
 
 def _parse_signatures(header: str) -> list[bytes]:

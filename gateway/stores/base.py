@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Sequence
 from datetime import datetime
 from typing import NamedTuple, Protocol, TypeVar
@@ -11,7 +12,7 @@ from gateway.model import Applied, InProgress, Job, JobEvent, JobPage, JobStats,
 from gateway.registration import Registered, Registration
 from gateway.stores.queries import JobQuery
 
-__all__ = ("IdempotencyStore", "JobStore", "RateDecision", "RateLimitStore", "StoreUnavailable")
+__all__ = ("IdempotencyStore", "JobStore", "Outage", "RateDecision", "RateLimitStore", "StoreUnavailable")
 
 
 class StoreUnavailable(Exception):
@@ -111,7 +112,50 @@ class JobStore(Protocol):
         """Raise :class:`StoreUnavailable` unless the store answers."""
         ...
 
+    async def probe_write(self) -> None:
+        """Raise :class:`StoreUnavailable` unless a write commits now: a job row that needs a few pages is
+        inserted and deleted in one committed transaction (nothing visible changes). For readiness."""
+        ...
+
     async def close(self) -> None: ...
+
+
+class Outage:
+    """Whether one kind of a store's calls (its writes, its reads) currently fail, as the last one found.
+
+    The change of state is logged, once each way: an ERROR when calls start failing, a WARNING when one
+    works again. The calls refused in between are counted (``gateway_store_errors_total``, by whoever
+    answers them), never logged one by one: a full disk refusing ten thousand webhooks is one line.
+    Event-loop only.
+    """
+
+    __slots__ = ("_failing", "_logger", "_what")
+
+    def __init__(self, what: str, logger: logging.Logger) -> None:
+        self._what = what
+        self._logger = logger
+        self._failing = False
+
+    @property
+    def failing(self) -> bool:
+        return self._failing
+
+    def failed(self, operation: str, reason: str) -> None:
+        """A call failed because of the store; ``reason`` names the error (never data)."""
+        if not self._failing:
+            self._failing = True
+            self._logger.error(
+                "%s fail (%s: %s): refused with 503 until one works again; each refusal is counted in "
+                "gateway_store_errors_total",
+                self._what,
+                operation,
+                reason,
+            )
+
+    def worked(self) -> None:
+        if self._failing:
+            self._failing = False
+            self._logger.warning("%s work again", self._what)
 
 
 class RateDecision(NamedTuple):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -39,7 +40,7 @@ from gateway.model import (
 )
 from gateway.registration import Registered, RegisterOutcome, differing_fields
 from gateway.stores import migrations
-from gateway.stores.base import StoreUnavailable, to_the_end
+from gateway.stores.base import Outage, StoreUnavailable, to_the_end
 from gateway.stores.postgres_batch import Pending, apply_batch
 from gateway.stores.queries import EVENT_COLUMNS, decode_context, events_where, job_stats, jobs_where
 from gateway.stores.records import decode_metadata, to_json
@@ -102,8 +103,10 @@ class PostgresJobStore:
         """Events waiting for the next batch."""
         self._writer: asyncio.Task[None] | None = None
         """The task writing batches, one at a time; ``None`` while nothing waits."""
-        self._failing = False
-        """Whether the last call failed: an outage is logged when it starts and when it ends, not per call."""
+        self._writes = Outage("job store writes", logger)
+        self._reads = Outage("job store reads", logger)
+        """Logged when they start failing and when they work again, not per call; apart, since a database
+        that refuses writes (full disk, read-only) may still answer reads."""
 
     async def open(self, *, apply_migrations: bool = True) -> None:
         """Create the pool (connections are opened on demand) and bring the schema up to date if asked."""
@@ -136,6 +139,9 @@ class PostgresJobStore:
 
     async def ping(self) -> None:
         await self._run("ping", lambda db: db.fetchval("SELECT 1"))
+
+    async def probe_write(self) -> None:
+        await self._run(_PROBE, _probe)
 
     async def apply(self, event: JobEvent) -> Applied:
         if self._pool is None:
@@ -290,6 +296,8 @@ class PostgresJobStore:
     ) -> T:
         """Run ``work`` on a pooled connection within the timeout (or by the loop time ``deadline``); any
         failure is StoreUnavailable."""
+        # A probe's failure is readiness's to report (/readyz), not an outage of the webhooks' writes.
+        outage = None if operation == _PROBE else self._reads if operation in _READS else self._writes
         if self._pool is None:
             raise StoreUnavailable("job", operation)
         if deadline is None:
@@ -300,15 +308,37 @@ class PostgresJobStore:
         except Refused:
             raise
         except Exception as error:
-            # Refused connection, server restart, timeout, lost connection: all mean "retry later".
-            if not self._failing:
-                logger.error("job store unavailable (%s failed: %s)", operation, type(error).__name__)
-            self._failing = True
+            # Refused connection, server restart, timeout, lost connection, full disk, read-only database:
+            # all mean "retry later". Only the error's type is logged: a message may quote a row's values.
+            if outage is not None:
+                outage.failed(operation, type(error).__name__)
             raise StoreUnavailable("job", operation) from error
-        if self._failing:
-            self._failing = False
-            logger.warning("job store answers again")
+        if outage is not None:
+            outage.worked()
         return result
+
+
+_READS = frozenset(
+    {"ping", "recorded", "get", "list", "events", "stats", "status_of", "in_progress", "outbox_list", "outbox_backlog"}
+    | {"outbox_disabled"}
+)
+"""The operations that only read; every other one (webhooks, registration, pruning, the outbox's) writes."""
+_PROBE = "probe"
+_PROBE_FILLER = "0" * 8192
+
+
+async def _probe(db: Connection) -> None:
+    """Insert a job row of a few pages and delete it, in one committed transaction: a database that
+    cannot write (full disk, read-only, privileges) refuses it. Its id has a space, which no job id has,
+    and is unique: no real job is ever touched."""
+    async with db.transaction():
+        seq = await db.fetchval(
+            "INSERT INTO jobs (job_id, kind, status, result, created_at, updated_at)"
+            " VALUES ($1, 'probe', 'pending', $2, now(), now()) RETURNING seq",
+            f"readiness probe {uuid.uuid4().hex}",
+            _PROBE_FILLER,
+        )
+        await db.execute("DELETE FROM jobs WHERE seq = $1", seq)
 
 
 def _refuse(waiting: Sequence[Pending]) -> None:

@@ -17,6 +17,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
@@ -44,7 +45,7 @@ from gateway.model import (
 )
 from gateway.registration import Registered, RegisterOutcome, differing_fields
 from gateway.stores import migrations
-from gateway.stores.base import StoreUnavailable
+from gateway.stores.base import Outage, StoreUnavailable
 from gateway.stores.queries import EVENT_COLUMNS, decode_context, events_where, job_stats, jobs_where
 from gateway.stores.records import answer, decode_metadata, merge_metadata, to_json
 from gateway.stores.sqlite_wal import RESET_FRAMES, Checkpointer
@@ -70,6 +71,8 @@ _CALL_TIMEOUT_SECONDS = 15.0
 """Longer than SQLite's busy timeout (5 s) plus a batch: past it the caller gets a 503, not a hang."""
 _WATCH_SECONDS = 1.0
 """How often the writer thread's calls are checked against their deadline while any is waiting."""
+_PROBE_FILLER = "0" * 8192
+"""The readiness probe's row spans a few pages: a file that cannot grow (``SQLITE_FULL``) refuses it."""
 
 
 class _Op(NamedTuple):
@@ -115,6 +118,8 @@ class SqliteJobStore:
         self._abandoned: dict[asyncio.Future[Any], asyncio.Future[Any]] = {}
         """Writes whose caller was cancelled but still waits for the answer (see ``finish``): the
         original future (cancelled) and the one the caller waits on now."""
+        self._writes = Outage("job store writes", logger)
+        self._reads = Outage("job store reads", logger)
         """Whether the thread is working on a batch (at most one at a time, so batches grow under load)."""
 
     async def open(self, *, apply_migrations: bool = True) -> None:
@@ -149,6 +154,11 @@ class SqliteJobStore:
 
     async def ping(self) -> None:
         await self._submit("ping", lambda db: db.execute("SELECT 1").fetchone())
+
+    async def probe_write(self) -> None:
+        """A write committed in a transaction of its own (never grouped with webhooks', which a failing
+        probe would otherwise take down with it)."""
+        await self._submit("probe", _probe, own_transaction=True)
 
     async def apply(self, event: JobEvent) -> Applied:
         if self._outbox is None:
@@ -234,6 +244,7 @@ class SqliteJobStore:
         return await _answer(
             operation,
             asyncio.wait_for(loop.run_in_executor(self._reader, self._with_reader, run), _CALL_TIMEOUT_SECONDS),
+            self._reads,
         )
 
     def _with_reader(self, run: Callable[[sqlite3.Connection], Any]) -> Any:
@@ -244,12 +255,21 @@ class SqliteJobStore:
         return run(self._reader_db)
 
     async def _submit(
-        self, operation: str, run: Callable[[sqlite3.Connection], Any], *, write: bool = False, finish: bool = False
+        self,
+        operation: str,
+        run: Callable[[sqlite3.Connection], Any],
+        *,
+        write: bool = False,
+        finish: bool = False,
+        own_transaction: bool = False,
     ) -> Any:
         """Queue ``run`` for the writer thread and await its answer. With ``finish``, a cancelled caller
         still waits for it (the thread commits it anyway), as :func:`~gateway.stores.base.to_the_end`
         does, but without a task or a shield on the way: either, once per webhook, measurably slowed
-        group commit (p99 at 10 connections 10 ms -> 40 ms)."""
+        group commit (p99 at 10 connections 10 ms -> 40 ms). ``own_transaction``: ``run`` writes, in a
+        transaction it opens and ends itself."""
+        # A probe's failure is readiness's to report (/readyz), not an outage of the webhooks' writes.
+        outage = None if own_transaction else self._writes if write else self._reads
         if self._loop is None or self._thread is None:
             raise StoreUnavailable("job", operation)
         future = self._loop.create_future()
@@ -264,13 +284,13 @@ class SqliteJobStore:
         try:
             while True:
                 try:
-                    return await _answer(operation, waiter)
+                    return await _answer(operation, waiter, outage)
                 except asyncio.CancelledError:
                     if not finish:
                         raise
                     interrupted += 1
                     if waiter.done() and not waiter.cancelled():
-                        return await _answer(operation, waiter)  # answered in the same pass as the cancel
+                        return await _answer(operation, waiter, outage)  # answered in the same pass as the cancel
                     # The thread commits the write whatever happens to this caller: wait for its answer
                     # on a new future (the cancellation cancelled the last one), which _settle completes.
                     waiter = self._abandoned[future] = self._loop.create_future()
@@ -481,24 +501,48 @@ def _transaction(db: sqlite3.Connection, writes: list[_Op]) -> list[Settled]:
     return answers
 
 
-async def _answer(operation: str, pending: Awaitable[Any]) -> Any:
+async def _answer(operation: str, pending: Awaitable[Any], outage: Outage | None) -> Any:
     """Await a store call (bounded by its deadline: the watchdog, or ``wait_for``); every failure becomes
-    :class:`StoreUnavailable` (a 503)."""
+    :class:`StoreUnavailable` (a 503). ``outage`` hears of the outcome (it logs a change of state)."""
     try:
-        return await pending
+        result = await pending
     except (Refused, StoreUnavailable):
         raise
     except TimeoutError:
-        logger.error("job store %s: no answer within %s s", operation, _CALL_TIMEOUT_SECONDS)
+        if outage is not None:
+            outage.failed(operation, f"no answer within {_CALL_TIMEOUT_SECONDS} s")
         raise StoreUnavailable("job", operation) from None
     except sqlite3.Error as error:
-        logger.error("job store %s failed: %s", operation, error)
+        if outage is not None:
+            outage.failed(operation, str(error))
         raise StoreUnavailable("job", operation) from error
     except Exception as error:
         # Not the database's doing: a bug. Still refused as unavailable (nothing was committed),
         # never a 500, and logged with its traceback so it gets fixed.
         logger.exception("job store %s failed unexpectedly", operation)
         raise StoreUnavailable("job", operation) from error
+    if outage is not None:
+        outage.worked()
+    return result
+
+
+def _probe(db: sqlite3.Connection) -> None:
+    """On the writer thread: insert a job row of a few pages and delete it, committed; rolled back on any
+    error. Its id has a space, which no job id has, and is unique: no real job is ever touched."""
+    now = datetime.now(UTC).isoformat()
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        seq = db.execute(
+            "INSERT INTO jobs (job_id, kind, status, result, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (f"readiness probe {uuid.uuid4().hex}", "probe", "pending", _PROBE_FILLER, now, now),
+        ).lastrowid
+        db.execute("DELETE FROM jobs WHERE seq = ?", (seq,))
+        db.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+        raise
 
 
 def _settle(settled: list[Settled]) -> None:

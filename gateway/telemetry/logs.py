@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, TextIO
 import msgspec
 from opentelemetry import trace
 
+from gateway.redact import MASK
+
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, MutableMapping
+    from collections.abc import Callable, Collection, Mapping, MutableMapping
 
 __all__ = ("FIELDS", "configure_logging", "direct_info")
 
@@ -123,8 +125,10 @@ class ConsoleFormatter(logging.Formatter):
         return line
 
 
-def configure_logging(level: str, log_format: str) -> None:
-    """Send every log record to stdout, as JSON lines or console lines, at ``level``.
+def configure_logging(level: str, log_format: str, secrets: Collection[str] = ()) -> None:
+    """Send every log record to stdout, as JSON lines or console lines, at ``level``; any of ``secrets``
+    (the passwords of the configured URLs, see :func:`gateway.redact.url_secrets`) in a line, a library's
+    included, is masked.
 
     Records are formatted on the caller's thread (so they carry its trace context) and written by a
     writer thread in batches: a stdout nobody drains (a stalled log shipper, a full pipe) never blocks
@@ -136,7 +140,7 @@ def configure_logging(level: str, log_format: str) -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    handler = BatchingHandler(sys.stdout)
+    handler = BatchingHandler(sys.stdout, secrets)
     handler.setFormatter(JsonFormatter() if log_format == "json" else ConsoleFormatter())
     handler.addFilter(TraceContextFilter())
     handler.start()
@@ -150,12 +154,15 @@ class BatchingHandler(logging.Handler):
     """Formats on the caller's thread; a writer thread writes what accumulated every few milliseconds.
 
     Lines wait at most :data:`_FLUSH_INTERVAL_SECONDS`. The backlog is bounded: when the output does not
-    keep up, new lines are dropped, and that is said once on stderr (never silently).
+    keep up, new lines are dropped, and that is said once on stderr (never silently). Each of ``secrets``,
+    as written or as JSON escapes it, is replaced by ``***`` in every formatted line.
     """
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, secrets: Collection[str] = ()) -> None:
         super().__init__()
         self._stream = stream
+        forms = {form for secret in secrets if secret for form in (secret, _encode(secret).decode()[1:-1])}
+        self._secrets = sorted(forms, key=len, reverse=True)
         self._lines: collections.deque[str] = collections.deque()
         self._stopping = threading.Event()
         self._writer = threading.Thread(target=self._write_batches, name="gateway-log-writer", daemon=True)
@@ -170,6 +177,9 @@ class BatchingHandler(logging.Handler):
         except Exception:
             self.handleError(record)
             return
+        for secret in self._secrets:
+            if secret in line:
+                line = line.replace(secret, MASK)
         self.append(line)
 
     def append(self, line: str) -> None:
