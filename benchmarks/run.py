@@ -22,6 +22,8 @@ saves them as JSON. Configurations:
   G-fwd    the gateway forwarding every applied event (signed) to a local receiver that answers 200
            at once (sharing wrk's core): the cost of the outbox row and of the dispatcher on the
            server's core; how many events reached the receiver during the run is printed
+  G-fwd-aiohttp, G-fwd-httpx
+           G-fwd with another HTTP client for forwarding (benchmarks/apps/forward_client.py)
 """
 
 from __future__ import annotations
@@ -171,6 +173,20 @@ def configs(tmp: Path) -> dict[str, Config]:
             },
             forwards=True,
         ),
+        **{
+            f"G-fwd-{client}": Config(
+                f"G-fwd-{client}",
+                f"G-fwd with {client}'s client instead of the home-made one",
+                [sys.executable, "-m", "benchmarks.apps.forward_client", client, "serve"],
+                {
+                    **base,
+                    "DATABASE_URL": f"sqlite:///{tmp}/f-{client}.db",
+                    "GATEWAY_FORWARD_SIGNING_KEY": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                },
+                forwards=True,
+            )
+            for client in ("aiohttp", "httpx")
+        },
     }
 
 
