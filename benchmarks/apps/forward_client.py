@@ -1,8 +1,9 @@
 """(G-fwd-aiohttp, G-fwd-httpx) ``gateway serve`` with forwarding on a well-kept HTTP client instead of
 the home-made one: ``python -m benchmarks.apps.forward_client {aiohttp|httpx} serve --port N``.
 
-Each client is tuned for the dispatcher: one pool sized for its 32 deliveries in flight, connections
-kept alive, no redirects, no environment lookups per request, the answer's body read and dropped.
+Each client is tuned for the dispatcher: connections kept alive for its 32 deliveries in flight (aiohttp
+unbounded, the dispatcher bounds it; httpx one pool of 32), no redirects, no cookies, no environment
+lookups per request, the answer's body read and dropped. Figures: docs/forwarding-client.md.
 """
 
 from __future__ import annotations
@@ -31,10 +32,13 @@ class AiohttpClient:
     async def post(self, body: bytes, headers: Mapping[str, str]) -> Response:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=_POOL),
+                connector=aiohttp.TCPConnector(limit=0),  # the dispatcher bounds deliveries in flight
                 headers={"user-agent": self._user_agent},
+                skip_auto_headers=("accept-encoding",),
+                cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=False,
-                timeout=aiohttp.ClientTimeout(total=None),
+                timeout=aiohttp.ClientTimeout(total=None),  # the sink bounds each attempt itself
+                trust_env=False,  # no proxy and ~/.netrc lookups on a thread per request
             )
         try:
             async with self._session.post(self._url, data=body, headers=headers, allow_redirects=False) as answer:

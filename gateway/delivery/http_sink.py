@@ -13,7 +13,9 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import logging
 import time
+import urllib.request
 from collections.abc import Callable
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -26,6 +28,8 @@ from gateway.delivery.http_client import HttpClient
 from gateway.delivery.sink import Attempt, Dead, Delivered, Delivery, Gone, Retry
 
 __all__ = ("HttpSink", "retry_after", "sign")
+
+logger = logging.getLogger(__name__)
 
 _RETRIED = frozenset({408, 429})
 
@@ -71,6 +75,13 @@ class HttpSink:
         self._timeout = timeout_seconds
         self._clock = clock
         self._client = HttpClient(url, user_agent=f"gateway/{__version__}")
+        if urllib.request.getproxies().get(parts.scheme):
+            logger.warning(
+                "%s_PROXY is set but forwarding does not use proxies: it connects to %s directly "
+                "(docs/forwarding-client.md)",
+                parts.scheme.upper(),
+                self._shown,
+            )
 
     async def send(self, delivery: Delivery) -> Attempt:
         now = self._clock()
