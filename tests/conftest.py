@@ -438,26 +438,18 @@ def _starts_a_process(item: pytest.Item) -> bool:
     function = getattr(item, "function", None)
     if module is None or function is None:
         return False
-    seen: set[int] = set()
-    pending = [
-        function,
-        *(getattr(module, name) for name in getattr(item, "fixturenames", ()) if hasattr(module, name)),
-    ]
-    for depth in (0, 1):
-        helpers = []
-        for code in pending:
-            if id(code) in seen:
-                continue
-            seen.add(id(code))
-            try:
-                source = inspect.getsource(code)
-            except (OSError, TypeError):
-                continue
-            if any(start in source for start in _PROCESS_STARTS):
-                return True
-            names = getattr(getattr(inspect.unwrap(code), "__code__", None), "co_names", ())
-            helpers += [getattr(module, n) for n in names if inspect.isfunction(getattr(module, n, None))]
-        pending = helpers if depth == 0 else []
+    own = [function, *(getattr(module, name) for name in getattr(item, "fixturenames", ()) if hasattr(module, name))]
+    helpers: list[Any] = []
+    for code in own:
+        names = getattr(getattr(inspect.unwrap(code), "__code__", None), "co_names", ())
+        helpers += [getattr(module, name) for name in names if inspect.isfunction(getattr(module, name, None))]
+    for code in [*own, *helpers]:
+        try:
+            source = inspect.getsource(code)
+        except (OSError, TypeError):
+            continue
+        if any(start in source for start in _PROCESS_STARTS):
+            return True
     return False
 
 

@@ -61,6 +61,8 @@ class HttpSink:
     """:class:`~gateway.delivery.sink.Sink` POSTing each event to one URL over keep-alive connections.
 
     Redirects are not followed: a 3xx is the endpoint's misconfiguration, dead-lettered and visible.
+    Proxy variables are not used; one set for the URL's scheme is warned about when the sink is built
+    (docs/forwarding-client.md).
     """
 
     name = "http"
