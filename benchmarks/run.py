@@ -27,6 +27,8 @@ docs/capacity.md and the ratio chart. Configurations:
            at once (sharing wrk's core): the cost of the outbox row and of the dispatcher on the
            server's core; before each measured run and after it the benchmark waits for the receiver
            to stop receiving, so the CPU figure includes delivering what the run ingested
+  G-fwd-aiohttp, G-fwd-httpx
+           G-fwd with another HTTP client for forwarding (benchmarks/apps/forward_client.py)
 """
 
 from __future__ import annotations
@@ -216,6 +218,20 @@ def configs(tmp: Path) -> dict[str, Config]:
             },
             forwards=True,
         ),
+        **{
+            f"G-fwd-{client}": Config(
+                f"G-fwd-{client}",
+                f"G-fwd with {client}'s client instead of the home-made one",
+                [sys.executable, "-m", "benchmarks.apps.forward_client", client, "serve"],
+                {
+                    **base,
+                    "DATABASE_URL": f"sqlite:///{tmp}/f-{client}.db",
+                    "GATEWAY_FORWARD_SIGNING_KEY": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                },
+                forwards=True,
+            )
+            for client in ("aiohttp", "httpx")
+        },
     }
 
 

@@ -405,3 +405,68 @@ def browser() -> Iterator[Browser]:
             _unavailable(f"Chromium at {CHROMIUM} does not start under playwright: {error.message.splitlines()[0]}")
         yield launched
         launched.close()
+
+
+# Markers for a fast subset (registered in pyproject.toml; docs/contributing.md). Each test is marked by
+# what it uses, so a new test needs no decorator: a fixture below (by name, or a parameter value of a
+# backend-parametrized fixture that reaches the service through request.getfixturevalue) adds
+# ``services``; code that starts a process, in the test, its module's fixtures or the module's functions
+# it calls, adds ``server``; a hypothesis test is ``fuzz``. Load and soak tests carry their marker explicitly.
+_SERVICE_FIXTURES = frozenset(
+    {
+        "database_url",
+        "postgres_database",
+        "postgres_server",
+        "redis_url",
+        "redis_prefix",
+        "redis_server",
+        "nats_url",
+        "nats_server",
+    }
+)
+_SERVICE_PARAMS = frozenset({"distributed", "postgres", "postgresql", "redis", "nats", "jetstream"})
+_SERVER_FIXTURES = frozenset({"live_server", "stopping", "redis_server", "postgres_server"})
+_PROCESS_STARTS = ("LiveServer", "run_gateway(", "subprocess.", "Popen(", "create_subprocess_")
+
+
+def _starts_a_process(item: pytest.Item) -> bool:
+    """Whether the test's own code, a fixture defined in (or imported into) its module, or a function of
+    its module that either calls by name, contains one of ``_PROCESS_STARTS``."""
+    import inspect
+
+    module = getattr(item, "module", None)
+    function = getattr(item, "function", None)
+    if module is None or function is None:
+        return False
+    own = [function, *(getattr(module, name) for name in getattr(item, "fixturenames", ()) if hasattr(module, name))]
+    helpers: list[Any] = []
+    for code in own:
+        names = getattr(getattr(inspect.unwrap(code), "__code__", None), "co_names", ())
+        helpers += [getattr(module, name) for name in names if inspect.isfunction(getattr(module, name, None))]
+    for code in [*own, *helpers]:
+        try:
+            source = inspect.getsource(code)
+        except (OSError, TypeError):
+            continue
+        if any(start in source for start in _PROCESS_STARTS):
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``services`` (live PostgreSQL, Redis or NATS), ``browser`` (Chromium), ``server`` (a
+    ``gateway serve`` or another process) and ``fuzz`` (hypothesis) from what each collected test uses."""
+    from hypothesis import is_hypothesis_test
+
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)
+        values = {value for value in callspec.params.values() if isinstance(value, str)} if callspec else set()
+        if names & _SERVICE_FIXTURES or values & _SERVICE_PARAMS:
+            item.add_marker(pytest.mark.services)
+        if "browser" in names:
+            item.add_marker(pytest.mark.browser)
+        if names & _SERVER_FIXTURES or _starts_a_process(item):
+            item.add_marker(pytest.mark.server)
+        if is_hypothesis_test(getattr(item, "function", None)):
+            item.add_marker(pytest.mark.fuzz)

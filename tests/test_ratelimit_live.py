@@ -15,6 +15,8 @@ import pytest
 
 from tests.conftest import SECRET, LiveServer, RedisServer, completed_image
 
+pytestmark = pytest.mark.load
+
 IMAGE = "/api/webhooks/image-completion"
 RATE = 100  # per second, burst = the count
 DURATION = 10.0

@@ -9,6 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.soak
+
 
 def test_a_short_soak_hits_every_bound_and_leaks_no_connection(tmp_path: Path) -> None:
     report_path = tmp_path / "soak.json"

@@ -13,7 +13,9 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import logging
 import time
+import urllib.request
 from collections.abc import Callable
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -26,6 +28,8 @@ from gateway.delivery.sink import Attempt, Dead, Delivered, Delivery, Gone, Retr
 from gateway.redact import shown_url
 
 __all__ = ("HttpSink", "retry_after", "sign")
+
+logger = logging.getLogger(__name__)
 
 _RETRIED = frozenset({408, 429})
 
@@ -57,6 +61,8 @@ class HttpSink:
     """:class:`~gateway.delivery.sink.Sink` POSTing each event to one URL over keep-alive connections.
 
     Redirects are not followed: a 3xx is the endpoint's misconfiguration, dead-lettered and visible.
+    Proxy variables are not used; one set for the URL's scheme is warned about when the sink is built
+    (docs/forwarding-client.md).
     """
 
     name = "http"
@@ -70,6 +76,13 @@ class HttpSink:
         self._timeout = timeout_seconds
         self._clock = clock
         self._client = HttpClient(url, user_agent=f"gateway/{__version__}")
+        if urllib.request.getproxies().get(parts.scheme):
+            logger.warning(
+                "%s_PROXY is set but forwarding does not use proxies: it connects to %s directly "
+                "(docs/forwarding-client.md)",
+                parts.scheme.upper(),
+                self._shown,
+            )
 
     async def send(self, delivery: Delivery) -> Attempt:
         now = self._clock()
