@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+
+from dashboards.config import docs_site_url
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -49,3 +52,17 @@ def test_the_site_builds_strictly(tmp_path: Path) -> None:
     warnings = [line for line in result.stderr.splitlines() if line.startswith(("WARNING", "ERROR"))]
     assert result.returncode == 0, "\n".join(warnings) or result.stderr[-2000:]
     assert (tmp_path / "site" / "architecture" / "index.html").exists()
+    # Every alert's runbook_url is a page and heading of this site, at its site_url.
+    site_url = docs_site_url()
+    urls = {
+        rule["annotations"]["runbook_url"]
+        for group in yaml.safe_load((ROOT / "dashboards" / "prometheus" / "rules.yml").read_text())["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
+    assert urls
+    for url in urls:
+        assert url.startswith(site_url), url
+        page, _, anchor = url.removeprefix(site_url).partition("#")
+        html = (tmp_path / "site" / page / "index.html").read_text()
+        assert f'id="{anchor}"' in html, f"{url}: no such heading on the site"
