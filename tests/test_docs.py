@@ -37,6 +37,14 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
     assert test_command in ci_lines
 
 
+def test_readme_is_a_front_door_whose_links_exist() -> None:
+    assert len(README.splitlines()) <= 160, "the README is the front door: details belong in docs/"
+    targets = re.findall(r"\]\((?!https?://|#)([^)#\s]+)", README)
+    assert "docs/images/status-page.png" in targets
+    missing = [target for target in targets if not (ROOT / target).exists()]
+    assert not missing, f"README links to missing files: {missing}"
+
+
 def test_the_site_builds_strictly(tmp_path: Path) -> None:
     """`mkdocs build --strict`: no broken link or anchor, no page left out of the navigation."""
     pytest.importorskip("mkdocs", reason="the docs extra is not installed (pip install -e '.[docs]')")
