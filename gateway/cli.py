@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gateway",
         description="Webhook ingest gateway for generation job-status webhooks. "
-        "Configuration comes from environment variables (see README: Configuration).",
+        "Configuration comes from environment variables (docs/reference/configuration.md).",
     )
     parser.add_argument("--version", action="version", version=f"gateway {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=1,
-        help="worker processes: only 1 (scale with replicas instead; see README: Distributed mode)",
+        help="worker processes: only 1 (scale with replicas instead; see docs/distributed.md)",
     )
 
     commands.add_parser(
@@ -99,7 +99,7 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int)
             "gateway: --workers above 1 is refused: run one gateway process per replica (container, VM or "
             "systemd unit) and scale with replicas. Several workers in one process group would split "
             "/metrics between them (exemplars and store-read gauges cannot be merged) and, with SQLite, "
-            "share one embedded store. See README: Distributed mode.",
+            "share one embedded store. See docs/distributed.md.",
             file=sys.stderr,
         )
         return 2

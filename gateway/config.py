@@ -98,8 +98,9 @@ class Settings:
     tolerance_seconds: int = 300
     """``WEBHOOK_TOLERANCE_SECONDS``: how far a signed ``webhook-timestamp`` may be from our clock."""
     database: Database = SqliteDatabase("gateway.db")
-    """``DATABASE_URL``: where jobs and their history live (``sqlite:///gateway.db`` by default, or
-    ``postgresql://...`` shared by every replica)."""
+    """``DATABASE_URL``: where jobs and their history live: ``sqlite:///relative.db`` or
+    ``sqlite:////absolute/path.db`` (one process), or ``postgresql://user[:password]@host[:port]/db`` (also
+    ``postgres://``; query parameters such as ``?sslmode=require`` are passed on) shared by every replica."""
     db_pool_size: int = 10
     """``GATEWAY_DB_POOL_SIZE``: most PostgreSQL connections one gateway process opens; a webhook waits
     for a free one (within ``GATEWAY_STORE_TIMEOUT_SECONDS``) rather than opening more."""
@@ -141,8 +142,9 @@ class Settings:
     """``GATEWAY_TRUSTED_PROXIES``: comma-separated addresses or CIDR networks whose ``X-Forwarded-For``
     names the sender. From any other peer the header is ignored, so it cannot be spoofed."""
     redis_url: str | None = field(default=None, repr=False)
-    """``REDIS_URL``: a Redis shared by every replica, holding the senders' rate limit state. Unset: the
-    state lives in this process's memory. Left out of ``repr`` (it may carry a password)."""
+    """``REDIS_URL``: ``redis://[:password@]host:port/db``, ``rediss://`` or ``unix://``: a Redis shared by
+    every replica, holding the idempotency keys and the senders' rate limit state, and carrying the live
+    streams' wake-up signal. Unset: that state lives in this process's memory."""
     redis_pool_size: int = 64
     """``GATEWAY_REDIS_POOL_SIZE``: most connections to Redis per gateway process, for each Redis store
     (idempotency, rate limits); a call waits for a free one within its timeout rather than opening more."""
@@ -150,9 +152,8 @@ class Settings:
     """``GATEWAY_REDIS_KEY_PREFIX``: prefix of every key the gateway writes to Redis, so several
     deployments can share one server."""
     forward_url: str | None = field(default=None, repr=False)
-    """``GATEWAY_FORWARD_URL``: the app's endpoint; every applied event is POSTed there (README:
-    Forwarding). Unset: nothing is forwarded and the ingest path writes no outbox row. Left out of
-    ``repr`` (it may carry credentials)."""
+    """``GATEWAY_FORWARD_URL``: the app's endpoint; every applied event is POSTed there, signed
+    and retried (docs: Forwarding). Unset: nothing is forwarded and the ingest path writes no outbox row."""
     forward_signing_key: bytes | None = field(default=None, repr=False)
     """``GATEWAY_FORWARD_SIGNING_KEY``: the ``whsec_...`` key the gateway signs forwarded events with, as a
     Standard Webhooks sender; required in production when forwarding."""
@@ -175,7 +176,7 @@ class Settings:
     """``GATEWAY_REQUIRE_REGISTERED_JOBS``: a webhook for a job the app never registered (``POST /api/jobs``)
     is refused with 404; by default its first webhook creates the job."""
     api_token: str | None = field(default=None, repr=False)
-    """``GATEWAY_API_TOKEN``: bearer token of the jobs and deliveries APIs (``/api/jobs*``,
+    """``GATEWAY_API_TOKEN``: bearer token (16 characters or more) of the jobs and deliveries APIs (``/api/jobs*``,
     ``/api/deliveries*``; ``/api/session`` exchanges it for a read-only cookie); unset, the
     read API is open. Webhook secrets never open it."""
     public_read: bool = False
@@ -193,8 +194,9 @@ class Settings:
     before they are cut off. Longer than the slowest store call (SQLite's 15 s bound) by default, so a
     webhook in flight is answered by its own store call; keep it below the orchestrator's kill delay."""
     retention_days: int | None = None
-    """``GATEWAY_RETENTION_DAYS``: finished jobs (and their history) older than this are deleted by a
-    background task; unset keeps everything forever."""
+    """``GATEWAY_RETENTION_DAYS``: finished jobs (with their history) and delivered outbox rows older than
+    this many days are deleted by a background task, in small batches; at least
+    ``GATEWAY_IDEMPOTENCY_TTL_SECONDS``. Unset keeps everything forever."""
 
     @property
     def authenticates(self) -> bool:

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from dashboards.config import docs_site_url
+from docs import generate
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -74,3 +75,91 @@ def test_the_site_builds_strictly(tmp_path: Path) -> None:
         page, _, anchor = url.removeprefix(site_url).partition("#")
         html = (tmp_path / "site" / page / "index.html").read_text()
         assert f'id="{anchor}"' in html, f"{url}: no such heading on the site"
+
+
+# --- The generated reference pages (docs/generate.py): committed, and equal to what the code says. ---
+
+REFERENCE = ROOT / "docs" / "reference"
+DOC_PAGES = sorted((ROOT / "docs").rglob("*.md"))
+
+
+def prose() -> str:
+    """Every hand-written page and the README: where a name can be mentioned that the code lacks."""
+    pages = [page for page in DOC_PAGES if page.parent != REFERENCE]
+    return "\n".join(page.read_text() for page in [*pages, ROOT / "README.md"])
+
+
+def test_committed_reference_pages_are_what_the_generator_writes() -> None:
+    for name, text in generate.render().items():
+        committed = (REFERENCE / name).read_text()
+        assert committed == text, f"docs/reference/{name} is stale: run python -m docs.generate"
+
+
+def test_every_setting_read_from_the_environment_is_documented_and_every_documented_one_is_read() -> None:
+    read = generate.environment_names()
+    assert {"GATEWAY_ENV", "WEBHOOK_SECRET", "DATABASE_URL"} <= read
+    declared = [name for setting in generate.settings() for name in setting.names]
+    assert len(declared) == len(set(declared)), "a variable is documented on two fields"
+    undocumented = [setting.field for setting in generate.settings() if not setting.names]
+    assert not undocumented, f"Settings fields whose docstring names no variable: {undocumented}"
+    assert sorted(read - set(declared)) == [], "read but not documented in a Settings docstring"
+    assert sorted(set(declared) - read) == [], "documented but never read by Settings.from_env"
+    page = (REFERENCE / "configuration.md").read_text()
+    assert all(f"`{name}`" in page for name in read)
+
+
+def test_every_variable_the_docs_name_exists() -> None:
+    """`GATEWAY_*`/`WEBHOOK_*` names in the prose are settings (or the test suite's own knobs)."""
+    known = generate.environment_names() | {"GATEWAY_FUZZ_EXAMPLES"}
+    named = set(re.findall(r"\b((?:GATEWAY|WEBHOOK)_[A-Z][A-Z0-9_]*[A-Z0-9])\b", prose()))
+    named -= {"GATEWAY_JOBS", "GATEWAY_JOBS_STAGING"}  # JetStream stream names, not variables
+    assert sorted(named - known) == []
+
+
+def test_metrics_catalogue_lists_every_metric_and_the_docs_name_no_other() -> None:
+    families = {family["name"]: family for family in generate.metric_families()}
+    assert {"gateway_webhook_requests_total", "gateway_deliveries_total", "gateway_build_info"} <= set(families)
+    page = (REFERENCE / "metrics.md").read_text()
+    assert set(re.findall(r"^\| `(gateway_[a-z_]+)`", page, re.MULTILINE)) == set(families)
+    suffixes = ("", "_bucket", "_sum", "_count")
+    exposed = {name + suffix for name in families for suffix in suffixes}
+    # Metric names in the prose, recording rules' names (`level:metric:operations`) aside.
+    named = set(re.findall(r"(?<![:\w])(gateway_[a-z_]+)(?![:\w])", prose()))
+    not_metrics = {"gateway_session"}  # the session cookie
+    assert sorted(named - exposed - not_metrics) == []
+
+
+def app_routes() -> set[tuple[str, str]]:
+    app, _ = generate._app()
+    routes = set()
+    for route in app.routes:
+        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
+        for method in getattr(route, "methods", None) or {"GET", "POST"}:
+            routes.add((method, path))
+    return routes
+
+
+def test_http_reference_has_every_route_and_the_docs_name_no_other() -> None:
+    app, _ = generate._app()
+    document = app.openapi_schema.to_schema()
+    page = (REFERENCE / "http-api.md").read_text()
+    for path, item in document["paths"].items():
+        for method in item:
+            if method in {"get", "post", "put", "patch", "delete"}:
+                assert f"## {method.upper()} {path}\n" in page
+    routes = app_routes()
+    paths = {path for _, path in routes}
+    assert {"/api/webhooks/image-completion", "/api/jobs/{job_id}", "/status"} <= paths
+    mentioned = set(re.findall(r"\b(GET|POST|PUT|PATCH|DELETE) (/[\w/{}.-]*[\w}]|/)(?![\w/{}-]|\.\.\.)", prose()))
+    unknown = sorted((method, path) for method, path in mentioned if (method, path) not in routes)
+    assert unknown == [], "the docs name routes the app does not have"
+
+
+def test_cli_reference_has_every_command_and_the_docs_name_no_other() -> None:
+    commands = {name for name, _ in generate.cli_commands()}
+    assert {"gateway serve", "gateway migrate", "gateway send", "gateway deliveries replay"} <= commands
+    page = (REFERENCE / "cli.md").read_text()
+    assert set(re.findall(r"^## `(gateway[a-z ]*)`$", page, re.MULTILINE)) == commands
+    subcommands = {name.split()[1] for name in commands if name != "gateway"}
+    named = set(re.findall(r"`gateway ([a-z]+)\b", prose()))
+    assert sorted(named - subcommands) == []
