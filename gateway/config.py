@@ -86,7 +86,8 @@ class Settings:
     """Everything configurable, with the defaults of the embedded single-process mode."""
 
     env: Environment = "development"
-    """``GATEWAY_ENV``: ``production`` refuses to start without a way to authenticate senders."""
+    """``GATEWAY_ENV``: ``development`` or ``production``; ``production`` refuses to start without a way to
+    authenticate senders, and without ``GATEWAY_API_TOKEN`` unless ``GATEWAY_PUBLIC_READ=true``."""
     host: str = "127.0.0.1"
     """``GATEWAY_HOST``: address ``gateway serve`` binds (``--host`` overrides)."""
     port: int = 8000
@@ -94,7 +95,8 @@ class Settings:
     webhook_secret: str | None = field(default=None, repr=False)
     """``WEBHOOK_SECRET``: shared secret compared, in constant time, with the ``X-Webhook-Secret`` header."""
     signing_keys: tuple[bytes, ...] = field(default=(), repr=False)
-    """``WEBHOOK_SIGNING_KEYS``: Standard Webhooks keys (``whsec_...``), decoded; several allow rotation."""
+    """``WEBHOOK_SIGNING_KEYS``: comma-separated Standard Webhooks keys (``whsec_<base64>``), decoded; several
+    allow rotation."""
     tolerance_seconds: int = 300
     """``WEBHOOK_TOLERANCE_SECONDS``: how far a signed ``webhook-timestamp`` may be from our clock."""
     database: Database = SqliteDatabase("gateway.db")
@@ -113,11 +115,13 @@ class Settings:
     max_body_bytes: int = _MIB
     """``GATEWAY_MAX_BODY_BYTES``: larger bodies are refused with 413 before being read whole."""
     idempotency_ttl_seconds: int = 72 * 3600
-    """``GATEWAY_IDEMPOTENCY_TTL_SECONDS``: how long a delivery is remembered in memory; covers the
-    sender's retry horizon (Standard Webhooks' example schedule spans about three days)."""
+    """``GATEWAY_IDEMPOTENCY_TTL_SECONDS``: how long a delivery is remembered (at least this long, at most an
+    eighth longer: keys expire a generation at a time); covers the sender's retry horizon (Standard
+    Webhooks' example schedule spans about three days)."""
     idempotency_max_keys: int = 1_000_000
-    """``GATEWAY_IDEMPOTENCY_MAX_KEYS``: bound on remembered keys, about 24 bytes each; the oldest are
-    evicted first (the job store's unique constraint still catches a duplicate whose key was evicted)."""
+    """``GATEWAY_IDEMPOTENCY_MAX_KEYS``: bound on the in-memory store's keys (two per delivery with a
+    ``webhook-id``, one otherwise), about 24 bytes each; past it the oldest eighth is evicted (the job
+    store's unique constraint still catches a duplicate whose key was evicted). Redis ignores it."""
     log_level: str = "INFO"
     """``GATEWAY_LOG_LEVEL``: one of DEBUG, INFO, WARNING, ERROR, CRITICAL."""
     log_format: LogFormat = "console"
@@ -152,22 +156,25 @@ class Settings:
     """``GATEWAY_REDIS_KEY_PREFIX``: prefix of every key the gateway writes to Redis, so several
     deployments can share one server."""
     forward_url: str | None = field(default=None, repr=False)
-    """``GATEWAY_FORWARD_URL``: the app's endpoint; every applied event is POSTed there, signed
+    """``GATEWAY_FORWARD_URL``: the app's ``http(s)://`` endpoint; every applied event is POSTed there, signed
     and retried (docs: Forwarding). Unset: nothing is forwarded and the ingest path writes no outbox row."""
     forward_signing_key: bytes | None = field(default=None, repr=False)
     """``GATEWAY_FORWARD_SIGNING_KEY``: the ``whsec_...`` key the gateway signs forwarded events with, as a
     Standard Webhooks sender; required in production when forwarding."""
     forward_timeout_seconds: float = 10.0
-    """``GATEWAY_FORWARD_TIMEOUT_SECONDS``: how long one delivery attempt may take before it is retried."""
+    """``GATEWAY_FORWARD_TIMEOUT_SECONDS``: how long one delivery attempt may take (0.01 to 60) before it is
+    retried."""
     forward_statuses: frozenset[str] | None = None
     """``GATEWAY_FORWARD_STATUSES``: comma-separated statuses to forward; unset: every applied event."""
     forward_retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
     """``GATEWAY_FORWARD_RETRY_SCHEDULE``: comma-separated seconds to wait before each retry (with +-20 %
     jitter); once exhausted the delivery is dead-lettered."""
     nats_url: str | None = field(default=None, repr=False)
-    """``GATEWAY_NATS_URL``: a NATS server with JetStream; every applied event is also published there."""
+    """``GATEWAY_NATS_URL``: ``nats://host:port`` (credentials in the URL if needed), a NATS server with
+    JetStream; every applied event is also published there."""
     nats_subject_prefix: str = "gateway.jobs"
-    """``GATEWAY_NATS_SUBJECT_PREFIX``: events are published to ``<prefix>.<kind>.<status>``."""
+    """``GATEWAY_NATS_SUBJECT_PREFIX``: events are published to ``<prefix>.<kind>.<status>``; dot-separated
+    tokens, no wildcard."""
     nats_stream: str = "GATEWAY_JOBS"
     """``GATEWAY_NATS_STREAM``: the JetStream stream created for ``<prefix>.>`` unless one covers it.
     Event ids are unique per job database, and JetStream deduplicates per stream: two deployments (or
@@ -185,7 +192,8 @@ class Settings:
     """``GATEWAY_SSE_MAX_STREAMS``: live streams (``/api/jobs/events``...) open at once per process; 503 beyond."""
     sse_heartbeat_seconds: float = 15.0
     """``GATEWAY_SSE_HEARTBEAT_SECONDS``: a comment line on an idle stream this often (keeps proxies from
-    closing it); also how long a stream waits before re-reading the store without a wake-up."""
+    closing it); also how long a stream waits before re-reading the store without a wake-up, and how long a
+    slow client may leave its buffer full."""
     sse_buffer_events: int = 256
     """``GATEWAY_SSE_BUFFER_EVENTS``: events buffered per stream for a slow client; when full the client is
     sent ``event: overflow`` with the id to resume from, and the stream ends."""
