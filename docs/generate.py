@@ -217,16 +217,43 @@ def _schema_type(schema: dict[str, Any]) -> str:
     for key in ("oneOf", "anyOf"):
         if key in schema:
             return " or ".join(_schema_type(option) for option in schema[key])
+    if schema.get("type") == "object" and isinstance(schema.get("title"), str):
+        return f"{schema['title']}"
     kind = schema.get("type", "any")
     if isinstance(kind, list):
         kind = " or ".join(kind)
     if kind == "array":
         return f"array of {_schema_type(schema.get('items', {}))}"
     if "enum" in schema:
-        return f"{kind}: " + ", ".join(f"`{value}`" for value in schema["enum"])
+        values = ", ".join(f"`{value}`" for value in schema["enum"])
+        return f"{kind}: {values}" if "type" in schema else values
     if "const" in schema:
         return f"`{schema['const']}`"
     return str(kind)
+
+
+def _inline_objects(schema: dict[str, Any], found: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The titled object schemas written inline in ``schema`` (a webhook's payload variants and their
+    parts), by title, in the order they first appear."""
+    if schema.get("type") == "object" and isinstance(schema.get("title"), str):
+        found.setdefault(schema["title"], schema)
+    for key in ("anyOf", "oneOf"):
+        for option in schema.get(key, []):
+            _inline_objects(option, found)
+    children = [*schema.get("properties", {}).values(), *([schema["items"]] if "items" in schema else [])]
+    for child in children:
+        _inline_objects(child, found)
+    return found
+
+
+def _properties(schema: dict[str, Any]) -> list[str]:
+    required = set(schema.get("required", []))
+    lines = ["| field | type | required | meaning |", "|---|---|---|---|"]
+    for field, field_schema in schema.get("properties", {}).items():
+        needed = "yes" if field in required else "no"
+        meaning = _cell(field_schema.get("description", ""))
+        lines.append(f"| `{field}` | {_cell(_schema_type(field_schema))} | {needed} | {meaning} |")
+    return lines
 
 
 def _slug(name: str) -> str:
@@ -234,7 +261,7 @@ def _slug(name: str) -> str:
 
 
 def _cell(text: str) -> str:
-    return " ".join(text.split()).replace("|", "\\|")
+    return " ".join(text.replace("``", "`").split()).replace("|", "\\|")
 
 
 def http_api_page() -> str:
@@ -269,26 +296,29 @@ def http_api_page() -> str:
                     )
                 lines.append("")
             body = operation.get("requestBody")
+            inline: dict[str, dict[str, Any]] = {}
             if body:
                 for content_type, content in body.get("content", {}).items():
-                    lines += [f"Request body (`{content_type}`): {_schema_type(content.get('schema', {}))}.", ""]
+                    schema = content.get("schema", {})
+                    lines += [f"Request body (`{content_type}`): {_schema_type(schema)}.", ""]
+                    _inline_objects(schema, inline)
             lines += ["| answer | meaning |", "|---|---|"]
             for code, response in operation.get("responses", {}).items():
                 lines.append(f"| {code} | {_cell(response.get('description', ''))} |")
             lines.append("")
+            for title, schema in inline.items():
+                lines += [
+                    f"**{title}**" + (f": {_cell(schema['description'])}" if schema.get("description") else ""),
+                    "",
+                ]
+                lines += [*_properties(schema), ""]
     lines += ["## Schemas", ""]
     for name, schema in sorted(document.get("components", {}).get("schemas", {}).items()):
         lines += [f"### {name}", ""]
         if schema.get("description"):
             lines += [" ".join(schema["description"].split()), ""]
-        properties = schema.get("properties", {})
-        if properties:
-            required = set(schema.get("required", []))
-            lines += ["| field | type | required |", "|---|---|---|"]
-            for field, field_schema in properties.items():
-                needed = "yes" if field in required else "no"
-                lines.append(f"| `{field}` | {_cell(_schema_type(field_schema))} | {needed} |")
-            lines.append("")
+        if schema.get("properties"):
+            lines += [*_properties(schema), ""]
         elif "oneOf" in schema or "anyOf" in schema:
             lines += [f"One of: {_schema_type(schema)}.", ""]
         else:
