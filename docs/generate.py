@@ -27,7 +27,19 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ("PAGES", "SettingDoc", "cli_commands", "environment_names", "main", "metric_families", "render", "settings")
+__all__ = (
+    "PAGES",
+    "SettingDoc",
+    "app_routes",
+    "built_app",
+    "cli_commands",
+    "environment_names",
+    "main",
+    "metric_families",
+    "render",
+    "settings",
+    "undocumented_routes",
+)
 
 DOCS = Path(__file__).resolve().parent
 REFERENCE = DOCS / "reference"
@@ -148,7 +160,7 @@ def configuration_page() -> str:
     return "\n".join(lines)
 
 
-def _app() -> Any:
+def built_app() -> Any:
     """A real app with every optional part on (forwarding to HTTP and NATS), its telemetry private."""
     from opentelemetry.sdk.trace import TracerProvider
     from prometheus_client import CollectorRegistry
@@ -168,7 +180,7 @@ def _app() -> Any:
 
 def metric_families() -> list[dict[str, Any]]:
     """Every metric of a real app's registry: exposed name, type, labels, their start-up values, help."""
-    _, registry = _app()
+    _, registry = built_app()
     families = []
     for family in registry.collect():
         collector = registry._names_to_collectors[family.name]  # the metric object, for its label names
@@ -264,8 +276,33 @@ def _cell(text: str) -> str:
     return " ".join(text.replace("``", "`").split()).replace("|", "\\|")
 
 
+def app_routes(app: Any) -> dict[str, set[str]]:
+    """Every route the app serves, as ``{path: methods}``, path parameters without their types; ``*`` for a
+    raw ASGI route (the webhook routes), which takes every method and answers the ones it does not serve."""
+    routes: dict[str, set[str]] = {}
+    for route in app.routes:
+        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
+        methods = set(getattr(route, "methods", None) or {"*"}) - {"OPTIONS", "HEAD"}
+        routes.setdefault(path, set()).update(methods)
+    return routes
+
+
+def undocumented_routes(app: Any, document: dict[str, Any]) -> dict[str, set[str]]:
+    """The app's routes (and methods) the OpenAPI document leaves out."""
+    paths = document["paths"]
+
+    def documented(method: str, path: str) -> bool:
+        return path in paths and (method == "*" or method.lower() in paths[path])
+
+    return {
+        path: left
+        for path, methods in app_routes(app).items()
+        if (left := {method for method in methods if not documented(method, path)})
+    }
+
+
 def http_api_page() -> str:
-    app, _ = _app()
+    app, _ = built_app()
     document = app.openapi_schema.to_schema()
     lines = [
         "# HTTP API",
@@ -312,6 +349,18 @@ def http_api_page() -> str:
                     "",
                 ]
                 lines += [*_properties(schema), ""]
+    lines += [
+        "## Routes outside the OpenAPI document",
+        "",
+        "The status page and its files, the API docs viewers, and the catch-all that answers 404 naming the",
+        "webhook routes for any other `POST /api/webhooks/...` path.",
+        "",
+        "| route | methods |",
+        "|---|---|",
+    ]
+    for path, methods in sorted(undocumented_routes(app, document).items()):
+        lines.append(f"| `{path}` | {', '.join(sorted(methods))} |")
+    lines.append("")
     lines += ["## Schemas", ""]
     for name, schema in sorted(document.get("components", {}).get("schemas", {}).items()):
         lines += [f"### {name}", ""]
