@@ -8,14 +8,37 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Literal
 
-__all__ = ("CONFIG", "FAST_TEST_CONFIG", "BurnRate", "Config", "Slo", "duration_seconds", "humanize_seconds")
+__all__ = (
+    "CONFIG",
+    "FAST_TEST_CONFIG",
+    "BurnRate",
+    "Config",
+    "Slo",
+    "docs_site_url",
+    "duration_seconds",
+    "humanize_seconds",
+)
 
 Severity = Literal["critical", "warning"]
 
 _DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+_MKDOCS = Path(__file__).resolve().parent.parent / "mkdocs.yml"
+
+
+def docs_site_url(mkdocs_yml: Path = _MKDOCS) -> str:
+    """The documentation site's address: ``site_url`` of ``mkdocs.yml``, ending in ``/``.
+
+    The one setting behind both the published site and every alert's runbook link; ``ValueError`` when
+    the file has no top-level ``site_url``.
+    """
+    match = re.search(r"^site_url:\s*(\S+)\s*$", mkdocs_yml.read_text(), re.MULTILINE)
+    if match is None:
+        raise ValueError(f"{mkdocs_yml} sets no site_url")
+    return match.group(1).rstrip("/") + "/"
 
 
 def duration_seconds(duration: str) -> float:
@@ -126,9 +149,9 @@ class Config:
     dead_letter_window: str = "15m"
     """A dead letter keeps its alert firing for this long, so one dead delivery is not lost between
     evaluations; the alert resolves by itself once no new one appears."""
-    runbook_url: str = "dashboards/runbook.md"
-    """Base of every alert's ``runbook_url``; point it at where your copy of the repo is browsable
-    (e.g. ``https://<forge>/<owner>/gateway/blob/main/dashboards/runbook.md``)."""
+    runbook_url: str = field(default_factory=lambda: docs_site_url() + "runbooks/")
+    """Base of every alert's ``runbook_url``: the runbooks page (``docs/runbooks.md``, one heading per alert)
+    of the documentation site, whose address is ``site_url`` in ``mkdocs.yml``."""
     prometheus_uid: str = "prometheus"
     """Grafana uid of the provisioned Prometheus datasource (the dashboards' default)."""
     traces_uid: str = "traces"

@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gateway",
         description="Webhook ingest gateway for generation job-status webhooks. "
-        "Configuration comes from environment variables (see README: Configuration).",
+        "Configuration comes from environment variables (docs/reference/configuration.md).",
     )
     parser.add_argument("--version", action="version", version=f"gateway {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=1,
-        help="worker processes: only 1 (scale with replicas instead; see README: Distributed mode)",
+        help="worker processes: only 1 (scale with replicas instead; see docs/distributed.md)",
     )
 
     commands.add_parser(
@@ -103,7 +103,7 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int)
             "gateway: --workers above 1 is refused: run one gateway process per replica (container, VM or "
             "systemd unit) and scale with replicas. Several workers in one process group would split "
             "/metrics between them (exemplars and store-read gauges cannot be merged) and, with SQLite, "
-            "share one embedded store. See README: Distributed mode.",
+            "share one embedded store. See docs/distributed.md.",
             file=sys.stderr,
         )
         return 2
@@ -176,7 +176,7 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int)
             # What exists once the app has started (modules, the app, its stores and telemetry) lives as
             # long as the process: frozen out of the cyclic collector's sight, a full collection no longer
             # walks it. Measured: full collections of ~40 ms, a few times a second at 50 connections, were
-            # the p99; frozen, they take under 1 ms (README: Benchmark).
+            # the p99; frozen, they take under 1 ms (docs/benchmark.md).
             gc.collect()
             gc.freeze()
 

@@ -83,7 +83,8 @@ class Settings:
     """Everything configurable, with the defaults of the embedded single-process mode."""
 
     env: Environment = "development"
-    """``GATEWAY_ENV``: ``production`` refuses to start without a way to authenticate senders."""
+    """``GATEWAY_ENV``: ``development`` or ``production``; ``production`` refuses to start without a way to
+    authenticate senders, and without ``GATEWAY_API_TOKEN`` unless ``GATEWAY_PUBLIC_READ=true``."""
     host: str = "127.0.0.1"
     """``GATEWAY_HOST``: address ``gateway serve`` binds (``--host`` overrides)."""
     port: int = 8000
@@ -91,12 +92,14 @@ class Settings:
     webhook_secret: str | None = field(default=None, repr=False)
     """``WEBHOOK_SECRET``: shared secret compared, in constant time, with the ``X-Webhook-Secret`` header."""
     signing_keys: tuple[bytes, ...] = field(default=(), repr=False)
-    """``WEBHOOK_SIGNING_KEYS``: Standard Webhooks keys (``whsec_...``), decoded; several allow rotation."""
+    """``WEBHOOK_SIGNING_KEYS``: comma-separated Standard Webhooks keys (``whsec_<base64>``), decoded; several
+    allow rotation."""
     tolerance_seconds: int = 300
     """``WEBHOOK_TOLERANCE_SECONDS``: how far a signed ``webhook-timestamp`` may be from our clock."""
     database: Database = SqliteDatabase("gateway.db")
-    """``DATABASE_URL``: where jobs and their history live (``sqlite:///gateway.db`` by default, or
-    ``postgresql://...`` shared by every replica)."""
+    """``DATABASE_URL``: where jobs and their history live: ``sqlite:///relative.db`` or
+    ``sqlite:////absolute/path.db`` (one process), or ``postgresql://user[:password]@host[:port]/db`` (also
+    ``postgres://``; query parameters such as ``?sslmode=require`` are passed on) shared by every replica."""
     db_pool_size: int = 10
     """``GATEWAY_DB_POOL_SIZE``: most PostgreSQL connections one gateway process opens; a webhook waits
     for a free one (within ``GATEWAY_STORE_TIMEOUT_SECONDS``) rather than opening more."""
@@ -116,11 +119,13 @@ class Settings:
     together (each counts its ``Content-Length``, a chunked one ``GATEWAY_MAX_BODY_BYTES``); a body that
     would pass it is answered 503 with ``Retry-After`` before it is read."""
     idempotency_ttl_seconds: int = 72 * 3600
-    """``GATEWAY_IDEMPOTENCY_TTL_SECONDS``: how long a delivery is remembered in memory; covers the
-    sender's retry horizon (Standard Webhooks' example schedule spans about three days)."""
+    """``GATEWAY_IDEMPOTENCY_TTL_SECONDS``: how long a delivery is remembered (at least this long, at most an
+    eighth longer: keys expire a generation at a time); covers the sender's retry horizon (Standard
+    Webhooks' example schedule spans about three days)."""
     idempotency_max_keys: int = 1_000_000
-    """``GATEWAY_IDEMPOTENCY_MAX_KEYS``: bound on remembered keys, about 24 bytes each; the oldest are
-    evicted first (the job store's unique constraint still catches a duplicate whose key was evicted)."""
+    """``GATEWAY_IDEMPOTENCY_MAX_KEYS``: bound on the in-memory store's keys (two per delivery with a
+    ``webhook-id``, one otherwise), about 24 bytes each; past it the oldest eighth is evicted (the job
+    store's unique constraint still catches a duplicate whose key was evicted). Redis ignores it."""
     log_level: str = "INFO"
     """``GATEWAY_LOG_LEVEL``: one of DEBUG, INFO, WARNING, ERROR, CRITICAL."""
     log_format: LogFormat = "console"
@@ -145,8 +150,9 @@ class Settings:
     """``GATEWAY_TRUSTED_PROXIES``: comma-separated addresses or CIDR networks whose ``X-Forwarded-For``
     names the sender. From any other peer the header is ignored, so it cannot be spoofed."""
     redis_url: str | None = field(default=None, repr=False)
-    """``REDIS_URL``: a Redis shared by every replica, holding the senders' rate limit state. Unset: the
-    state lives in this process's memory. Left out of ``repr`` (it may carry a password)."""
+    """``REDIS_URL``: ``redis://[:password@]host:port/db``, ``rediss://`` or ``unix://``: a Redis shared by
+    every replica, holding the idempotency keys and the senders' rate limit state, and carrying the live
+    streams' wake-up signal. Unset: that state lives in this process's memory."""
     redis_pool_size: int = 64
     """``GATEWAY_REDIS_POOL_SIZE``: most connections to Redis per gateway process, for each Redis store
     (idempotency, rate limits); a call waits for a free one within its timeout rather than opening more."""
@@ -154,23 +160,25 @@ class Settings:
     """``GATEWAY_REDIS_KEY_PREFIX``: prefix of every key the gateway writes to Redis, so several
     deployments can share one server."""
     forward_url: str | None = field(default=None, repr=False)
-    """``GATEWAY_FORWARD_URL``: the app's endpoint; every applied event is POSTed there (README:
-    Forwarding). Unset: nothing is forwarded and the ingest path writes no outbox row. Left out of
-    ``repr`` (it may carry credentials)."""
+    """``GATEWAY_FORWARD_URL``: the app's ``http(s)://`` endpoint; every applied event is POSTed there, signed
+    and retried (docs: Forwarding). Unset: nothing is forwarded and the ingest path writes no outbox row."""
     forward_signing_key: bytes | None = field(default=None, repr=False)
     """``GATEWAY_FORWARD_SIGNING_KEY``: the ``whsec_...`` key the gateway signs forwarded events with, as a
     Standard Webhooks sender; required in production when forwarding."""
     forward_timeout_seconds: float = 10.0
-    """``GATEWAY_FORWARD_TIMEOUT_SECONDS``: how long one delivery attempt may take before it is retried."""
+    """``GATEWAY_FORWARD_TIMEOUT_SECONDS``: how long one delivery attempt may take (0.01 to 60) before it is
+    retried."""
     forward_statuses: frozenset[str] | None = None
     """``GATEWAY_FORWARD_STATUSES``: comma-separated statuses to forward; unset: every applied event."""
     forward_retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
     """``GATEWAY_FORWARD_RETRY_SCHEDULE``: comma-separated seconds to wait before each retry (with +-20 %
     jitter); once exhausted the delivery is dead-lettered."""
     nats_url: str | None = field(default=None, repr=False)
-    """``GATEWAY_NATS_URL``: a NATS server with JetStream; every applied event is also published there."""
+    """``GATEWAY_NATS_URL``: ``nats://host:port`` (credentials in the URL if needed), a NATS server with
+    JetStream; every applied event is also published there."""
     nats_subject_prefix: str = "gateway.jobs"
-    """``GATEWAY_NATS_SUBJECT_PREFIX``: events are published to ``<prefix>.<kind>.<status>``."""
+    """``GATEWAY_NATS_SUBJECT_PREFIX``: events are published to ``<prefix>.<kind>.<status>``; dot-separated
+    tokens, no wildcard."""
     nats_stream: str = "GATEWAY_JOBS"
     """``GATEWAY_NATS_STREAM``: the JetStream stream created for ``<prefix>.>`` unless one covers it.
     Event ids are unique per job database, and JetStream deduplicates per stream: two deployments (or
@@ -179,7 +187,7 @@ class Settings:
     """``GATEWAY_REQUIRE_REGISTERED_JOBS``: a webhook for a job the app never registered (``POST /api/jobs``)
     is refused with 404; by default its first webhook creates the job."""
     api_token: str | None = field(default=None, repr=False)
-    """``GATEWAY_API_TOKEN``: bearer token of the jobs and deliveries APIs (``/api/jobs*``,
+    """``GATEWAY_API_TOKEN``: bearer token (16 characters or more) of the jobs and deliveries APIs (``/api/jobs*``,
     ``/api/deliveries*``; ``/api/session`` exchanges it for a read-only cookie); unset, the
     read API is open. Webhook secrets never open it."""
     public_read: bool = False
@@ -189,7 +197,8 @@ class Settings:
     """``GATEWAY_SSE_MAX_STREAMS``: live streams (``/api/jobs/events``...) open at once per process; 503 beyond."""
     sse_heartbeat_seconds: float = 15.0
     """``GATEWAY_SSE_HEARTBEAT_SECONDS``: a comment line on an idle stream this often (keeps proxies from
-    closing it); also how long a stream waits before re-reading the store without a wake-up."""
+    closing it); also how long a stream waits before re-reading the store without a wake-up, and how long a
+    slow client may leave its buffer full."""
     sse_buffer_events: int = 256
     """``GATEWAY_SSE_BUFFER_EVENTS``: events buffered per stream for a slow client; when full the client is
     sent ``event: overflow`` with the id to resume from, and the stream ends."""
@@ -198,8 +207,9 @@ class Settings:
     before they are cut off. Longer than the slowest store call (SQLite's 15 s bound) by default, so a
     webhook in flight is answered by its own store call; keep it below the orchestrator's kill delay."""
     retention_days: int | None = None
-    """``GATEWAY_RETENTION_DAYS``: finished jobs (and their history) older than this are deleted by a
-    background task; unset keeps everything forever."""
+    """``GATEWAY_RETENTION_DAYS``: finished jobs (with their history) and delivered outbox rows older than
+    this many days are deleted by a background task, in small batches; at least
+    ``GATEWAY_IDEMPOTENCY_TTL_SECONDS``. Unset keeps everything forever."""
 
     @property
     def authenticates(self) -> bool:

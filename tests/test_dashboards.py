@@ -24,7 +24,7 @@ HAND_WRITTEN = {"prometheus/prometheus.yml"}
 RANGE = re.compile(r"\b(?:rate|irate|increase)\((?:[^()\[]|\([^()]*\))*\[([^\]]+)\]")
 SELECTOR = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\{([^}]*)\}")
 EXEMPLARS = re.compile(r"gateway_(webhook_request|generation)_duration_seconds_bucket")
-"""The histograms whose observations carry a trace_id exemplar (README: Telemetry)."""
+"""The histograms whose observations carry a trace_id exemplar (docs/metrics.md)."""
 METRIC = re.compile(r"\b(gateway_[a-z_]+|job_kind:[a-z_:0-9]+|process_[a-z_]+|up)\b(?!\s*\()")
 
 
@@ -179,7 +179,7 @@ def test_exemplars_open_traces_in_the_provisioned_trace_datasource() -> None:
     assert prometheus["type"] == "prometheus"
     assert prometheus["jsonData"]["timeInterval"] == CONFIG.scrape_interval
     links = prometheus["jsonData"]["exemplarTraceIdDestinations"]
-    # The gateway labels its exemplars trace_id (README: Telemetry).
+    # The gateway labels its exemplars trace_id (docs/metrics.md).
     assert [(link["name"], by_uid[link["datasourceUid"]]["type"]) for link in links] == [("trace_id", "jaeger")]
     for dashboard in committed_dashboards().values():
         datasource = next(v for v in dashboard["templating"]["list"] if v["name"] == "datasource")

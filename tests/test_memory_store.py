@@ -96,7 +96,7 @@ async def test_a_key_released_while_its_generation_is_packed_is_forgotten() -> N
 
 
 async def test_keys_cost_about_24_bytes_each() -> None:
-    """The bound is in keys; what that costs in bytes is what operators size memory by (README)."""
+    """The bound is in keys; what that costs in bytes is what operators size memory by (docs/reference)."""
     store = MemoryIdempotencyStore(ttl_seconds=3600, max_keys=100_000)
     tracemalloc.start()
     try:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from dashboards.config import CONFIG, FAST_TEST_CONFIG, BurnRate
+from dashboards.config import CONFIG, FAST_TEST_CONFIG, BurnRate, docs_site_url
 from dashboards.generate import render
 from dashboards.rules import alert_names, rule_file, runbook_anchor
 from tests.monitoring import DASHBOARDS, binary, load_yaml
@@ -70,7 +70,7 @@ def test_every_alert_has_a_firing_case_and_a_silent_case() -> None:
 
 
 def test_alerts_follow_the_conventions() -> None:
-    runbook = (DASHBOARDS / "runbook.md").read_text()
+    runbook = (DASHBOARDS.parent / "docs" / "runbooks.md").read_text()
     headings = {runbook_anchor(title) for title in re.findall(r"^## (\S+)$", runbook, re.MULTILINE)}
     alerts = alerts_of(RULES)
     assert {alert["alert"] for alert in alerts} == {
@@ -95,7 +95,7 @@ def test_alerts_follow_the_conventions() -> None:
         assert "{{" not in annotations["summary"], f"{name}: summary must be static"
         assert "{{ $labels." in annotations["description"], f"{name}: description must be templated"
         path, _, anchor = annotations["runbook_url"].partition("#")
-        assert path == "dashboards/runbook.md", name
+        assert path == docs_site_url() + "runbooks/", name
         assert anchor in headings, f"{name}: no runbook section {anchor}"
         assert "for" in alert, name
 

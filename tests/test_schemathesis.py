@@ -55,7 +55,7 @@ def test_every_operation_answers_as_documented_and_never_5xx(
     case: schemathesis.Case, gateway: LiveServer, session: requests.Session
 ) -> None:
     # Integers written with a fraction (2048576.0) are JSON Schema integers but msgspec refuses them with a
-    # 400 naming the field: documented strictness (README), so schema-valid-but-refused is not checked.
+    # 400 naming the field: documented strictness (docs/webhooks.md), so schema-valid-but-refused is not checked.
     case.call_and_validate(
         base_url=gateway.url,
         session=session,

@@ -38,7 +38,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "deliveries",
         help="list, replay or re-enable event deliveries (the outbox)",
         description="Work on the delivery outbox in DATABASE_URL directly (no running gateway needed). "
-        "See README: Forwarding.",
+        "See docs/forwarding.md.",
     )
     actions = deliveries.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser(

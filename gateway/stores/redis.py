@@ -181,7 +181,7 @@ class RedisRateLimitStore:
 
     ``timeout`` bounds each call as a whole (waiting for a pooled connection, connecting, the round trip):
     250 ms, not the store timeout, so a decision Redis cannot make quickly falls to
-    ``GATEWAY_RATE_LIMIT_ON_ERROR`` instead of holding up every webhook (README: Rate limiting).
+    ``GATEWAY_RATE_LIMIT_ON_ERROR`` instead of holding up every webhook (docs/rate-limiting.md).
     ``max_connections`` bounds the pool, so a flood cannot open a connection per request.
     """
 

@@ -6,7 +6,7 @@ one (group commit): one ``COMMIT`` for the batch, and every waiting webhook is a
 that commit; if any write of the batch fails half-way, the whole batch is rolled back and refused.
 Under load this turns hundreds of thread hand-offs and commits a second into a few dozen.
 ``synchronous=NORMAL`` in WAL mode makes an acknowledged event survive a process crash; a power loss
-may lose the transactions since the last checkpoint (README).
+may lose the transactions since the last checkpoint (docs/durability.md).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 SQLite's automatic checkpoint runs inside the ``COMMIT`` that pushes the WAL past 1000 pages: the
 batch of webhooks in that commit waits while pages are copied into the database file, a few times a
-second under load, and that wait was most of the gateway's p99 (see README: Benchmark). Here the
+second under load, and that wait was most of the gateway's p99 (see docs/benchmark.md). Here the
 writer's connection turns it off and a thread of its own copies the WAL in the background (a
 ``PASSIVE`` checkpoint, which never blocks the writer).
 
