@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Callable
 from datetime import UTC
 from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
 
 from opentelemetry import propagate
 
@@ -76,11 +77,12 @@ class HttpSink:
         self._timeout = timeout_seconds
         self._clock = clock
         self._client = HttpClient(url, user_agent=f"gateway/{__version__}")
-        if urllib.request.getproxies().get(parts.scheme):
+        scheme = urlsplit(url).scheme
+        if urllib.request.getproxies().get(scheme):
             logger.warning(
                 "%s_PROXY is set but forwarding does not use proxies: it connects to %s directly "
                 "(docs/forwarding-client.md)",
-                parts.scheme.upper(),
+                scheme.upper(),
                 self._shown,
             )
 
