@@ -1,9 +1,8 @@
 """``gateway send``: post a correctly signed webhook to a running gateway and say what it answered.
 
-The seed's ``test-image-webhook.sh`` checked a deployment with five curl scenarios; this is that script
-as a command an SRE can run anywhere the gateway is installed. It authenticates exactly as the server
-expects, from the same environment variables read the same way (:meth:`Settings.from_env`), and uses
-only the standard library for HTTP so it works with the base install.
+It authenticates exactly as the server expects, from the same environment variables read the same way
+(:meth:`Settings.from_env`), and uses only the standard library for HTTP, so it works with the base
+install.
 """
 
 from __future__ import annotations
