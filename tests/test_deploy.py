@@ -1,0 +1,247 @@
+"""The Kubernetes manifests (deploy/kubernetes/): rendered by ``kubectl kustomize``, validated against a
+current Kubernetes release's schemas (``kubernetes-validate --strict``), scanned by ``checkov`` with the
+Dockerfile, and checked against the gateway's own settings, health routes, drain and generated rules."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dashboards.config import CONFIG
+from dashboards.generate import DEPLOY_ROOT, main
+from gateway.config import Settings
+from tests.deploytools import kubectl, venv_tool
+from tests.monitoring import DASHBOARDS, ROOT, committed_dashboards, load_yaml
+
+BASE = ROOT / "deploy" / "kubernetes" / "base"
+OVERLAY = ROOT / "deploy" / "kubernetes" / "overlays" / "production"
+KUBERNETES_VERSION = "1.37.0"
+"""The newest release kubernetes-validate 1.37 ships schemas for."""
+OPERATOR_KINDS = {"PrometheusRule", "ServiceMonitor"}
+"""CRDs of the Prometheus Operator: kubernetes-validate ships no schema for them and this machine has no
+offline copy of the Operator's published CRDs, so strict schema validation skips them (the warning is
+asserted below); their content is checked by the tests here instead (groups, selectors, ports)."""
+PRE_STOP_SECONDS = 5
+FAKE_SECRETS = {
+    "DATABASE_URL": "postgresql://gateway:x@postgres:5432/gateway",
+    "REDIS_URL": "redis://redis:6379/0",
+    "WEBHOOK_SECRET": "a-webhook-secret",
+    "GATEWAY_API_TOKEN": "a-read-api-token-of-16+",
+}
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``kubectl kustomize`` of the base and the overlay, each written to one file (rendered once)."""
+    out = tmp_path_factory.mktemp("rendered")
+    files = {}
+    for name, directory in (("base", BASE), ("overlay", OVERLAY)):
+        result = subprocess.run(
+            [kubectl(), "kustomize", str(directory)], capture_output=True, text=True, check=False, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        files[name] = out / f"{name}.yaml"
+        files[name].write_text(result.stdout)
+    return files
+
+
+def objects(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """Rendered objects by (kind, name)."""
+    return {(doc["kind"], doc["metadata"]["name"]): doc for doc in yaml.safe_load_all(path.read_text()) if doc}
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (only,) = deployment["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+def environment(rendered_objects: dict[tuple[str, str], dict[str, Any]], spec: dict[str, Any]) -> dict[str, str]:
+    """What the container's environment resolves to, with stand-ins for the Secret's values."""
+    env: dict[str, str] = {}
+    for source in spec.get("envFrom", []):
+        env.update(rendered_objects[("ConfigMap", source["configMapRef"]["name"])]["data"])
+    for variable in spec.get("env", []):
+        reference = variable["valueFrom"]["secretKeyRef"]
+        assert reference["name"] == "gateway-secrets"
+        env[variable["name"]] = FAKE_SECRETS[reference["key"]]
+    return env
+
+
+def test_base_and_overlay_render_every_object(rendered: dict[str, Path]) -> None:
+    expected = {
+        ("ServiceAccount", "gateway"),
+        ("ConfigMap", "gateway-config"),
+        ("Job", "gateway-migrate"),
+        ("Deployment", "gateway"),
+        ("Service", "gateway"),
+        ("HorizontalPodAutoscaler", "gateway"),
+        ("PodDisruptionBudget", "gateway"),
+        ("NetworkPolicy", "gateway"),
+        ("NetworkPolicy", "gateway-migrate"),
+        ("ServiceMonitor", "gateway"),
+        ("PrometheusRule", "gateway-rules"),
+        *(("ConfigMap", f"gateway-dashboard-{uid.removeprefix('gateway-')}") for uid in committed_dashboards()),
+    }
+    for path in rendered.values():
+        found = objects(path)
+        assert set(found) == expected
+        # Credentials are referenced, never shipped.
+        assert not any(kind == "Secret" for kind, _ in found)
+
+
+def test_every_object_validates_against_the_kubernetes_schemas(rendered: dict[str, Path]) -> None:
+    result = subprocess.run(
+        [venv_tool("kubernetes-validate"), "--strict", "-k", KUBERNETES_VERSION, *map(str, rendered.values())],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    unvalidated = set(re.findall(r"Couldn't find schema for kind (\w+)", output))
+    assert unvalidated == OPERATOR_KINDS, output
+    assert "ERROR" not in output, output
+
+
+def test_checkov_finds_no_failed_check_and_every_skip_says_why(rendered: dict[str, Path], tmp_path: Path) -> None:
+    scanned = tmp_path / "scanned"
+    scanned.mkdir()
+    for name, path in rendered.items():
+        (scanned / f"{name}.yaml").write_text(path.read_text())
+    (scanned / "Dockerfile").write_text((ROOT / "Dockerfile").read_text())
+    result = subprocess.run(
+        [
+            venv_tool("checkov"),
+            "-d",
+            str(scanned),
+            "--framework",
+            "kubernetes",
+            "dockerfile",
+            "--skip-download",
+            "--compact",
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    reports = json.loads(result.stdout)
+    reports = reports if isinstance(reports, list) else [reports]
+    assert {report["check_type"] for report in reports} == {"kubernetes", "dockerfile"}, result.stdout[-2000:]
+    for report in reports:
+        failed = [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]]
+        assert not failed, f"{report['check_type']}: {failed}"
+        assert report["summary"]["parsing_errors"] == 0
+        for check in report["results"]["skipped_checks"]:
+            assert len(check["check_result"].get("suppress_comment", "")) > 20, check["check_id"]
+    kubernetes = next(report for report in reports if report["check_type"] == "kubernetes")
+    assert kubernetes["summary"]["passed"] > 100
+
+
+def test_the_deployment_drains_within_its_grace_period_on_the_gateways_endpoints(rendered: dict[str, Path]) -> None:
+    found = objects(rendered["base"])
+    deployment = found[("Deployment", "gateway")]
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    gateway = container(deployment)
+    settings = Settings.from_env(environment(found, gateway))
+    assert spec["replicas"] >= 2
+    assert settings.env == "production"
+    assert settings.authenticates
+    assert settings.api_token
+    assert settings.migrate_on_start is False  # the Job migrates, replicas never race to
+    assert settings.host == "0.0.0.0"
+    (port,) = gateway["ports"]
+    assert port["containerPort"] == settings.port
+    routes = set(re.findall(r"@get\(\"(/\w+)\"", (ROOT / "gateway/http/health.py").read_text()))
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz" in routes
+    assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz" in routes
+    assert gateway["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", str(PRE_STOP_SECONDS)]
+    # preStop, then the drain, then closing the stores, all before SIGKILL.
+    assert pod["terminationGracePeriodSeconds"] >= PRE_STOP_SECONDS + settings.shutdown_timeout_seconds + 5
+    assert gateway["resources"]["requests"]["cpu"]
+    assert gateway["resources"]["limits"]["cpu"] == "1"
+
+
+def test_pods_run_restricted(rendered: dict[str, Path]) -> None:
+    found = objects(rendered["overlay"])
+    for key in (("Deployment", "gateway"), ("Job", "gateway-migrate")):
+        pod = found[key]["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        for spec in pod["containers"]:
+            context = spec["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["readOnlyRootFilesystem"] is True
+            assert context["capabilities"] == {"drop": ["ALL"]}
+            assert spec["image"] == "registry.example.com/platform/gateway:0.1.0"
+    assert found[("ServiceAccount", "gateway")]["automountServiceAccountToken"] is False
+    spread = found[("Deployment", "gateway")]["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in spread} >= {"kubernetes.io/hostname"}
+    migrate = found[("Job", "gateway-migrate")]["spec"]["template"]["spec"]["containers"][0]
+    assert migrate["command"] == ["gateway", "migrate"]
+    assert Settings.from_env(environment(found, migrate)).database.__class__.__name__ == "PostgresDatabase"
+
+
+def test_service_monitor_hpa_pdb_and_network_policy_point_at_the_pods(rendered: dict[str, Path]) -> None:
+    for name, path in rendered.items():
+        found = objects(path)
+        pod_labels = found[("Deployment", "gateway")]["spec"]["template"]["metadata"]["labels"]
+        service = found[("Service", "gateway")]
+        assert service["spec"]["selector"].items() <= pod_labels.items()
+        (port,) = service["spec"]["ports"]
+        monitor = found[("ServiceMonitor", "gateway")]
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+        assert [endpoint["port"] for endpoint in monitor["spec"]["endpoints"]] == [port["name"]]
+        # The Operator names the job after the Service: the generated rules select on it.
+        assert service["metadata"]["name"] == CONFIG.job
+        hpa = found[("HorizontalPodAutoscaler", "gateway")]["spec"]
+        assert hpa["minReplicas"] >= 2
+        assert hpa["scaleTargetRef"]["name"] == "gateway"
+        pdb = found[("PodDisruptionBudget", "gateway")]["spec"]
+        assert pdb["selector"]["matchLabels"].items() <= pod_labels.items()
+        policy = found[("NetworkPolicy", "gateway")]["spec"]
+        assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+        namespaces = [
+            rule["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+            for rule in policy["ingress"]
+        ]
+        assert all(rule["ports"] == [{"port": "http", "protocol": "TCP"}] for rule in policy["ingress"])
+        assert namespaces == (
+            ["ingress-nginx", "monitoring"] if name == "base" else ["ingress-nginx", "kube-prometheus-stack"]
+        )
+    overlay = objects(rendered["overlay"])
+    assert overlay[("ServiceMonitor", "gateway")]["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert overlay[("Deployment", "gateway")]["metadata"]["namespace"] == "gateway-production"
+
+
+def test_the_prometheus_rule_is_the_rule_file_and_dashboards_are_sidecar_configmaps(rendered: dict[str, Path]) -> None:
+    found = objects(rendered["base"])
+    rules = load_yaml(DASHBOARDS / "prometheus" / "rules.yml")
+    assert found[("PrometheusRule", "gateway-rules")]["spec"]["groups"] == rules["groups"]
+    for uid, dashboard in committed_dashboards().items():
+        configmap = found[("ConfigMap", f"gateway-dashboard-{uid.removeprefix('gateway-')}")]
+        assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert json.loads(configmap["data"][f"{uid}.json"]) == dashboard
+
+
+def test_generated_copies_in_deploy_are_current(tmp_path: Path) -> None:
+    assert main(["--out", str(tmp_path / "dashboards"), "--deploy-out", str(tmp_path / "deploy")]) == 0
+    written = {p.relative_to(tmp_path / "deploy").as_posix() for p in (tmp_path / "deploy").rglob("*") if p.is_file()}
+    committed = {p.relative_to(DEPLOY_ROOT).as_posix() for p in (DEPLOY_ROOT / "generated").rglob("*") if p.is_file()}
+    assert committed == written, "stale or missing copies: run python -m dashboards.generate"
+    for relative in sorted(written):
+        assert (DEPLOY_ROOT / relative).read_text() == (tmp_path / "deploy" / relative).read_text(), (
+            f"deploy/kubernetes/base/{relative} is out of date: run python -m dashboards.generate"
+        )
