@@ -16,7 +16,7 @@ import yaml
 from dashboards.config import CONFIG
 from dashboards.generate import DEPLOY_ROOT, main
 from gateway.config import Settings
-from tests.deploytools import kubectl, venv_tool
+from tests.deploytools import PINNED, kubectl, venv_tool
 from tests.monitoring import DASHBOARDS, ROOT, committed_dashboards, load_yaml
 
 BASE = ROOT / "deploy" / "kubernetes" / "base"
@@ -245,3 +245,9 @@ def test_generated_copies_in_deploy_are_current(tmp_path: Path) -> None:
         assert (DEPLOY_ROOT / relative).read_text() == (tmp_path / "deploy" / relative).read_text(), (
             f"deploy/kubernetes/base/{relative} is out of date: run python -m dashboards.generate"
         )
+
+
+def test_ci_installs_the_versions_the_tests_pin() -> None:
+    services = (ROOT / ".ci" / "services").read_text()
+    for pinned in PINNED.values():
+        assert pinned in services, f".ci/services does not install {pinned}"
