@@ -4,19 +4,33 @@ Dockerfile, and checked against the gateway's own settings, health routes, drain
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
 import re
+import shutil
 import subprocess
+import tempfile
+import uuid
+from collections.abc import Awaitable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import asyncpg
 import pytest
 import yaml
 
 from dashboards.config import CONFIG
 from dashboards.generate import DEPLOY_ROOT, main
 from gateway.config import Settings
-from tests.deploytools import PINNED, kubectl, venv_tool
+from gateway.model import JobEvent, Status
+from gateway.stores.base import StoreUnavailable
+from gateway.stores.postgres import PostgresJobStore
+from tests.conftest import free_port
+from tests.deploytools import PINNED, kubectl, missing, venv_tool
 from tests.monitoring import DASHBOARDS, ROOT, committed_dashboards, load_yaml
 
 BASE = ROOT / "deploy" / "kubernetes" / "base"
@@ -251,3 +265,113 @@ def test_ci_installs_the_versions_the_tests_pin() -> None:
     services = (ROOT / ".ci" / "services").read_text()
     for pinned in PINNED.values():
         assert pinned in services, f".ci/services does not install {pinned}"
+
+
+PGBOUNCER_INI = """[databases]
+* = host={host} port={port} user={user}
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {listen}
+unix_socket_dir =
+auth_type = any
+pool_mode = {mode}
+default_pool_size = {servers}
+max_client_conn = 200
+logfile = {directory}/pgbouncer.log
+pidfile = {directory}/pgbouncer.pid
+"""
+
+
+async def _through_pgbouncer(directory: Path, mode: str, servers: int) -> tuple[int, list[BaseException]]:
+    """Apply and read 400 times concurrently through a PgBouncer in ``mode`` with ``servers`` server
+    connections, from one gateway store with a pool of 10; answers how many calls worked and the errors."""
+    pgbouncer = shutil.which("pgbouncer")
+    if pgbouncer is None:
+        missing("pgbouncer is not installed (Debian: apt-get install --no-install-recommends pgbouncer)")
+    admin_url = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    server = urlsplit(admin_url)
+    name = f"gw_pgbouncer_{uuid.uuid4().hex[:8]}"
+    try:
+        admin = await asyncpg.connect(admin_url)
+    except (OSError, asyncpg.PostgresError) as error:
+        missing(f"no PostgreSQL at TEST_DATABASE_URL ({error})")
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    directory.chmod(0o777)  # PgBouncer refuses to run as root: under root it runs as postgres
+    listen = free_port()
+    (directory / "pgbouncer.ini").write_text(
+        PGBOUNCER_INI.format(
+            host=server.hostname,
+            port=server.port or 5432,
+            user=server.username,
+            listen=listen,
+            mode=mode,
+            servers=servers,
+            directory=directory,
+        )
+    )
+    command = [pgbouncer, *(["-u", "postgres"] if os.geteuid() == 0 else []), str(directory / "pgbouncer.ini")]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worked, errors = 0, []
+    try:
+        migrated = PostgresJobStore(admin_url.rsplit("/", 1)[0] + f"/{name}")
+        await migrated.open()  # the migration connects directly, as the migrations Job would
+        await migrated.close()
+        store = PostgresJobStore(f"postgresql://{server.username}@127.0.0.1:{listen}/{name}", pool_size=10)
+        for _ in range(50):  # PgBouncer takes a moment to listen
+            with contextlib.suppress(StoreUnavailable):
+                await store.open(apply_migrations=False)
+                await store.ping()
+                break
+            await store.close()
+            await asyncio.sleep(0.1)
+        start = datetime(2025, 10, 21, 16, 40, tzinfo=UTC)
+
+        async def call(work: Awaitable[Any]) -> None:
+            nonlocal worked
+            try:
+                await work
+                worked += 1
+            except StoreUnavailable as error:
+                errors.append(error.__cause__ or error)
+
+        for round_ in range(2):
+            await asyncio.gather(
+                *(
+                    call(
+                        store.apply(
+                            JobEvent(
+                                kind="image",
+                                job_id=f"j{round_}-{i}",
+                                status=Status.COMPLETED,
+                                timestamp=start,
+                                received_at=datetime.now(UTC),
+                            )
+                        )
+                    )
+                    for i in range(100)
+                ),
+                *(call(store.get(f"j{round_}-{i}")) for i in range(100)),
+            )
+        await store.close()
+    finally:
+        process.terminate()
+        process.wait(10)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+    return worked, errors
+
+
+async def test_pgbouncer_transaction_mode_breaks_the_gateways_prepared_statements() -> None:
+    """docs/scale.md's claim: asyncpg's statement cache (named prepared statements on each connection)
+    does not survive PgBouncer's transaction pooling, which hands a transaction to any server connection:
+    calls fail (503 for a webhook, never a wrong answer). Session pooling with a server connection per
+    pooled client works, but pools nothing beyond the gateway's own pool."""
+    # Not pytest's tmp_path: its parents are private to root, and PgBouncer runs as postgres.
+    with tempfile.TemporaryDirectory(prefix="gateway-pgbouncer-") as transaction:
+        worked, errors = await _through_pgbouncer(Path(transaction), "transaction", servers=2)
+    assert errors, "PgBouncer's transaction mode now carries the gateway: update docs/scale.md"
+    assert all(isinstance(error, asyncpg.InvalidSQLStatementNameError) for error in errors), errors[:3]
+    with tempfile.TemporaryDirectory(prefix="gateway-pgbouncer-") as session:
+        worked, errors = await _through_pgbouncer(Path(session), "session", servers=10)
+    assert not errors, errors[:3]
+    assert worked == 400
