@@ -3,17 +3,23 @@ service name and port it, the Prometheus and Grafana configuration and the gatew
 
 from __future__ import annotations
 
+import base64
+import importlib.util
 import ipaddress
 import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
+
 from dashboards.config import CONFIG
 from gateway.config import PostgresDatabase, Settings
+from gateway.delivery.http_sink import sign
 from tests.deploytools import missing
 from tests.monitoring import DASHBOARDS, ROOT, binary, load_yaml
 
@@ -320,3 +326,29 @@ def test_readme_full_stack_urls_are_the_published_ports() -> None:
         )
     }
     assert listed == expected
+
+
+def test_the_example_receiver_accepts_the_gateways_signature_and_nothing_else(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key = dict(
+        line.split("=", 1)
+        for line in (ROOT / "deploy/compose/delivery.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )["GATEWAY_FORWARD_SIGNING_KEY"]
+    monkeypatch.setenv("GATEWAY_FORWARD_SIGNING_KEY", key)
+    spec = importlib.util.spec_from_file_location("compose_receiver", ROOT / "deploy/compose/receiver.py")
+    assert spec is not None
+    assert spec.loader is not None
+    receiver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(receiver)
+    raw_key = base64.b64decode(key.removeprefix("whsec_"))
+    body = b'{"job_id":"j-1","status":"completed"}'
+    now = str(int(time.time()))
+    signature = sign(raw_key, "evt_1", now, body)
+    assert receiver.verified("evt_1", now, body, signature)
+    assert receiver.verified("evt_1", now, body, f"v1,b2xk {signature}")  # a rotated key's signature first
+    assert not receiver.verified("evt_1", now, body + b" ", signature)
+    assert not receiver.verified("evt_2", now, body, signature)
+    stale = str(int(time.time()) - 600)
+    assert not receiver.verified("evt_1", stale, body, sign(raw_key, "evt_1", stale, body))
