@@ -375,3 +375,12 @@ async def test_pgbouncer_transaction_mode_breaks_the_gateways_prepared_statement
         worked, errors = await _through_pgbouncer(Path(session), "session", servers=10)
     assert not errors, errors[:3]
     assert worked == 400
+
+
+def test_check_mode_reports_a_drifted_deploy_copy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    arguments = ["--out", str(tmp_path / "dashboards"), "--deploy-out", str(tmp_path / "deploy")]
+    assert main(arguments) == 0
+    assert main([*arguments, "--check"]) == 0
+    (tmp_path / "deploy" / "generated" / "prometheusrule.yaml").write_text("spec: {}\n")
+    assert main([*arguments, "--check"]) == 1
+    assert "generated/prometheusrule.yaml" in capsys.readouterr().err
