@@ -109,6 +109,7 @@ def test_base_and_overlay_render_every_object(rendered: dict[str, Path]) -> None
         assert not any(kind == "Secret" for kind, _ in found)
 
 
+@pytest.mark.timeout(900)  # the first run may install the tool (.ci/services does it beforehand)
 def test_every_object_validates_against_the_kubernetes_schemas(rendered: dict[str, Path]) -> None:
     result = subprocess.run(
         [venv_tool("kubernetes-validate"), "--strict", "-k", KUBERNETES_VERSION, *map(str, rendered.values())],
@@ -124,6 +125,7 @@ def test_every_object_validates_against_the_kubernetes_schemas(rendered: dict[st
     assert "ERROR" not in output, output
 
 
+@pytest.mark.timeout(900)  # the first run may install the tool (.ci/services does it beforehand)
 def test_checkov_finds_no_failed_check_and_every_skip_says_why(rendered: dict[str, Path], tmp_path: Path) -> None:
     scanned = tmp_path / "scanned"
     scanned.mkdir()
