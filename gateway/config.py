@@ -42,6 +42,7 @@ DEFAULT_RETRY_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 3
 """Standard Webhooks' example schedule (immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h), extended by
 10-hour steps to about three days in all, like a sender's retry horizon."""
 _MAX_RETRY_DELAY_SECONDS = 7 * 86400
+_RATE_FORM = "A rate `<count>/<second|minute|hour>` and an integer burst, at least 1"
 _NATS_NAME = r"[A-Za-z0-9_-]+"
 """A token of a NATS subject, or a JetStream stream's name."""
 
@@ -212,9 +213,9 @@ class Settings:
     signing_keys: tuple[bytes, ...] = setting(
         "WEBHOOK_SIGNING_KEYS",
         (),
-        "Comma-separated Standard Webhooks keys (``whsec_<base64>``, at least 16 bytes once decoded); "
-        "several allow rotation.",
+        "Standard Webhooks keys (``whsec_<base64>``, at least 16 bytes once decoded), decoded; several allow rotation.",
         secret=True,
+        expected="Comma-separated `whsec_` keys",
         parse=_signing_keys,
     )
     tolerance_seconds: int = setting(
@@ -226,6 +227,7 @@ class Settings:
         "Where jobs and their history live: ``sqlite:///relative.db`` or ``sqlite:////absolute/path.db`` (one "
         "process), or ``postgresql://user[:password]@host[:port]/db`` (also ``postgres://``; query parameters "
         "such as ``?sslmode=require`` are passed on) shared by every replica.",
+        expected="URL (`sqlite:///`, `postgresql://`, `postgres://`)",
         parse=_database,
     )
     db_pool_size: int = setting(
@@ -285,9 +287,7 @@ class Settings:
         "duplicate whose key was evicted). Redis ignores it.",
         ge=1,
     )
-    log_level: str = setting(
-        "GATEWAY_LOG_LEVEL", "INFO", "How much is logged (in any case).", choices=_LOG_LEVELS, fold="upper"
-    )
+    log_level: str = setting("GATEWAY_LOG_LEVEL", "INFO", "How much is logged.", choices=_LOG_LEVELS, fold="upper")
     log_format: LogFormat = setting(
         "GATEWAY_LOG_FORMAT",
         "console",
@@ -296,7 +296,7 @@ class Settings:
     model_labels: tuple[str, ...] = setting(
         "GATEWAY_MODEL_LABELS",
         (),
-        "Comma-separated model names allowed as the ``model`` metric label; any other model is counted as ``other``.",
+        "Model names allowed as the ``model`` metric label; any other model is counted as ``other``.",
     )
     max_model_labels: int = setting(
         "GATEWAY_MAX_MODEL_LABELS",
@@ -308,8 +308,9 @@ class Settings:
     rate_limit: Rate | None = setting(
         ("GATEWAY_RATE_LIMIT", "GATEWAY_RATE_LIMIT_BURST"),
         None,
-        "Each sender's budget: the rate as ``<count>/<second|minute|hour>`` (at most 1000000/second), and "
-        "the burst (default: the count). Unset: senders are not limited.",
+        "Each sender's budget: a rate of at most 1000000/second, and a burst (default: the count). Unset: "
+        "senders are not limited.",
+        expected=_RATE_FORM,
         parse=_rate("GATEWAY_RATE_LIMIT"),
     )
     global_rate_limit: Rate | None = setting(
@@ -317,6 +318,7 @@ class Settings:
         None,
         "A budget for this process as a whole, all senders together, kept in memory whatever the backend; "
         "written as the senders' one.",
+        expected=_RATE_FORM,
         parse=_rate("GATEWAY_RATE_LIMIT_GLOBAL"),
     )
     rate_limit_on_error: OnError = setting(
@@ -329,7 +331,7 @@ class Settings:
     trusted_proxies: tuple[IPNetwork, ...] = setting(
         "GATEWAY_TRUSTED_PROXIES",
         (),
-        "Comma-separated addresses or CIDR networks whose ``X-Forwarded-For`` names the sender. From any other "
+        "Addresses or networks whose ``X-Forwarded-For`` names the sender. From any other "
         "peer the header is ignored, so it cannot be spoofed.",
         expected="an IP address or CIDR network",
     )
@@ -370,6 +372,7 @@ class Settings:
         "The ``whsec_...`` key the gateway signs forwarded events with, as a Standard Webhooks sender; "
         "required in production when forwarding.",
         secret=True,
+        expected="A `whsec_` key",
         parse=_forward_key,
     )
     forward_timeout_seconds: float = setting(
@@ -382,7 +385,7 @@ class Settings:
     forward_statuses: frozenset[str] | None = setting(
         "GATEWAY_FORWARD_STATUSES",
         None,
-        "Comma-separated statuses to forward; unset: every applied event.",
+        "The statuses to forward; unset: every applied event.",
         min_length=1,
         expected="statuses",
         choices=_FORWARD_STATUSES,
@@ -391,8 +394,7 @@ class Settings:
     forward_retry_schedule: tuple[float, ...] = setting(
         "GATEWAY_FORWARD_RETRY_SCHEDULE",
         DEFAULT_RETRY_SCHEDULE,
-        "Comma-separated seconds to wait before each retry (with +-20 % jitter); once exhausted the delivery "
-        "is dead-lettered.",
+        "Seconds to wait before each retry (with +-20 % jitter); once exhausted the delivery is dead-lettered.",
         ge=0,
         le=_MAX_RETRY_DELAY_SECONDS,
         examples=["5,300,1800"],

@@ -37,7 +37,8 @@ class Env(msgspec.Struct, frozen=True, kw_only=True):
     names: tuple[str, ...]
     meta: msgspec.Meta
     expected: str = ""
-    """What a valid value (or list item) is, in words, for a ``pattern`` or a list's message."""
+    """What a valid value (or list item) is, in words: for a ``pattern``'s or a list's message, and the
+    reference's description of a value a ``parse`` function reads."""
     choices: tuple[str, ...] = ()
     """For a ``str`` field or a list of them: the accepted values (a ``Literal`` type says them itself)."""
     fold: Literal["lower", "upper"] | None = None
@@ -51,12 +52,14 @@ class Env(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Declared(typing.NamedTuple):
-    """One declared field: its name, its resolved type, its default and how it is read."""
+    """One declared field: its name, its resolved type, its default, how it is read, and whether it is a
+    secret (left out of ``repr``)."""
 
     field: str
     type: Any
     default: object
     env: Env
+    secret: bool
 
 
 def setting(
@@ -99,7 +102,7 @@ def declared(cls: type) -> Iterator[Declared]:
     for field in dataclasses.fields(cls):
         env = field.metadata.get("env")
         if isinstance(env, Env):
-            yield Declared(field.name, hints[field.name], field.default, env)
+            yield Declared(field.name, hints[field.name], field.default, env, secret=not field.repr)
 
 
 def read(cls: type, environ: Mapping[str, str]) -> dict[str, object]:
