@@ -134,6 +134,11 @@ def _rate(name: str) -> Callable[[str | None, str | None], Rate]:
     return convert
 
 
+def _first_set(*values: str | None) -> str | None:
+    """The first of several variables that is set: a specific one before its general fallback."""
+    return next((value for value in values if value is not None), None)
+
+
 def _burst(name: str, value: str) -> int:
     try:
         burst = int(value)
@@ -478,6 +483,16 @@ class Settings:
         "store call; keep it below the orchestrator's kill delay.",
         ge=1,
         le=3600,
+    )
+    otlp_endpoint: str | None = setting(
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        None,
+        "Where spans go over OTLP/HTTP (the first set wins). The OpenTelemetry SDK reads it, with the other "
+        "``OTEL_*`` variables (see Traces); the gateway reads it too, to name it at start-up and mask its "
+        "password in log lines.",
+        secret=True,
+        expected="URL",
+        parse=_first_set,
     )
     retention_days: int | None = setting(
         "GATEWAY_RETENTION_DAYS",
