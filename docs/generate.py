@@ -26,7 +26,12 @@ import types
 import typing
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import msgspec
+
+    from gateway.envvars import Declared
 
 __all__ = (
     "PAGES",
@@ -68,8 +73,8 @@ def _markdown(text: str) -> str:
     return text.replace("``", "`")
 
 
-def _kind(declared: Any) -> str:
-    """What a value of a declared field may be, from its type and bounds: ``Integer from 1 to 65535``."""
+def _kind(declared: Declared) -> str:
+    """What a value of a declared field may be, from its type and bounds: ``Integer, from 1 to 65535``."""
     env, kind = declared.env, declared.type
     if env.parse is not None:
         return env.expected
@@ -105,7 +110,7 @@ def _kind(declared: Any) -> str:
     return "Text"
 
 
-def _range(meta: Any) -> str:
+def _range(meta: msgspec.Meta) -> str:
     if meta.le is None:
         return f"at least {_number(meta.ge)}"
     return f"from {_number(meta.ge)} to {_number(meta.le)}"
