@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from dashboards.config import CONFIG
+from docs import generate
 from gateway.config import PostgresDatabase, Settings
 from gateway.delivery.http_sink import sign
 from tests.deploytools import missing
@@ -111,7 +112,7 @@ def test_replicas_share_postgres_and_redis_and_wait_for_one_migration() -> None:
     assert "ports" not in gateway, "replicas are reached through the proxy, never published themselves"
     assert gateway["build"] == "."
     environment = gateway_environment()
-    known = set(re.findall(r'get\("([A-Z_]+)"\)', (ROOT / "gateway" / "config.py").read_text()))
+    known = generate.environment_names()
     unknown = {name for name in environment if name not in known and not name.startswith("OTEL_")}
     assert not unknown, f"the gateway reads no such variable: {sorted(unknown)}"
     settings = Settings.from_env(environment)
