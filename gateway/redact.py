@@ -9,8 +9,6 @@ through :func:`scrub`. Both are pure functions, safe anywhere.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
@@ -54,13 +52,11 @@ def url_secrets(*urls: str | None) -> tuple[str, ...]:
     return tuple(sorted({value for url in urls if url for value in _secrets(url)}, key=len, reverse=True))
 
 
-def configured_urls(settings: Settings, environ: Mapping[str, str] = os.environ) -> tuple[str, ...]:
+def configured_urls(settings: Settings) -> tuple[str, ...]:
     """The URLs the gateway is configured with: the database (PostgreSQL), Redis, NATS, forwarding, OTLP."""
     database_url: str | None = getattr(settings.database, "url", None)
-    otlp = (environ.get(name) for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"))
-    return tuple(
-        url for url in (database_url, settings.redis_url, settings.nats_url, settings.forward_url, *otlp) if url
-    )
+    urls = (database_url, settings.redis_url, settings.nats_url, settings.forward_url, settings.otlp_endpoint)
+    return tuple(url for url in urls if url)
 
 
 def _shown_parameter(parameter: str) -> str:

@@ -3,14 +3,25 @@ service name and port it, the Prometheus and Grafana configuration and the gatew
 
 from __future__ import annotations
 
+import base64
+import importlib.util
+import ipaddress
+import os
 import re
+import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
+
 from dashboards.config import CONFIG
-from gateway.config import Settings
+from docs import generate
+from gateway.config import PostgresDatabase, Settings
+from gateway.delivery.http_sink import sign
+from tests.deploytools import missing
 from tests.monitoring import DASHBOARDS, ROOT, binary, load_yaml
 
 COMPOSE: dict[str, Any] = load_yaml(ROOT / "docker-compose.yml")
@@ -55,7 +66,22 @@ def assert_reaches(url: str, service: str) -> None:
 
 
 def test_the_stack_has_every_service() -> None:
-    assert set(SERVICES) == {"gateway", "redis", "postgres", "prometheus", "alertmanager", "grafana", "jaeger"}
+    assert set(SERVICES) == {
+        "proxy",
+        "migrate",
+        "gateway",
+        "redis",
+        "postgres",
+        "prometheus",
+        "alertmanager",
+        "grafana",
+        "jaeger",
+        "nats",
+        "receiver",
+    }
+    # NATS and the example receiver are opt-in; everything else starts with a plain `up`.
+    assert {name for name, spec in SERVICES.items() if spec.get("profiles")} == {"nats", "receiver"}
+    assert all(SERVICES[name]["profiles"] == ["delivery"] for name in ("nats", "receiver"))
 
 
 def test_every_mounted_file_exists_and_every_volume_is_declared() -> None:
@@ -74,34 +100,147 @@ def test_host_ports_are_unique() -> None:
     assert len(hosts) == len(set(hosts))
 
 
-def test_gateway_is_built_here_and_configured_with_its_real_settings() -> None:
+def gateway_environment(service: str = "gateway", extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A service's environment with every ${NAME:-default} resolved to its local-only default."""
+    raw = {name: str(value) for name, value in SERVICES[service]["environment"].items()}
+    return {name: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value) for name, value in {**raw, **(extra or {})}.items()}
+
+
+def test_replicas_share_postgres_and_redis_and_wait_for_one_migration() -> None:
     gateway = SERVICES["gateway"]
+    assert gateway["deploy"]["replicas"] >= 2
+    assert "ports" not in gateway, "replicas are reached through the proxy, never published themselves"
     assert gateway["build"] == "."
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "FROM python:3.11-slim" in dockerfile
-    assert re.search(r'^CMD \["gateway", "serve", "--host", "0.0.0.0"\]$', dockerfile, re.MULTILINE)
-    environment = {name: str(value) for name, value in gateway["environment"].items()}
-    known = set(re.findall(r'get\("([A-Z_]+)"\)', (ROOT / "gateway" / "config.py").read_text()))
+    environment = gateway_environment()
+    known = generate.environment_names()
     unknown = {name for name in environment if name not in known and not name.startswith("OTEL_")}
     assert not unknown, f"the gateway reads no such variable: {sorted(unknown)}"
-    # The values are valid for the gateway itself (the database directory only exists in the container).
-    resolved = {name: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value) for name, value in environment.items()}
-    settings = Settings.from_env({**resolved, "DATABASE_URL": "sqlite:///:memory:"})
+    settings = Settings.from_env(environment)
     assert settings.env == "production"
     assert settings.authenticates
-    port = settings.port
+    assert settings.api_token == "local-stack-only-token-change-me"
+    assert settings.migrate_on_start is False
     assert settings.host == "0.0.0.0"  # inside the container, on purpose
-    assert port in published_ports("gateway")
-    assert f"EXPOSE {port}" in dockerfile
-    assert f"http://127.0.0.1:{port}/readyz" in dockerfile
-    database = environment["DATABASE_URL"]
-    assert database.startswith("sqlite:////")
-    assert any(
-        Path(database.removeprefix("sqlite:///")).parent == Path(volume.split(":")[1]) for volume in gateway["volumes"]
-    ), "the SQLite file must live on a volume"
+    assert settings.port in container_ports("gateway")
+    assert settings.forward_url is None
+    assert settings.nats_url is None  # the delivery profile turns them on
+    assert isinstance(settings.database, PostgresDatabase)
+    assert_reaches(settings.database.url, "postgres")
+    assert settings.redis_url is not None
+    assert_reaches(settings.redis_url, "redis")
     assert_reaches(environment["OTEL_EXPORTER_OTLP_ENDPOINT"], "jaeger")
     assert urlsplit(environment["OTEL_EXPORTER_OTLP_ENDPOINT"]).port == 4318  # OTLP over HTTP
     assert environment["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
+    postgres = SERVICES["postgres"]["environment"]
+    assert urlsplit(settings.database.url).username == postgres["POSTGRES_USER"]
+    assert urlsplit(settings.database.url).path == f"/{postgres['POSTGRES_DB']}"
+    # One migration, before any replica: the one-shot runs `gateway migrate` with the same settings.
+    migrate = SERVICES["migrate"]
+    assert migrate["command"] == ["gateway", "migrate"]
+    assert migrate["build"] == "."
+    assert migrate["image"] == gateway["image"]
+    assert migrate["restart"] == "no"
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert gateway_environment("migrate") == {
+        name: value for name, value in environment.items() if name != "GATEWAY_MIGRATE_ON_START"
+    }
+    assert gateway["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert gateway["depends_on"]["redis"]["condition"] == "service_healthy"
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "not read by the gateway yet" not in text
+
+
+def test_the_image_drains_before_it_is_killed() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM (\S+)", dockerfile, re.MULTILINE)
+    assert len(stages) >= 2, "multi-stage: the build tools stay in the first stage"
+    assert stages[-1] == "python:3.11-slim"
+    final = dockerfile.rsplit("\nFROM ", 1)[1]
+    assert "pip uninstall -y pip setuptools wheel" in final
+    user = re.findall(r"^USER (\S+)$", final, re.MULTILINE)
+    assert user
+    assert user[-1] not in ("root", "0")
+    assert re.search(r'^CMD \["gateway", "serve", "--host", "0.0.0.0"\]$', final, re.MULTILINE)
+    port = Settings.from_env(gateway_environment()).port
+    assert f"EXPOSE {port}" in final
+    assert f"http://127.0.0.1:{port}/readyz" in final
+    assert re.search(r"^HEALTHCHECK ", final, re.MULTILINE)
+    assert re.search(r"^STOPSIGNAL SIGTERM$", final, re.MULTILINE)
+    gateway = SERVICES["gateway"]
+    assert gateway["stop_signal"] == "SIGTERM"
+    grace = int(gateway["stop_grace_period"].removesuffix("s"))
+    drain = Settings.from_env(gateway_environment()).shutdown_timeout_seconds
+    assert grace >= drain + 5, "Docker must not SIGKILL a replica while it drains and closes its stores"
+
+
+def test_senders_post_to_one_proxy_over_every_replica() -> None:
+    proxy = SERVICES["proxy"]
+    assert proxy["image"].startswith("caddy:2")
+    settings = Settings.from_env(gateway_environment())
+    assert published_ports("proxy") == {8000: 8000}
+    caddyfile = (ROOT / mounts("proxy")["/etc/caddy/Caddyfile"]).read_text()
+    assert re.search(r"^:8000 \{", caddyfile, re.MULTILINE)
+    upstream = re.search(r"dynamic a \{\s*name (\S+)\s*port (\d+)", caddyfile)
+    assert upstream is not None
+    assert (upstream[1], int(upstream[2])) == ("gateway", settings.port)
+    # The gateway believes X-Forwarded-For from the proxy's fixed address only.
+    address = proxy["networks"]["default"]["ipv4_address"]
+    assert [str(network) for network in settings.trusted_proxies] == [f"{address}/32"]
+    (subnet,) = COMPOSE["networks"]["default"]["ipam"]["config"]
+    assert ipaddress.ip_address(address) in ipaddress.ip_network(subnet["subnet"])
+
+
+def test_caddy_accepts_the_caddyfile() -> None:
+    caddy = shutil.which("caddy")
+    if caddy is None:
+        missing("caddy is not installed (Debian: apt-get install caddy)")
+    result = subprocess.run(
+        [str(caddy), "validate", "--adapter", "caddyfile", "--config", str(ROOT / "deploy/compose/Caddyfile")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_docker_compose_accepts_the_file_with_and_without_the_delivery_profile() -> None:
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        missing("docker-compose is not installed (Debian: apt-get install --no-install-recommends docker-compose)")
+    for extra in ([], ["--env-file", str(ROOT / "deploy/compose/delivery.env")]):
+        result = subprocess.run(
+            [str(compose), "-f", str(ROOT / "docker-compose.yml"), *extra, "config", "--services"],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=ROOT,
+            env={"PATH": os.environ.get("PATH", "")},
+        )
+        assert result.returncode == 0, result.stderr
+        # 1.29 lists every service whatever the profiles; the profile test below checks which are opt-in.
+        assert set(result.stdout.split()) == set(SERVICES)
+
+
+def test_the_delivery_profile_forwards_to_the_receiver_and_publishes_to_nats() -> None:
+    values = dict(
+        line.split("=", 1)
+        for line in (ROOT / "deploy/compose/delivery.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert values["COMPOSE_PROFILES"] == "delivery"
+    settings = Settings.from_env(
+        gateway_environment(extra={name: values[name] for name in values if name in SERVICES["gateway"]["environment"]})
+    )
+    assert settings.forward_url is not None
+    assert settings.forward_signing_key is not None
+    assert settings.nats_url is not None
+    assert_reaches(settings.forward_url, "receiver")
+    assert_reaches(settings.nats_url, "nats")
+    receiver = SERVICES["receiver"]
+    assert "GATEWAY_FORWARD_SIGNING_KEY" in receiver["environment"]
+    assert int(receiver["environment"]["RECEIVER_PORT"]) in container_ports("receiver")
+    assert (ROOT / mounts("receiver")["/app/receiver.py"]).exists()
+    assert "--jetstream" in SERVICES["nats"]["command"]
 
 
 def test_prometheus_scrapes_the_gateway_with_the_generated_rules_and_exemplars() -> None:
@@ -114,9 +253,13 @@ def test_prometheus_scrapes_the_gateway_with_the_generated_rules_and_exemplars()
         assert files[str(config_dir / rule_file)] == "dashboards/prometheus/rules.yml"
     assert PROMETHEUS["global"]["scrape_interval"] == CONFIG.scrape_interval
     (job,) = [job for job in PROMETHEUS["scrape_configs"] if job["job_name"] == CONFIG.job]
-    targets = [target for static in job["static_configs"] for target in static["targets"]]
-    gateway_port = int(SERVICES["gateway"]["environment"]["GATEWAY_PORT"])
-    assert targets == [f"gateway:{gateway_port}"]
+    # Every replica, found by DNS on the compose service name (one A record each), not one fixed target.
+    assert "static_configs" not in job
+    (discovery,) = job["dns_sd_configs"]
+    assert discovery["names"] == ["gateway"]
+    assert discovery["type"] == "A"
+    assert discovery["port"] == Settings.from_env(gateway_environment()).port
+    assert SERVICES["gateway"]["deploy"]["replicas"] >= 2
     for manager in PROMETHEUS["alerting"]["alertmanagers"]:
         for target in (t for static in manager["static_configs"] for t in static["targets"]):
             assert_reaches(target, "alertmanager")
@@ -171,13 +314,13 @@ def test_grafana_is_provisioned_read_only_with_the_generated_files() -> None:
 
 def test_documented_full_stack_urls_are_the_published_ports() -> None:
     assert "docker compose up" in (ROOT / "README.md").read_text()
-    section = (ROOT / "docs" / "deployment.md").read_text().split("## Full stack", 1)[1].split("\n## ", 1)[0]
+    section = (ROOT / "docs" / "deployment.md").read_text().split("## Compose", 1)[1].split("\n## ", 1)[0]
     assert "docker compose up" in section
     listed = {int(port) for port in re.findall(r"http://localhost:(\d+)", section)}
     expected = {
         published_ports(service)[port]
         for service, port in (
-            ("gateway", 8000),
+            ("proxy", 8000),
             ("grafana", 3000),
             ("prometheus", 9090),
             ("alertmanager", 9093),
@@ -185,3 +328,29 @@ def test_documented_full_stack_urls_are_the_published_ports() -> None:
         )
     }
     assert listed == expected
+
+
+def test_the_example_receiver_accepts_the_gateways_signature_and_nothing_else(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key = dict(
+        line.split("=", 1)
+        for line in (ROOT / "deploy/compose/delivery.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )["GATEWAY_FORWARD_SIGNING_KEY"]
+    monkeypatch.setenv("GATEWAY_FORWARD_SIGNING_KEY", key)
+    spec = importlib.util.spec_from_file_location("compose_receiver", ROOT / "deploy/compose/receiver.py")
+    assert spec is not None
+    assert spec.loader is not None
+    receiver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(receiver)
+    raw_key = base64.b64decode(key.removeprefix("whsec_"))
+    body = b'{"job_id":"j-1","status":"completed"}'
+    now = str(int(time.time()))
+    signature = sign(raw_key, "evt_1", now, body)
+    assert receiver.verified("evt_1", now, body, signature)
+    assert receiver.verified("evt_1", now, body, f"v1,b2xk {signature}")  # a rotated key's signature first
+    assert not receiver.verified("evt_1", now, body + b" ", signature)
+    assert not receiver.verified("evt_2", now, body, signature)
+    stale = str(int(time.time()) - 600)
+    assert not receiver.verified("evt_1", stale, body, sign(raw_key, "evt_1", stale, body))

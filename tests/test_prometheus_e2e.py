@@ -150,6 +150,7 @@ def prometheus_config(target: str) -> dict[str, Any]:
     ]
     jobs = [job for job in config["scrape_configs"] if job["job_name"] == CONFIG.job]
     assert len(jobs) == 1, "the stack's Prometheus must scrape the gateway under the rules' job name"
+    jobs[0].pop("dns_sd_configs", None)  # the stack finds its replicas by DNS; here there is one target
     jobs[0]["static_configs"] = [{"targets": [target]}]
     config["scrape_configs"] = jobs
     return config

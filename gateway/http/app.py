@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import TYPE_CHECKING, Any
 
 from litestar import Litestar, Request, Response, Router
 from litestar.datastructures import State
 from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig
-from opentelemetry.sdk.environment_variables import OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
@@ -266,9 +264,8 @@ def _endpoints(settings: Settings, *, traced: bool) -> str:
         shown.append(f"forwarding {shown_url(settings.forward_url)}")
     if settings.nats_url is not None:
         shown.append(f"nats {shown_url(settings.nats_url)}")
-    otlp = os.environ.get(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) or os.environ.get(OTEL_EXPORTER_OTLP_ENDPOINT)
-    if traced and otlp:
-        shown.append(f"spans {shown_url(otlp)}")
+    if traced and settings.otlp_endpoint:
+        shown.append(f"spans {shown_url(settings.otlp_endpoint)}")
     return ", ".join(shown)
 
 
