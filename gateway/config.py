@@ -10,8 +10,6 @@ is generated from this declaration.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
@@ -21,6 +19,7 @@ from typing import Literal
 
 from gateway.envvars import ConfigError, read, setting
 from gateway.redact import shown_url
+from gateway.signatures import InvalidKey, parse_key
 
 __all__ = ("ConfigError", "Database", "IPNetwork", "OnError", "PostgresDatabase", "Rate", "Settings", "SqliteDatabase")
 
@@ -156,40 +155,21 @@ def _signing_keys(value: str | None) -> tuple[bytes, ...]:
     for position, token in enumerate((part.strip() for part in value.split(",")), start=1):
         if not token:
             continue
-        encoded = token.removeprefix("whsec_")
         try:
-            key = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
+            keys.append(parse_key(token, prefix_optional=True))
+        except InvalidKey as error:
             # Never echo the key itself: this message ends up in logs.
-            raise ConfigError(_bad_signing_key(position, prefixed=encoded is not token)) from None
-        if len(key) < 16:
-            raise ConfigError(f"WEBHOOK_SIGNING_KEYS: key #{position} is shorter than 16 bytes once decoded")
-        keys.append(key)
+            raise ConfigError(f"WEBHOOK_SIGNING_KEYS: key #{position} {error}") from None
     return tuple(keys)
-
-
-def _bad_signing_key(position: int, *, prefixed: bool) -> str:
-    """What is wrong with a signing key that is not base64, without its text."""
-    if prefixed:
-        return f"WEBHOOK_SIGNING_KEYS: key #{position} is not valid base64 after its 'whsec_' prefix"
-    return (
-        f"WEBHOOK_SIGNING_KEYS: key #{position} must start with 'whsec_', followed by the key in base64 "
-        "(a Standard Webhooks key of at least 16 random bytes)"
-    )
 
 
 def _forward_key(value: str | None) -> bytes | None:
     if value is None:
         return None
-    if not value.startswith("whsec_"):
-        raise ConfigError("GATEWAY_FORWARD_SIGNING_KEY must start with 'whsec_' (a Standard Webhooks key)")
     try:
-        key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
-    except (binascii.Error, ValueError):
-        raise ConfigError("GATEWAY_FORWARD_SIGNING_KEY is not valid base64 after its 'whsec_' prefix") from None
-    if len(key) < 16:
-        raise ConfigError("GATEWAY_FORWARD_SIGNING_KEY is shorter than 16 bytes once decoded")
-    return key
+        return parse_key(value)
+    except InvalidKey as error:
+        raise ConfigError(f"GATEWAY_FORWARD_SIGNING_KEY {error}") from None
 
 
 @dataclass(frozen=True)

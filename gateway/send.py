@@ -1,17 +1,13 @@
 """``gateway send``: post a correctly signed webhook to a running gateway and say what it answered.
 
-The seed's ``test-image-webhook.sh`` checked a deployment with five curl scenarios; this is that script
-as a command an SRE can run anywhere the gateway is installed. It authenticates exactly as the server
-expects, from the same environment variables read the same way (:meth:`Settings.from_env`), and uses
-only the standard library for HTTP so it works with the base install.
+It authenticates exactly as the server expects, from the same environment variables read the same way
+(:meth:`Settings.from_env`), and uses only the standard library for HTTP, so it works with the base
+install.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
-import hmac
 import http.client
 import json
 import sys
@@ -23,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from gateway import signatures
 from gateway.config import Settings
 from gateway.kinds import KINDS, kind_named
 from gateway.redact import scrub, shown_url
@@ -82,12 +79,10 @@ class Credentials:
         """The authentication headers for one delivery of ``body``."""
         if self.signing_key is not None:
             timestamp = str(int(now))
-            signed = b"".join((delivery_id.encode(), b".", timestamp.encode(), b".", body))
-            digest = hmac.new(self.signing_key, signed, hashlib.sha256).digest()
             return {
                 "webhook-id": delivery_id,
                 "webhook-timestamp": timestamp,
-                "webhook-signature": f"v1,{base64.b64encode(digest).decode()}",
+                "webhook-signature": signatures.sign(self.signing_key, delivery_id, timestamp, body),
             }
         if self.secret is not None:
             # The server compares the header's Latin-1 decoded bytes with the UTF-8 secret: send UTF-8.

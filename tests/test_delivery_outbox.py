@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from prometheus_client import CollectorRegistry
 
 from gateway.config import PostgresDatabase, Settings
-from gateway.delivery.outbox import DeliveryState, OutboxWriter
+from gateway.delivery.outbox import DeliveryState, OutboxWriter, current_traceparent
 from gateway.delivery.postgres_outbox import PostgresOutbox
 from gateway.delivery.sqlite_outbox import SqliteOutbox
 from gateway.http.app import create_app
@@ -198,3 +200,13 @@ async def test_a_replayed_dead_letter_is_pending_since_its_replay(outbox: tuple[
     [backlog] = await rows.backlog()
     assert backlog.count == 1
     assert backlog.oldest_pending_since == replayed_at
+
+
+@pytest.mark.parametrize("sampled", [True, False])
+def test_the_stored_traceparent_is_the_current_spans(sampled: bool) -> None:
+    """The W3C header of the webhook's span, byte for byte; nothing outside a span."""
+    flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+    span = NonRecordingSpan(SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, False, flags))
+    assert current_traceparent() is None
+    with trace.use_span(span):
+        assert current_traceparent() == f"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0{int(sampled)}"

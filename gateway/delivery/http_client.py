@@ -1,8 +1,6 @@
 """A small HTTP/1.1 client for forwarding: POST a body, read the status and headers, keep the connection.
 
-Kept instead of aiohttp's or httpx's client because both cost forwarding's core more than the 15 % of
-the G-fwd benchmark that issue #19 allowed (figures and the rule: docs/forwarding-client.md). It only
-does what forwarding needs: ``http`` and ``https`` (verified against the system's CA store, which
+It does only what forwarding needs: ``http`` and ``https`` (verified against the system's CA store, which
 honours ``SSL_CERT_FILE``/``SSL_CERT_DIR``), straight to the endpoint (proxy variables are not read),
 ``Content-Length`` requests, responses delimited by ``Content-Length``, ``chunked`` or the connection's
 close (bodies are read and discarded), no redirects, idle connections kept for reuse.

@@ -10,9 +10,6 @@ answer decides the outcome: 2xx delivered; timeout, connection error, 5xx, 408, 
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import logging
 import time
 import urllib.request
@@ -23,22 +20,16 @@ from urllib.parse import urlsplit
 
 from opentelemetry import propagate
 
-from gateway import __version__
+from gateway import __version__, signatures
 from gateway.delivery.http_client import HttpClient
 from gateway.delivery.sink import Attempt, Dead, Delivered, Delivery, Gone, Retry
 from gateway.redact import shown_url
 
-__all__ = ("HttpSink", "retry_after", "sign")
+__all__ = ("HttpSink", "retry_after")
 
 logger = logging.getLogger(__name__)
 
 _RETRIED = frozenset({408, 429})
-
-
-def sign(key: bytes, message_id: str, timestamp: str, body: bytes) -> str:
-    """The Standard Webhooks ``webhook-signature`` value for one message."""
-    signed = b"%s.%s.%s" % (message_id.encode(), timestamp.encode(), body)
-    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
 def retry_after(value: str | None, now: float) -> float | None:
@@ -95,7 +86,7 @@ class HttpSink:
             "webhook-timestamp": timestamp,
         }
         if self._key is not None:
-            headers["webhook-signature"] = sign(self._key, delivery.event_id, timestamp, delivery.body)
+            headers["webhook-signature"] = signatures.sign(self._key, delivery.event_id, timestamp, delivery.body)
         propagate.inject(headers)  # the delivery span, so the app's trace continues the gateway's
         try:
             async with asyncio.timeout(self._timeout):

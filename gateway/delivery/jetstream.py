@@ -5,11 +5,8 @@ stream's duplicate window (a retry after a lost ack, a lease taken over from a d
 a consumer sees each event once. A delivery counts as delivered only once JetStream acknowledges that
 the stream stored it (or already had it: a ``duplicate`` ack).
 
-Failures are retried, never dead-lettered, except a message the server can never take (over its
-``max_payload``): NATS down or unreachable, an ack that does not come in time, no stream covering the
-subject (JetStream off, the stream deleted) and a publish the account may not make (NATS drops it, so
-the ack times out) are all answers that change once an operator fixes NATS, and until then the events
-wait in order and GatewayDeliveryPendingTooLong says so.
+Every failure is answered :class:`Retry` (the events wait in order), except a message over the
+server's ``max_payload``, which is :class:`Dead`: no retry can shrink it.
 """
 
 from __future__ import annotations
@@ -48,11 +45,7 @@ _NOT_TOKEN = re.compile(r"[^A-Za-z0-9_-]")
 
 
 def subject_token(value: str) -> str:
-    """``value`` as one NATS subject token: no ``.``, wildcard or whitespace (each becomes ``_``), never empty.
-
-    Kinds and statuses are closed sets of plain words today; this keeps a future value from splitting a
-    subject into more tokens or turning it into a wildcard.
-    """
+    """``value`` as one NATS subject token: no ``.``, wildcard or whitespace (each becomes ``_``), never empty."""
     return _NOT_TOKEN.sub("_", value) or "_"
 
 

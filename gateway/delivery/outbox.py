@@ -16,6 +16,7 @@ from typing import NamedTuple, Protocol
 
 import msgspec
 from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from gateway.delivery.sink import Delivery
 from gateway.model import JobEvent
@@ -37,6 +38,7 @@ __all__ = (
 )
 
 _encode = msgspec.json.Encoder().encode
+_propagator = TraceContextTextMapPropagator()
 
 
 class DeliveryState(enum.StrEnum):
@@ -89,10 +91,11 @@ def event_body(event: JobEvent, sequence: int) -> bytes:
 
 def current_traceparent() -> str | None:
     """The W3C ``traceparent`` of the current span (the webhook's request), to link deliveries to it."""
-    context = trace.get_current_span().get_span_context()
-    if not context.is_valid:
+    if not trace.get_current_span().get_span_context().is_valid:
         return None
-    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+    carrier: dict[str, str] = {}
+    _propagator.inject(carrier)
+    return carrier.get("traceparent")
 
 
 class OutboxWriter:

@@ -11,13 +11,13 @@ gateway's own telemetry.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
 import hashlib
 import hmac
 from collections.abc import Mapping
 from typing import NamedTuple
+
+from gateway import signatures
 
 __all__ = ("AuthFailure", "Authenticator", "Verdict")
 
@@ -99,26 +99,10 @@ class Authenticator:
         return _ACCEPTED if self.verify(unsigned, b"", now).failure is None else Verdict(failure)
 
     def _verify_signature(self, headers: Mapping[str, str], body: bytes, now: float) -> Verdict:
-        msg_id = headers.get("webhook-id")
-        timestamp = headers.get("webhook-timestamp")
-        if (
-            not msg_id
-            or not timestamp
-            or len(timestamp) > _MAX_TIMESTAMP_DIGITS
-            or not (timestamp.isascii() and timestamp.isdigit())
-        ):
+        if _malformed(headers):
             return Verdict(AuthFailure.MALFORMED)
-        signatures = _parse_signatures(headers["webhook-signature"])
-        if not signatures:
-            return Verdict(AuthFailure.MALFORMED)
-        signed = b"".join((msg_id.encode(), b".", timestamp.encode(), b".", body))
-        expected = [hmac.new(key, signed, hashlib.sha256).digest() for key in self._keys]
-        # Compare every pair, without stopping early, so timing does not reveal which key matched.
-        matched = False
-        for signature in signatures:
-            for digest in expected:
-                matched |= hmac.compare_digest(signature, digest)
-        if not matched:
+        timestamp = headers["webhook-timestamp"]
+        if not signatures.verify(self._keys, headers["webhook-id"], timestamp, body, headers["webhook-signature"]):
             return Verdict(AuthFailure.BAD_SIGNATURE)
         skew = int(timestamp) - now
         if abs(skew) > self._tolerance:
@@ -128,33 +112,24 @@ class Authenticator:
 
 def _signature_headers_failure(headers: Mapping[str, str], now: float, tolerance: int) -> AuthFailure | None:
     """Why signature headers fail before the body is seen (``MALFORMED``, ``EXPIRED``), or ``None``."""
+    if _malformed(headers):
+        return AuthFailure.MALFORMED
+    return AuthFailure.EXPIRED if abs(int(headers["webhook-timestamp"]) - now) > tolerance else None
+
+
+def _malformed(headers: Mapping[str, str]) -> bool:
+    """Whether the signature headers are incomplete or unparseable (no ``v1`` signature counts as such)."""
     msg_id = headers.get("webhook-id")
     timestamp = headers.get("webhook-timestamp")
-    if (
+    return (
         not msg_id
         or not timestamp
         or len(timestamp) > _MAX_TIMESTAMP_DIGITS
         or not (timestamp.isascii() and timestamp.isdigit())
-        or not _parse_signatures(headers["webhook-signature"])
-    ):
-        return AuthFailure.MALFORMED
-    return AuthFailure.EXPIRED if abs(int(timestamp) - now) > tolerance else None
+        or not signatures.parse_header(headers.get("webhook-signature", ""))
+    )
 
 
 def _digest(secret: bytes) -> bytes:
     """What is compared in place of a shared secret: 32 bytes whatever its length."""
     return hashlib.sha256(secret).digest()
-
-
-def _parse_signatures(header: str) -> list[bytes]:
-    """The ``v1`` signatures of a ``webhook-signature`` header, decoded; others are skipped."""
-    signatures = []
-    for token in header.split():
-        version, comma, encoded = token.partition(",")
-        if not comma or version != "v1":
-            continue
-        try:
-            signatures.append(base64.b64decode(encoded, validate=True))
-        except (binascii.Error, ValueError):
-            continue
-    return signatures

@@ -2,14 +2,12 @@
 
 Names and labels are a contract with the dashboards and alert rules in ``dashboards/``: change them
 there too. Every label comes from a closed set (kinds, outcomes, statuses, reasons, a bounded set of
-model names); a job id or a sender is never a label. Label children of the closed sets are resolved
-once here, so the hot path does a dictionary lookup instead of ``.labels()``.
+model names); a job id or a sender is never a label.
 
-The metrics a webhook or a delivery updates are :class:`LoopCounter` and :class:`LoopHistogram`:
-prometheus_client's own classes, exposed by their own code (the exposition is byte for byte what
-``Counter`` and ``Histogram`` give), whose values are plain floats added to without a lock, because
-only the event loop's thread updates them. Metrics updated from other threads (spans dropped by the
-export thread) stay prometheus_client's locked ones.
+The metrics a webhook or a delivery updates are :class:`LoopCounter` and :class:`LoopHistogram`, exposed
+exactly as ``Counter`` and ``Histogram`` are but without a lock: update them from the event loop's
+thread only. Metrics updated from other threads (spans dropped by the export thread) are
+prometheus_client's own.
 """
 
 from __future__ import annotations

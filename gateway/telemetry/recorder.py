@@ -34,7 +34,7 @@ class Telemetry:
         self._metrics = metrics
         self._traced = traced
         """Whether any request can have a recording span (for attributes and exemplars); none without an
-        exporter, and then the current span is not even looked up (about 3 us each time)."""
+        exporter, and then the current span is not looked up."""
         self._finished: dict[tuple[str, str, str], _FinishedChildren] = {}
         self._write_line = direct_info(logger)
         """The webhook's log line straight to the JSON handler, when logging is set up that way."""
