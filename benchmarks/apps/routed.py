@@ -13,7 +13,7 @@ from gateway.http import app
 
 
 def main(argv: list[str]) -> int:
-    app.create_app = functools.partial(app.create_app, webhooks_first=False)  # type: ignore[assignment]
+    app.create_app = functools.partial(app.create_app, webhooks_first=False)
     from gateway.cli import main as gateway_main
 
     return gateway_main(argv)
