@@ -41,6 +41,8 @@ CONFIG_TEXT = {
     "in-memory idempotency store, telemetry as shipped (metrics, the per-webhook log line, trace context)",
     "G-notel": "G with traces off (`OTEL_SDK_DISABLED`) and the per-request log line off: telemetry's cost",
     "G-otlp": "G exporting 10 % of traces over OTLP to a local sink (on wrk's core)",
+    "G-routed": "G with every webhook routed by Litestar's router and middleware stack instead of taken "
+    "before them (`WebhooksFirst`): what that seam buys (see seams.md)",
     "G-dist": "the gateway in distributed mode: the Redis idempotency store and the PostgreSQL job store, "
     "the machine's own servers on loopback (a schema and key prefix of the run's own). Not pinned: "
     "PostgreSQL and Redis share the cores with wrk and the server",

@@ -15,6 +15,8 @@ docs/capacity.md and the ratio chart. Configurations:
   G        the gateway, full pipeline, embedded stores, telemetry as shipped (no OTLP endpoint: metrics,
            logs, trace context; spans recorded only when an exporter is configured)
   G-notel  the gateway with traces off (OTEL_SDK_DISABLED) and per-request logs off: telemetry's cost
+  G-routed the gateway with webhook POSTs routed by Litestar (benchmarks/apps/routed.py): what taking
+           them before the router (gateway/http/webhooks.py: WebhooksFirst, docs/seams.md) buys
   G-otlp   the gateway exporting 10 % of traces over OTLP to a local sink (sharing wrk's core)
   B-granian, G-granian
            B and G served by granian (one worker, one runtime thread) instead of uvicorn + uvloop +
@@ -181,6 +183,12 @@ def configs(tmp: Path) -> dict[str, Config]:
                 "OTEL_SDK_DISABLED": "true",
                 "GATEWAY_LOG_LEVEL": "WARNING",
             },
+        ),
+        "G-routed": Config(
+            "G-routed",
+            "gateway, webhooks through Litestar's router",
+            [sys.executable, "-m", "benchmarks.apps.routed", "serve"],
+            {**base, "DATABASE_URL": f"sqlite:///{tmp}/r.db"},
         ),
         "G-otlp": Config(
             "G-otlp",

@@ -18,8 +18,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import SECRET, LiveServer, PostgresServer, RedisServer, completed_image, progress
+from tests.rawhttp import IMAGE, post_webhook
 
-IMAGE = "/api/webhooks/image-completion"
 STATUSES = ("pending", "initializing", "generating", "saving", "completed")
 
 
@@ -36,22 +36,6 @@ def webhooks(jobs: int, prefix: str) -> list[dict[str, Any]]:
                 else progress(status, job_id=job_id, timestamp=timestamp)
             )
     return events
-
-
-async def post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> tuple[int, bytes]:
-    """POST one webhook on an open HTTP/1.1 connection; the answer's status code and body."""
-    writer.write(
-        f"POST {IMAGE} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"X-Webhook-Secret: {SECRET}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-    code = int((await reader.readline()).split()[1])
-    length = 0
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.decode().partition(":")
-        if name.lower() == "content-length":
-            length = int(value)
-    return code, await reader.readexactly(length)
 
 
 def outcomes(servers: list[LiveServer]) -> Counter[str]:
@@ -109,13 +93,14 @@ async def test_two_processes_apply_200_concurrent_copies_of_50_webhooks_exactly_
             while queue:
                 body = queue.pop()
                 for _ in range(20):  # a sender retries a 503 (a store busy past its timeout)
-                    code, answer = await post(reader, writer, body)
+                    answer = await post_webhook(reader, writer, body)
+                    code = answer.status
                     codes[code] += 1
                     if code != 503:
                         break
                     await asyncio.sleep(0.2)
-                assert code == 200, answer
-                answers[json.loads(answer)["outcome"]] += 1
+                assert code == 200, answer.body
+                answers[json.loads(answer.body)["outcome"]] += 1
         finally:
             writer.close()
 

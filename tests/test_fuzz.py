@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import hashlib
-import hmac
 import itertools
 import json
 import os
@@ -36,6 +34,7 @@ from standardwebhooks import Webhook
 from gateway.config import Settings, SqliteDatabase
 from gateway.http.app import create_app
 from tests.conftest import SECRET, completed_blog, completed_image, failed, progress
+from tests.signing import sign
 
 IMAGE = "/api/webhooks/image-completion"
 BLOG = "/api/webhooks/blog-completion"
@@ -179,12 +178,6 @@ def gateways(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Gat
             client = stack.enter_context(TestClient(app=app, raise_server_exceptions=False))
             running[name] = Gateway(name, client, secret, keys)
         yield running
-
-
-def sign(key: bytes, msg_id: str, timestamp: str, body: bytes) -> str:
-    """A Standard Webhooks ``v1`` signature of ``body`` (HMAC-SHA256 over ``id.timestamp.body``)."""
-    digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
 
 
 def assert_handled(response: httpx.Response) -> None:

@@ -22,6 +22,7 @@ from gateway.http.app import create_app
 from gateway.http.auth import SIGN_IN_MAX_BYTES
 from gateway.http.limits import MAX_HEAD_BYTES, MAX_HEADERS
 from tests.conftest import SECRET, LiveServer, completed_image
+from tests.rawhttp import exchange
 
 IMAGE = "/api/webhooks/image-completion"
 
@@ -31,20 +32,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     live = LiveServer(tmp_path_factory.mktemp("limits"), {"WEBHOOK_SECRET": SECRET, "GATEWAY_MAX_BODY_BYTES": "100000"})
     yield live
     live.stop()
-
-
-def exchange(server: LiveServer, head: bytes, body: bytes = b"", *, timeout: float = 2, stall: bool = False) -> bytes:
-    """Send raw bytes, read the answer until the server closes (``timeout`` bounds each wait). The sending side
-    stays open: a half-close would race the answer, since uvicorn drops a connection whose peer sent EOF.
-    ``stall``: says the request is left unfinished on purpose (the server is expected to give up on it).
-    A request the server should answer in full asks for ``Connection: close`` (see :func:`head`)."""
-    del stall
-    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as sock:
-        sock.sendall(head + body)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    return answer
 
 
 def error_of(answer: bytes) -> tuple[int, dict[str, object]]:
@@ -59,7 +46,7 @@ def head(*extra: bytes) -> bytes:
 
 
 def test_too_many_headers_are_refused_with_431(server: LiveServer) -> None:
-    answer = exchange(server, head(*(b"X-%d: a\r\n" % n for n in range(MAX_HEADERS + 50))))
+    answer = exchange(server.port, head(*(b"X-%d: a\r\n" % n for n in range(MAX_HEADERS + 50))))
     assert answer.startswith(b"HTTP/1.1 431 ")
     body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
     assert body["status_code"] == 431
@@ -70,12 +57,12 @@ def test_too_many_headers_are_refused_with_431(server: LiveServer) -> None:
 def test_a_head_over_64_kib_is_refused_with_431(server: LiveServer, where: str) -> None:
     filler = b"a" * (MAX_HEAD_BYTES + 1000)
     raw = head(b"X-Big: " + filler + b"\r\n") if where == "header" else b"GET /healthz?" + filler + b" HTTP/1.1\r\n\r\n"
-    assert exchange(server, raw).startswith(b"HTTP/1.1 431 ")
+    assert exchange(server.port, raw).startswith(b"HTTP/1.1 431 ")
 
 
 def test_requests_within_the_bounds_and_large_bodies_are_unaffected(server: LiveServer) -> None:
     near_limit = head(*(b"X-%d: %s\r\n" % (n, b"b" * 500) for n in range(MAX_HEADERS - 2)))
-    assert exchange(server, near_limit).startswith(b"HTTP/1.1 200 ")
+    assert exchange(server.port, near_limit).startswith(b"HTTP/1.1 200 ")
     payload = completed_image("limits-big-body") | {"padding": "p" * 90_000}  # unknown fields are ignored
     response = httpx.post(f"{server.url}{IMAGE}", json=payload, headers={"X-Webhook-Secret": SECRET}, timeout=5)
     assert response.status_code == 200, response.text
@@ -144,7 +131,7 @@ def test_a_chunked_body_over_http_is_applied_once_and_one_past_the_limit_is_413(
 def test_a_request_the_parser_refuses_gets_a_json_400_naming_what_is_wrong(
     server: LiveServer, raw: bytes, named: str
 ) -> None:
-    answer = exchange(server, raw)
+    answer = exchange(server.port, raw)
     status, body = error_of(answer)
     assert (status, body["status_code"]) == (400, 400)
     assert str(body["detail"]).startswith("Invalid HTTP request: ")
@@ -153,7 +140,7 @@ def test_a_request_the_parser_refuses_gets_a_json_400_naming_what_is_wrong(
 
 
 def test_the_431_answers_are_json_too(server: LiveServer) -> None:
-    status, body = error_of(exchange(server, head(*(b"X-%d: a\r\n" % n for n in range(MAX_HEADERS + 1)))))
+    status, body = error_of(exchange(server.port, head(*(b"X-%d: a\r\n" % n for n in range(MAX_HEADERS + 1)))))
     assert (status, body["status_code"]) == (431, 431)
 
 
@@ -181,7 +168,7 @@ def webhook_head(length: int, secret: str = SECRET) -> bytes:
 
 
 def test_a_stalled_body_gets_408_and_the_connection_closed(strict: LiveServer) -> None:
-    answer = exchange(strict, webhook_head(1000), b'{"job_id": ', timeout=10, stall=True)
+    answer = exchange(strict.port, webhook_head(1000), b'{"job_id": ', timeout=10, stall=True)
     status, body = error_of(answer)
     assert (status, body["status_code"]) == (408, 408)
     assert body["detail"] == "The request body stalled: no byte for 1 seconds"
@@ -190,7 +177,7 @@ def test_a_stalled_body_gets_408_and_the_connection_closed(strict: LiveServer) -
 
 
 def test_a_stalled_head_gets_408(strict: LiveServer) -> None:
-    status, body = error_of(exchange(strict, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", timeout=10, stall=True))
+    status, body = error_of(exchange(strict.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", timeout=10, stall=True))
     assert (status, body["status_code"]) == (408, 408)
     assert "request head stalled" in str(body["detail"])
 
@@ -245,14 +232,14 @@ def test_bodies_past_the_buffered_bytes_bound_get_503_before_they_are_read(stric
         for sock in holders:
             sock.sendall(webhook_head(100_000) + b"{")
         time.sleep(0.3)  # both heads read and their bodies reserved
-        answer = exchange(strict, webhook_head(100_000), b"{", timeout=5, stall=True)
+        answer = exchange(strict.port, webhook_head(100_000), b"{", timeout=5, stall=True)
         status, body = error_of(answer)
         assert (status, body["status_code"]) == (503, 503)
         assert "GATEWAY_MAX_BUFFERED_BYTES" in str(body["detail"])
         assert b"retry-after: 1" in answer.lower()
         # A request without a body holds nothing: still answered while the bound is reached.
-        assert exchange(strict, head()).startswith(b"HTTP/1.1 200 ")
-        small = exchange(strict, webhook_head(20_000), b"{", timeout=5, stall=True)  # 40 000 bytes fit
+        assert exchange(strict.port, head()).startswith(b"HTTP/1.1 200 ")
+        small = exchange(strict.port, webhook_head(20_000), b"{", timeout=5, stall=True)  # 40 000 bytes fit
         assert error_of(small)[0] == 408  # read (and stalled), not refused
     finally:
         for sock in holders:
@@ -265,11 +252,7 @@ def test_bodies_past_the_buffered_bytes_bound_get_503_before_they_are_read(stric
 
 def test_wrong_credentials_get_401_before_the_body_is_read_and_the_connection_is_closed(server: LiveServer) -> None:
     """The 401 comes back while most of the body is unsent: the gateway did not wait for (or hold) it."""
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-        sock.sendall(webhook_head(90_000, secret="wrong") + b"{" * 1000)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
+    answer = exchange(server.port, webhook_head(90_000, secret="wrong"), b"{" * 1000, timeout=5)
     _, body = error_of(answer)
     assert body == {"status_code": 401, "detail": "Missing or invalid webhook credentials"}
     assert b"connection: close" in answer.lower()
@@ -284,7 +267,7 @@ def test_a_sign_in_body_over_4_kib_is_413_before_it_is_read(live_server: LiveSer
         "detail": 'A sign-in body is {"token": "<token>"}: at most 4096 bytes',
     }
     raw = b"POST /api/session HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 10000000\r\n\r\n{"
-    answer = exchange(live_server, raw)
+    answer = exchange(live_server.port, raw)
     assert error_of(answer)[0] == 413
     assert httpx.post(f"{live_server.url}/api/session", json={"token": "x"}, timeout=5).status_code == 200
 

@@ -24,6 +24,7 @@ from gateway.model import JobEvent, Status
 from gateway.stores.sqlite import SqliteJobStore
 from gateway.wakeup import Wakeup
 from tests.conftest import SECRET, LiveServer, RedisServer, completed_image, failed, progress
+from tests.rawhttp import read_head
 
 IMAGE = "/api/webhooks/image-completion"
 HEADERS = {"X-Webhook-Secret": SECRET}
@@ -203,7 +204,7 @@ def test_a_burst_of_300_streams_opens_exactly_the_cap_of_100(tmp_path: Path, sto
     try:
         for sock in sockets:  # every request is sent before any answer is read
             sock.sendall(request)
-        heads = [_read_head(sock) for sock in sockets]
+        heads = [read_head(sock) for sock in sockets]
     finally:
         for sock in sockets:
             sock.close()
@@ -211,16 +212,6 @@ def test_a_burst_of_300_streams_opens_exactly_the_cap_of_100(tmp_path: Path, sto
     assert statuses.count(b"200") == 100, statuses.count(b"200")
     assert statuses.count(b"503") == 200
     assert all(b"retry-after: 5" in head.lower() for head in heads if b" 503 " in head.split(b"\r\n")[0])
-
-
-def _read_head(sock: socket.socket) -> bytes:
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        head += chunk
-    return head
 
 
 async def test_a_stream_dropped_before_its_first_byte_gives_its_slot_back(tmp_path: Path) -> None:

@@ -4,8 +4,6 @@ the sender got wrong; and a dependency audit (pip-audit) when the vulnerability 
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 import logging
 import subprocess
@@ -24,17 +22,13 @@ from prometheus_client import CollectorRegistry
 from gateway.config import Settings, SqliteDatabase
 from gateway.http.app import create_app
 from tests.conftest import completed_blog, completed_image
+from tests.signing import sign
 
 IMAGE = "/api/webhooks/image-completion"
 BLOG = "/api/webhooks/blog-completion"
 SECRET = "S3CRET-MARKER-7f3a9c"
 KEY = b"SIGNING-KEY-MARKER-0123456789abcdef"
 PAYLOAD = "PAYLOAD-MARKER-b41d"
-
-
-def sign(msg_id: str, timestamp: str, body: bytes) -> str:
-    digest = hmac.new(KEY, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
 
 
 def marked(job_id: str) -> dict[str, Any]:
@@ -58,7 +52,7 @@ async def test_no_secret_signature_or_payload_leaks_whatever_the_sender_gets_wro
     app = create_app(settings, registry=CollectorRegistry(), tracer_provider=provider)
     body = json.dumps(marked("leak-1")).encode()
     timestamp = str(int(time.time()))
-    signature = sign("msg-leak-1", timestamp, body)
+    signature = sign(KEY, "msg-leak-1", timestamp, body)
     signed = {"webhook-id": "msg-leak-1", "webhook-timestamp": timestamp, "webhook-signature": signature}
     json_type = {"Content-Type": "application/json"}
     answers: list[httpx.Response] = []

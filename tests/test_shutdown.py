@@ -20,6 +20,7 @@ import pytest
 
 from gateway.config import ConfigError, Settings
 from tests.conftest import SECRET, LiveServer
+from tests.rawhttp import webhook_request
 from tests.traffic import IMAGE, Tally, host_port, proxied, recorded_events, send_stream, through, webhook_body
 
 
@@ -105,11 +106,8 @@ def test_a_request_cut_off_by_the_deadline_before_its_write_is_refused_with_503(
 
     async def scenario() -> tuple[bytes, float]:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(
-            f"POST {IMAGE} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Webhook-Secret: {SECRET}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body[:10]
-        )
+        request = webhook_request(body)
+        writer.write(request[: len(request) - len(body) + 10])  # the head and 10 bytes of the body
         await writer.drain()
         await asyncio.sleep(0.3)
         signalled = time.monotonic()

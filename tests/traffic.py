@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from tests.conftest import SECRET, completed_image
-
-IMAGE = "/api/webhooks/image-completion"
+from tests.conftest import completed_image
+from tests.rawhttp import IMAGE, post_webhook
 
 __all__ = (
     "IMAGE",
@@ -33,25 +32,6 @@ __all__ = (
 
 def webhook_body(job_id: str) -> bytes:
     return json.dumps(completed_image(job_id)).encode()
-
-
-async def post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> tuple[int, dict[str, str]]:
-    """POST one webhook on an open HTTP/1.1 connection; the answer's status code and headers."""
-    writer.write(
-        f"POST {IMAGE} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"X-Webhook-Secret: {SECRET}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-    status_line = await reader.readline()
-    if not status_line:
-        raise ConnectionResetError("closed before answering")
-    code = int(status_line.split()[1])
-    headers: dict[str, str] = {}
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.decode().partition(":")
-        headers[name.strip().lower()] = value.strip()
-    await reader.readexactly(int(headers.get("content-length", "0")))
-    return code, headers
 
 
 @dataclass
@@ -88,7 +68,7 @@ async def send_stream(
                     reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 assert reader is not None
                 started = time.monotonic()
-                code, headers = await asyncio.wait_for(post(reader, writer, webhook_body(job_id)), 60)
+                answer = await asyncio.wait_for(post_webhook(reader, writer, webhook_body(job_id)), 60)
                 tally.latencies.append(time.monotonic() - started)
             except (OSError, asyncio.IncompleteReadError, TimeoutError):
                 tally.unanswered.add(job_id)
@@ -97,6 +77,7 @@ async def send_stream(
                 writer = reader = None
                 await asyncio.sleep(0.01)
                 continue
+            code, headers = answer.status, answer.headers
             if 200 <= code < 300:
                 tally.answered.add(job_id)
             elif code == 503:

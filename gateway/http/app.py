@@ -71,6 +71,7 @@ def create_app(
     *,
     registry: CollectorRegistry | None = None,
     tracer_provider: TracerProvider | None = None,
+    webhooks_first: bool = True,
 ) -> Litestar:
     """Build the ASGI app; ``settings`` default to :meth:`Settings.from_env`.
 
@@ -78,6 +79,10 @@ def create_app(
     by default the app gets a registry of its own (with process metrics) and a tracer provider
     configured by the ``OTEL_*`` variables. Also the entry point servers call
     (``uvicorn --factory gateway.http.app:create_app``).
+
+    ``webhooks_first=False`` routes webhook ``POST`` requests through Litestar's router like every other
+    request (the same answers: see :class:`~gateway.http.webhooks.WebhooksFirst` and docs/seams.md):
+    what the benchmark's ``G-routed`` runs, to measure what the bypass buys.
     """
     settings = settings or Settings.from_env()
     if registry is None:
@@ -199,7 +204,7 @@ def create_app(
     receivers = {kind: webhook_receiver(kind, pipeline) for kind in KINDS}
     spans = server_spans(tracer, recording=traced)
     app = WebhooksFirst(
-        webhooks={kind.route: spans(receiver) for kind, receiver in receivers.items()},
+        webhooks={kind.route: spans(receiver) for kind, receiver in receivers.items()} if webhooks_first else {},
         route_handlers=[
             *(webhook_route(kind, receiver) for kind, receiver in receivers.items()),
             unknown_webhook_route(tuple(kind.route for kind in KINDS), telemetry),
