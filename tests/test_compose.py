@@ -20,7 +20,7 @@ import pytest
 from dashboards.config import CONFIG
 from docs import generate
 from gateway.config import PostgresDatabase, Settings
-from gateway.delivery.http_sink import sign
+from gateway.signatures import sign
 from tests.deploytools import missing
 from tests.monitoring import DASHBOARDS, ROOT, binary, load_yaml
 
