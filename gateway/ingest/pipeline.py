@@ -143,6 +143,9 @@ class Pipeline:
         delivery_id = headers.get("webhook-id", "").strip() or None
         if delivery_id is not None and len(delivery_id) > _MAX_DELIVERY_ID:
             raise Rejection(400, Refusal.INVALID, f"webhook-id is longer than {_MAX_DELIVERY_ID} characters")
+        if delivery_id is not None and not delivery_id.isprintable():
+            # Stored and compared as text: a control character (a NUL PostgreSQL cannot hold) is refused here.
+            raise Rejection(400, Refusal.INVALID, "webhook-id holds a control or other non-printable character")
         with self._stage("decode"):
             event = decode_event(kind, body, delivery_id, datetime.fromtimestamp(now, UTC))
 

@@ -21,7 +21,17 @@ __all__ = ("answer", "decode_metadata", "merge_metadata", "to_json")
 logger = logging.getLogger(__name__)
 
 _encode = msgspec.json.Encoder().encode
-_metadata_decoder = msgspec.json.Decoder(Metadata)
+
+
+class _StoredMetadata(msgspec.Struct, frozen=True):
+    """Metadata as a store holds it, read without the payload's bounds: a row recorded before a bound
+    existed (or was tightened) must stay readable, not fail every read of its job."""
+
+    model_name: str | None = None
+    generation_time_seconds: float | None = None
+
+
+_metadata_decoder = msgspec.json.Decoder(_StoredMetadata)
 
 
 def merge_metadata(stored: Metadata | None, incoming: Metadata | None) -> Metadata | None:
@@ -44,7 +54,11 @@ def to_json(value: object) -> str | None:
 
 
 def decode_metadata(text: str | None) -> Metadata | None:
-    return _metadata_decoder.decode(text) if text is not None else None
+    """A JSON column written by :func:`to_json`, as :class:`Metadata` (built as stored: not re-validated)."""
+    if text is None:
+        return None
+    stored = _metadata_decoder.decode(text)
+    return Metadata(model_name=stored.model_name, generation_time_seconds=stored.generation_time_seconds)
 
 
 def answer(
