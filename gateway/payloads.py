@@ -37,9 +37,7 @@ __all__ = (
 )
 
 
-Dimensions = Annotated[
-    str, msgspec.Meta(pattern=r"^[1-9][0-9]{0,5}x[1-9][0-9]{0,5}$(?!\n)", examples=["1024x1024"])
-]
+Dimensions = Annotated[str, msgspec.Meta(pattern=r"^[1-9][0-9]{0,5}x[1-9][0-9]{0,5}$(?!\n)", examples=["1024x1024"])]
 # Plausible maxima (docs/webhooks-validation.md): a value past one is a sender's bug, answered 400, never
 # recorded, and never observed by a metric (one 1.7e308 would leave a histogram's sum at +Inf for good).
 MAX_GENERATION_SECONDS = 7 * 86400

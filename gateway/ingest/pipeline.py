@@ -33,7 +33,7 @@ from gateway.ingest.authenticate import Authenticator
 from gateway.ingest.decode import decode_event
 from gateway.ingest.deduplicate import idempotency_keys
 from gateway.ingest.errors import Refusal, Rejection, shutting_down, unavailable
-from gateway.model import KindConflict, Outcome, Status, Unregistered
+from gateway.model import DeliveryConflict, KindConflict, Outcome, Status, Unregistered
 from gateway.stores.base import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -202,6 +202,9 @@ class Pipeline:
     async def _persist(self, event: JobEvent, keys: tuple[str, ...]) -> Applied:
         try:
             return await self._jobs.apply(event)
+        except DeliveryConflict as conflict:
+            await self._release_quietly(keys)
+            raise _reused(conflict, event.job_id) from None
         except KindConflict as conflict:
             await self._release_quietly(keys)
             raise Rejection(
@@ -232,6 +235,8 @@ class Pipeline:
         """A duplicate is answered only once the job store confirms the event is recorded."""
         try:
             return await self._jobs.recorded(event)
+        except DeliveryConflict as conflict:
+            raise _reused(conflict, event.job_id) from None
         except StoreUnavailable as error:
             raise self._unavailable(error) from None
 
@@ -254,6 +259,17 @@ class Pipeline:
             return _UNTRACED
         span = trace.get_current_span()
         return _Stage(span, name) if span.is_recording() else _UNTRACED
+
+
+def _reused(conflict: DeliveryConflict, job_id: str) -> Rejection:
+    """The 409 for a ``webhook-id`` recorded for another job's event: naming that job, changing nothing."""
+    return Rejection(
+        409,
+        Refusal.CONFLICT,
+        f"webhook-id {conflict.delivery_id!r} is already recorded for job {conflict.job_id!r}: a delivery id "
+        f"names one event; send job {job_id!r}'s event with a webhook-id of its own. Nothing changed.",
+        job_id=job_id,
+    )
 
 
 class _Stage:
