@@ -74,7 +74,7 @@ _moment = st.one_of(
 )
 _id = st.one_of(st.just("job-1"), st.from_regex(r"\Ajob-1[\x00-\x1f\x7f-\x9f]\Z"), _text)
 _path_id = _id.filter(lambda job: job not in ("", "events", "stats", ".", "..")).map(lambda job: quote(job, safe=""))
-_read = st.one_of(
+READ_REQUESTS = st.one_of(  # the read API: a path, its query and its headers (finite answers only)
     st.tuples(
         st.just("/api/jobs"),
         st.fixed_dictionaries(
@@ -114,7 +114,7 @@ def test_no_read_api_parameter_makes_a_5xx_or_a_store_error(settings: Settings) 
         assert client.post(IMAGE, json=completed_image(job_id="job-1")).status_code == 200
 
         @settings_for_reads
-        @given(read=_read)
+        @given(read=READ_REQUESTS)
         def check(read: tuple[str, dict[str, str], dict[str, str]]) -> None:
             path, params, headers = read
             if path.endswith("/events"):
