@@ -17,6 +17,7 @@ from gateway.payloads import Metadata
 
 __all__ = (
     "Applied",
+    "DeliveryConflict",
     "HistoryEntry",
     "InProgress",
     "Job",
@@ -132,6 +133,17 @@ class KindConflict(Refused):
         super().__init__(f"job {job_id!r} is of kind {kind!r}")
         self.job_id = job_id
         self.kind = kind
+
+
+class DeliveryConflict(Refused):
+    """The ``webhook-id`` is recorded already, for another job's event: a sender reusing an id, never a
+    retry of this event (whose key names its job). Refused with 409 naming ``job_id``, the job it is
+    recorded for; nothing changes."""
+
+    def __init__(self, delivery_id: str, job_id: str) -> None:
+        super().__init__(f"webhook-id {delivery_id!r} is recorded for job {job_id!r}")
+        self.delivery_id = delivery_id
+        self.job_id = job_id
 
 
 class Unregistered(Refused):

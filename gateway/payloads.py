@@ -13,6 +13,8 @@ from typing import Annotated
 
 import msgspec
 
+from gateway.ids import JobId, Label
+
 __all__ = (
     "Article",
     "BlogCompleted",
@@ -27,6 +29,7 @@ __all__ = (
     "ImageData",
     "ImagePayload",
     "Initializing",
+    "JobId",
     "Metadata",
     "Payload",
     "Pending",
@@ -34,16 +37,16 @@ __all__ = (
 )
 
 
-JobId = Annotated[
-    str,
-    msgspec.Meta(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
-        description="The backend's job id: 1-128 characters of letters, digits and . _ : -",
-    ),
-]
-NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
-NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
-Dimensions = Annotated[str, msgspec.Meta(pattern=r"^[1-9][0-9]{0,5}x[1-9][0-9]{0,5}$", examples=["1024x1024"])]
+Dimensions = Annotated[str, msgspec.Meta(pattern=r"^[1-9][0-9]{0,5}x[1-9][0-9]{0,5}$(?!\n)", examples=["1024x1024"])]
+# Plausible maxima (docs/webhooks-validation.md): a value past one is a sender's bug, answered 400, never
+# recorded, and never observed by a metric (one 1.7e308 would leave a histogram's sum at +Inf for good).
+MAX_GENERATION_SECONDS = 7 * 86400
+MAX_SIZE_BYTES = 2**40
+MAX_WORD_COUNT = 10_000_000
+MAX_IMAGES = 1000
+GenerationSeconds = Annotated[float, msgspec.Meta(ge=0, le=MAX_GENERATION_SECONDS)]
+SizeBytes = Annotated[int, msgspec.Meta(ge=0, le=MAX_SIZE_BYTES)]
+WordCount = Annotated[int, msgspec.Meta(ge=0, le=MAX_WORD_COUNT)]
 NonEmptyText = Annotated[str, msgspec.Meta(min_length=1)]
 Timestamp = Annotated[
     datetime,
@@ -61,8 +64,9 @@ class _Shape(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 class Metadata(_Shape, frozen=True):
     """How the result was produced; every field optional so progress events may carry part of it."""
 
-    model_name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
-    generation_time_seconds: NonNegativeFloat | None = None
+    model_name: Label | None = None
+    """A metric label value: no control characters."""
+    generation_time_seconds: GenerationSeconds | None = None
 
 
 class Details(_Shape, frozen=True):
@@ -75,18 +79,18 @@ class Image(_Shape, frozen=True):
     url: NonEmptyText
     format: str | None = None
     dimensions: Dimensions | None = None
-    size_bytes: NonNegativeInt | None = None
+    size_bytes: SizeBytes | None = None
 
 
 class ImageData(_Shape, frozen=True):
-    images: Annotated[list[Image], msgspec.Meta(min_length=1)]
+    images: Annotated[list[Image], msgspec.Meta(min_length=1, max_length=MAX_IMAGES)]
     metadata: Metadata | None = None
 
 
 class Article(_Shape, frozen=True):
     title: NonEmptyText
     url: str | None = None
-    word_count: NonNegativeInt | None = None
+    word_count: WordCount | None = None
 
 
 class BlogData(_Shape, frozen=True):

@@ -11,9 +11,10 @@ from typing import Annotated, Any
 
 import msgspec
 
+from gateway.ids import Identifier, JobId
 from gateway.kinds import KINDS, kind_named
 from gateway.model import JobContext
-from gateway.payloads import Dimensions, JobId
+from gateway.payloads import Dimensions
 
 __all__ = (
     "RegisterOutcome",
@@ -24,7 +25,6 @@ __all__ = (
     "differing_fields",
 )
 
-Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Short = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 
 

@@ -35,6 +35,7 @@ from gateway.config import Settings, SqliteDatabase
 from gateway.http.app import create_app
 from tests.conftest import SECRET, completed_blog, completed_image, failed, progress
 from tests.signing import sign
+from tests.test_client_input import READ_REQUESTS, store_errors
 
 IMAGE = "/api/webhooks/image-completion"
 BLOG = "/api/webhooks/blog-completion"
@@ -888,3 +889,23 @@ def test_signed_timestamp_in_non_ascii_digits_is_refused(gateways: dict[str, Gat
     assert_handled(response)
     assert response.status_code == 401
     assert not gateways["signing-keys"].job_exists(job_id)
+
+
+# --- the read API's parameters --------------------------------------------------------------------------------
+
+
+@FUZZ
+@given(read=READ_REQUESTS)
+def test_read_api_parameters_are_answered_cleanly(
+    gateways: dict[str, Gateway], read: tuple[str, dict[str, str], dict[str, str]]
+) -> None:
+    """Any value of any read API parameter (ids, times, cursors, limits) is a 2xx or a 4xx in the documented
+    shape, never a 5xx, and never counts as a store error (tests/test_client_input.py runs it on PostgreSQL)."""
+    client = gateways["secret"].client
+    before = store_errors(client.get("/metrics").text)
+    path, params, headers = read
+    if path.endswith("/events"):
+        headers = {"Last-Event-ID": str(2**62), **headers}  # a stream that ends: 204, 404 or 400
+    response = client.get(path, params=params, headers=headers)
+    assert_handled(response)
+    assert store_errors(client.get("/metrics").text) == before

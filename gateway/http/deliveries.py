@@ -18,14 +18,13 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromQuery, PathParameter, QueryParameter
 
 from gateway.delivery.outbox import DeliveryPage, DeliveryRecord, DeliveryState, Outbox
+from gateway.http.params import MAX_EVENT_ID, JobIdFilter
 from gateway.http.responses import UNAUTHORIZED, ErrorBody
 from gateway.telemetry.metrics import SINKS
 
 __all__ = ("Enabled", "Replayed", "delivery_controller")
 
 _MAX_CURSOR_DIGITS = 18
-_MAX_ID = 2**63 - 1
-"""The largest id a store holds (a signed 64-bit integer): a larger one is refused with a 400, not sent on."""
 
 
 class Replayed(msgspec.Struct, frozen=True, kw_only=True):
@@ -51,7 +50,7 @@ def delivery_controller(outbox: Outbox, wake: Callable[[], None]) -> type[Contro
         async def list_deliveries(
             self,
             wanted: Annotated[DeliveryState | None, QueryParameter(name="state")] = None,  # `state` is reserved
-            job_id: FromQuery[str | None] = None,
+            job_id: JobIdFilter = None,
             limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
             cursor: Annotated[str | None, QueryParameter(description="`next_cursor` of the previous page")] = None,
         ) -> DeliveryPage:
@@ -72,7 +71,7 @@ def delivery_controller(outbox: Outbox, wake: Callable[[], None]) -> type[Contro
                 ),
             },
         )
-        async def replay_one(self, delivery_id: Annotated[int, PathParameter(ge=1, le=_MAX_ID)]) -> DeliveryRecord:
+        async def replay_one(self, delivery_id: Annotated[int, PathParameter(ge=1, le=MAX_EVENT_ID)]) -> DeliveryRecord:
             record = await outbox.replay(delivery_id, datetime.now(UTC))
             if record is None:
                 raise NotFoundException(f"No delivery with id {delivery_id}")
@@ -88,7 +87,7 @@ def delivery_controller(outbox: Outbox, wake: Callable[[], None]) -> type[Contro
         async def replay_all(
             self,
             wanted: Annotated[Literal["dead", "delivered"], QueryParameter(name="state")],
-            job_id: FromQuery[str | None] = None,
+            job_id: JobIdFilter = None,
         ) -> Replayed:
             count = await outbox.replay_all(DeliveryState(wanted), job_id, datetime.now(UTC))
             wake()

@@ -21,9 +21,10 @@ import msgspec
 from litestar import Response, get
 from litestar.exceptions import NotFoundException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, FromQuery, HeaderParameter, QueryParameter
+from litestar.params import HeaderParameter
 from litestar.response import Stream
 
+from gateway.http.params import MAX_EVENT_ID, AfterEvent, IdFilter, JobIdPath
 from gateway.http.responses import UNAUTHORIZED, ErrorBody, error_response
 from gateway.model import Outcome, StreamEvent
 from gateway.stores.base import StoreUnavailable
@@ -55,9 +56,6 @@ class _End:
 
 _Item = tuple[int, bytes] | bytes | _End
 """An event (its id, its text), a comment, or the end."""
-
-
-_After = Annotated[int | None, QueryParameter(ge=0, description="Resume after this event id (as `Last-Event-ID` does)")]
 
 
 class SseMessage(msgspec.Struct, frozen=True, kw_only=True):
@@ -266,7 +264,7 @@ def _resume_point(header: str | None, after: int | None) -> int | None:
     if header is None or not header.strip():
         return after
     text = header.strip()
-    if not (text.isascii() and text.isdigit() and len(text) <= 18):
+    if not (text.isascii() and text.isdigit() and len(text) <= 19 and int(text) <= MAX_EVENT_ID):
         raise ValidationException("Last-Event-ID must be the id of an event this stream sent (a number)")
     return int(text)
 
@@ -301,7 +299,7 @@ def event_routes(streams: Streams, jobs: JobStore) -> list[HTTPRouteHandler]:
         },
     )
     async def job_events(
-        job_id: FromPath[str], after: _After = None, last_event_id: _LastEventId = None
+        job_id: JobIdPath, after: AfterEvent = None, last_event_id: _LastEventId = None
     ) -> Response[Any]:
         status = await jobs.status_of(job_id)
         if status is None:
@@ -319,7 +317,7 @@ def event_routes(streams: Streams, jobs: JobStore) -> list[HTTPRouteHandler]:
         responses=_STREAM_RESPONSES,
     )
     async def all_events(
-        user_id: FromQuery[str | None] = None, after: _After = None, last_event_id: _LastEventId = None
+        user_id: IdFilter = None, after: AfterEvent = None, last_event_id: _LastEventId = None
     ) -> Response[Any]:
         start = _resume_point(last_event_id, after)
         if start is None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any
 
-import msgspec
 from litestar import Request, Response, get, post
 from litestar.exceptions import NotFoundException, ValidationException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.params import FromQuery, QueryParameter
 
+from gateway.http.params import IdFilter, JobIdPath, moment
 from gateway.http.responses import UNAUTHORIZED, ErrorBody, error_response, json_response
 from gateway.kinds import KINDS, a_job_of_kind, kind_named
 from gateway.model import Job, JobPage, JobStats, KindConflict, Status
@@ -48,19 +48,6 @@ _REGISTER_RESPONSES = {
     ),
     413: ResponseSpec(ErrorBody, generate_examples=False, description="Body larger than `GATEWAY_MAX_BODY_BYTES`."),
 }
-
-
-def _moment(name: str, text: str | None) -> datetime | None:
-    """An RFC 3339 time; one without a zone is read as UTC, as webhook timestamps are. Parsed here rather
-    than by Litestar, whose lenient parsing would read a number (``0.5``) as a Unix time."""
-    if text is None:
-        return None
-    try:
-        moment = msgspec.convert(text, datetime)
-    except msgspec.ValidationError:
-        raise ValidationException(f"Invalid {name}: an RFC 3339 time is needed, e.g. 2024-05-01T12:00:00Z") from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-
 
 _TIME = {"format": "date-time"}
 
@@ -125,7 +112,7 @@ def job_routes(jobs: JobStore, max_body_bytes: int) -> list[HTTPRouteHandler]:
             401: UNAUTHORIZED,
         },
     )
-    async def read_job(job_id: FromPath[str]) -> Job:
+    async def read_job(job_id: JobIdPath) -> Job:
         job = await jobs.get(job_id)
         if job is None:
             raise NotFoundException(f"No job with id {job_id!r}")
@@ -135,8 +122,8 @@ def job_routes(jobs: JobStore, max_body_bytes: int) -> list[HTTPRouteHandler]:
     async def list_jobs(
         kind: Annotated[str | None, QueryParameter(schema_extra={"enum": [kind.name for kind in KINDS]})] = None,
         status: FromQuery[Status | None] = None,
-        user_id: FromQuery[str | None] = None,
-        organization_id: FromQuery[str | None] = None,
+        user_id: IdFilter = None,
+        organization_id: IdFilter = None,
         created_after: Annotated[
             str | None,
             QueryParameter(description="Only jobs created at or after this time (RFC 3339)", schema_extra=_TIME),
@@ -146,7 +133,7 @@ def job_routes(jobs: JobStore, max_body_bytes: int) -> list[HTTPRouteHandler]:
         ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
         cursor: Annotated[
-            str | None, QueryParameter(description="`next_cursor` of the previous page", pattern=r"^[0-9]{1,18}$")
+            str | None, QueryParameter(description="`next_cursor` of the previous page", pattern=r"^[0-9]{1,18}$(?!\n)")
         ] = None,
     ) -> JobPage:
         if kind is not None and kind_named(kind) is None:
@@ -158,8 +145,8 @@ def job_routes(jobs: JobStore, max_body_bytes: int) -> list[HTTPRouteHandler]:
             status=status,
             user_id=user_id,
             organization_id=organization_id,
-            created_after=_moment("created_after", created_after),
-            created_before=_moment("created_before", created_before),
+            created_after=moment("created_after", created_after),
+            created_before=moment("created_before", created_before),
             cursor=int(cursor) if cursor else None,
             limit=limit,
         )

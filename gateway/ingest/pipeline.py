@@ -35,7 +35,7 @@ from gateway.ingest.decode import decode_event
 from gateway.ingest.deduplicate import idempotency_keys
 from gateway.ingest.errors import Refusal, Rejection, shutting_down, unavailable
 from gateway.kinds import a_job_of_kind
-from gateway.model import KindConflict, Outcome, Status, Unregistered
+from gateway.model import DeliveryConflict, KindConflict, Outcome, Status, Unregistered
 from gateway.stores.base import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -155,6 +155,9 @@ class Pipeline:
         delivery_id = headers.get("webhook-id", "").strip() or None
         if delivery_id is not None and len(delivery_id) > _MAX_DELIVERY_ID:
             raise Rejection(400, Refusal.INVALID, f"webhook-id is longer than {_MAX_DELIVERY_ID} characters")
+        if delivery_id is not None and not delivery_id.isprintable():
+            # Stored and compared as text: a control character (a NUL PostgreSQL cannot hold) is refused here.
+            raise Rejection(400, Refusal.INVALID, "webhook-id holds a control or other non-printable character")
         with self._stage("decode"):
             event = decode_event(kind, body, delivery_id, datetime.fromtimestamp(now, UTC))
 
@@ -211,6 +214,9 @@ class Pipeline:
     async def _persist(self, event: JobEvent, keys: tuple[str, ...]) -> Applied:
         try:
             return await self._jobs.apply(event)
+        except DeliveryConflict as conflict:
+            await self._release_quietly(keys)
+            raise _reused(conflict, event.job_id) from None
         except KindConflict as conflict:
             await self._release_quietly(keys)
             raise Rejection(
@@ -241,6 +247,8 @@ class Pipeline:
         """A duplicate is answered only once the job store confirms the event is recorded."""
         try:
             return await self._jobs.recorded(event)
+        except DeliveryConflict as conflict:
+            raise _reused(conflict, event.job_id) from None
         except StoreUnavailable as error:
             raise self._unavailable(error) from None
 
@@ -263,6 +271,17 @@ class Pipeline:
             return _UNTRACED
         span = trace.get_current_span()
         return _Stage(span, name) if span.is_recording() else _UNTRACED
+
+
+def _reused(conflict: DeliveryConflict, job_id: str) -> Rejection:
+    """The 409 for a ``webhook-id`` recorded for another job's event: naming that job, changing nothing."""
+    return Rejection(
+        409,
+        Refusal.CONFLICT,
+        f"webhook-id {conflict.delivery_id!r} is already recorded for job {conflict.job_id!r}: a delivery id "
+        f"names one event; send job {job_id!r}'s event with a webhook-id of its own. Nothing changed.",
+        job_id=job_id,
+    )
 
 
 class _Stage:

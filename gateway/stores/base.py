@@ -53,8 +53,9 @@ class JobStore(Protocol):
     async def apply(self, event: JobEvent) -> Applied:
         """Record ``event`` and apply its transition in one transaction.
 
-        Returns outcome ``duplicate`` when the event (its key or its ``delivery_id``) is already
-        recorded. Raises :class:`~gateway.model.KindConflict` when the job exists under another kind, and
+        Returns outcome ``duplicate`` when the event (its key, or its ``delivery_id`` for the same job) is
+        already recorded. Raises :class:`~gateway.model.DeliveryConflict` when its ``delivery_id`` is recorded
+        for another job, :class:`~gateway.model.KindConflict` when the job exists under another kind, and
         :class:`~gateway.model.Unregistered` when registration is required and the app never registered it.
         Runs to its end even if the caller is cancelled meanwhile (the server's shutdown deadline), so
         the sender is answered for what was recorded (see :func:`to_the_end`).
@@ -67,7 +68,9 @@ class JobStore(Protocol):
         """The job's status if ``event`` (its key or its ``delivery_id``) is recorded, else ``None``.
 
         The pipeline asks before answering ``duplicate``, so a 200 always stands for a recorded event,
-        even when the idempotency store holds a claim whose write failed and was never released.
+        even when the idempotency store holds a claim whose write failed and was never released. Raises
+        :class:`~gateway.model.DeliveryConflict` when its key is not recorded but its ``delivery_id`` is,
+        for another job.
         """
         ...
 

@@ -43,7 +43,7 @@ from gateway.stores import migrations
 from gateway.stores.base import Outage, StoreUnavailable, to_the_end
 from gateway.stores.postgres_batch import Pending, apply_batch
 from gateway.stores.queries import EVENT_COLUMNS, decode_context, events_where, job_stats, jobs_where
-from gateway.stores.records import decode_metadata, to_json
+from gateway.stores.records import decode_metadata, recorded_status, to_json
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -207,12 +207,13 @@ class PostgresJobStore:
     async def recorded(self, event: JobEvent) -> Status | None:
         query = (
             "SELECT (SELECT status FROM jobs WHERE job_id = $1) AS status,"
-            " EXISTS (SELECT 1 FROM job_events WHERE event_key = $2 OR delivery_id = $3) AS known"
+            " EXISTS (SELECT 1 FROM job_events WHERE event_key = $2) AS known,"
+            " (SELECT job_id FROM job_events WHERE delivery_id = $3) AS delivery_job"
         )
         row = await self._run("recorded", lambda db: db.fetchrow(query, event.job_id, event.key, event.delivery_id))
-        if row is None or not row["known"]:
+        if row is None:
             return None
-        return Status(row["status"]) if row["status"] is not None else event.status
+        return recorded_status(event, row["status"], row["known"], row["delivery_job"])
 
     async def get(self, job_id: str) -> Job | None:
         return await self._run("get", lambda db: _get(db, job_id))

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 from gateway.delivery import postgres_outbox
 from gateway.ingest.transition import decide
 from gateway.model import Applied, KindConflict, Outcome, Refused, Status, Unregistered
-from gateway.stores.records import answer, decode_metadata, merge_metadata, to_json
+from gateway.stores.records import answer, decode_metadata, delivery_conflict, merge_metadata, to_json
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -63,6 +63,7 @@ WITH known AS (
 )
 SELECT known.keys, known.delivery_ids, locked.* FROM known LEFT JOIN locked ON true
 """
+_DELIVERY_JOBS = "SELECT delivery_id, job_id FROM job_events WHERE delivery_id = ANY($1::text[])"
 # One round trip: the new jobs, the changed ones and the events. The events lock is taken once the new
 # jobs are inserted (such an insert may wait for another transaction creating the same job, which must
 # not be waiting for this one's lock) and before the first event takes its id (every event row is joined
@@ -189,11 +190,17 @@ async def _write(
         for row in rows
         if row["job_id"] is not None
     }
-    keys, delivery_ids = set(rows[0]["keys"]), set(rows[0]["delivery_ids"])
+    keys: set[str] = set(rows[0]["keys"])
+    # The jobs of recorded delivery ids, looked up only when there are any (a duplicate, never the hot path).
+    delivery_jobs: dict[str, str] = (
+        {row["delivery_id"]: row["job_id"] for row in await db.fetch(_DELIVERY_JOBS, rows[0]["delivery_ids"])}
+        if rows[0]["delivery_ids"]
+        else {}
+    )
     decided = [
         entry
         for index, event in enumerate(events)
-        if (entry := _decide(index, event, jobs, keys, delivery_ids, require_registered, answers)) is not None
+        if (entry := _decide(index, event, jobs, keys, delivery_jobs, require_registered, answers)) is not None
     ]
     if not decided:
         return decided, {}  # nothing to write: every event was refused or is recorded already
@@ -216,7 +223,7 @@ def _decide(
     event: JobEvent,
     jobs: dict[str, _Job],
     keys: set[str],
-    delivery_ids: set[str],
+    delivery_jobs: dict[str, str],
     require_registered: bool,
     answers: list[Applied | Refused | None],
 ) -> _Decided | None:
@@ -229,12 +236,17 @@ def _decide(
     if require_registered and (job is None or job.registered_at is None):
         answers.append(Unregistered(event.job_id))
         return None
-    if event.key in keys or (event.delivery_id is not None and event.delivery_id in delivery_ids):
+    delivery_job = delivery_jobs.get(event.delivery_id) if event.delivery_id is not None else None
+    conflict = delivery_conflict(event, event.key in keys, delivery_job)
+    if conflict is not None:
+        answers.append(conflict)
+        return None
+    if event.key in keys or delivery_job is not None:
         answers.append(Applied(outcome=Outcome.DUPLICATE, status=job.status if job is not None else event.status))
         return None
     keys.add(event.key)
     if event.delivery_id is not None:
-        delivery_ids.add(event.delivery_id)
+        delivery_jobs[event.delivery_id] = event.job_id
     answers.append(None)  # built once the event has its id
     received = event.received_at
     result = bytes(event.result).decode() if event.result is not None else None

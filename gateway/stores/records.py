@@ -8,20 +8,30 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from gateway.ingest.transition import Transition
-from gateway.model import Applied, Outcome
+from gateway.model import Applied, DeliveryConflict, Outcome, Status
 from gateway.payloads import Metadata
 
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from gateway.model import JobEvent, Status
+    from gateway.model import JobEvent
 
-__all__ = ("answer", "decode_metadata", "merge_metadata", "to_json")
+__all__ = ("answer", "decode_metadata", "delivery_conflict", "merge_metadata", "recorded_status", "to_json")
 
 logger = logging.getLogger(__name__)
 
 _encode = msgspec.json.Encoder().encode
-_metadata_decoder = msgspec.json.Decoder(Metadata)
+
+
+class _StoredMetadata(msgspec.Struct, frozen=True):
+    """Metadata as a store holds it, read without the payload's bounds: a row recorded before a bound
+    existed (or was tightened) must stay readable, not fail every read of its job."""
+
+    model_name: str | None = None
+    generation_time_seconds: float | None = None
+
+
+_metadata_decoder = msgspec.json.Decoder(_StoredMetadata)
 
 
 def merge_metadata(stored: Metadata | None, incoming: Metadata | None) -> Metadata | None:
@@ -44,7 +54,11 @@ def to_json(value: object) -> str | None:
 
 
 def decode_metadata(text: str | None) -> Metadata | None:
-    return _metadata_decoder.decode(text) if text is not None else None
+    """A JSON column written by :func:`to_json`, as :class:`Metadata` (built as stored: not re-validated)."""
+    if text is None:
+        return None
+    stored = _metadata_decoder.decode(text)
+    return Metadata(model_name=stored.model_name, generation_time_seconds=stored.generation_time_seconds)
 
 
 def answer(
@@ -74,3 +88,24 @@ def answer(
         model=metadata.model_name if metadata is not None else None,
         first_seen_at=first_seen_at,
     )
+
+
+def delivery_conflict(event: JobEvent, key_known: bool, delivery_job: str | None) -> DeliveryConflict | None:
+    """The refusal of ``event`` when its ``delivery_id`` is recorded for another job (``delivery_job``) and
+    the event itself (``key_known``) is not: a reused ``webhook-id``, never a retry of this event."""
+    if key_known or delivery_job is None or delivery_job == event.job_id or event.delivery_id is None:
+        return None
+    return DeliveryConflict(event.delivery_id, delivery_job)
+
+
+def recorded_status(event: JobEvent, status: str | None, key_known: bool, delivery_job: str | None) -> Status | None:
+    """:meth:`JobStore.recorded`'s answer from what the store holds: the job's ``status`` (the event's own
+    when the job is gone), ``None`` when neither the event's key nor its ``delivery_id`` is recorded.
+
+    Raises :class:`DeliveryConflict` for a ``delivery_id`` recorded for another job."""
+    conflict = delivery_conflict(event, key_known, delivery_job)
+    if conflict is not None:
+        raise conflict
+    if not key_known and delivery_job is None:
+        return None
+    return Status(status) if status is not None else event.status

@@ -47,7 +47,14 @@ from gateway.registration import Registered, RegisterOutcome, differing_fields
 from gateway.stores import migrations
 from gateway.stores.base import Outage, StoreUnavailable
 from gateway.stores.queries import EVENT_COLUMNS, decode_context, events_where, job_stats, jobs_where
-from gateway.stores.records import answer, decode_metadata, merge_metadata, to_json
+from gateway.stores.records import (
+    answer,
+    decode_metadata,
+    delivery_conflict,
+    merge_metadata,
+    recorded_status,
+    to_json,
+)
 from gateway.stores.sqlite_wal import RESET_FRAMES, Checkpointer
 
 if TYPE_CHECKING:
@@ -190,11 +197,12 @@ class SqliteJobStore:
             "recorded",
             lambda db: db.execute(
                 "SELECT (SELECT status FROM jobs WHERE job_id = ?),"
-                " EXISTS (SELECT 1 FROM job_events WHERE event_key = ? OR delivery_id = ?)",
+                " EXISTS (SELECT 1 FROM job_events WHERE event_key = ?),"
+                " (SELECT job_id FROM job_events WHERE delivery_id = ?)",
                 (event.job_id, event.key, event.delivery_id),
             ).fetchone(),
         )
-        return (Status(row[0]) if row[0] is not None else event.status) if row[1] else None
+        return recorded_status(event, row[0], bool(row[1]), row[2])
 
     async def get(self, job_id: str) -> Job | None:
         job: Job | None = await self._read("get", lambda db: _get(db, job_id))
@@ -403,7 +411,17 @@ class SqliteJobStore:
                 ),
             ).lastrowid
         except sqlite3.IntegrityError:
-            # Already recorded: the database's word is final.
+            # Already recorded: the database's word is final. Nothing was written, so a refusal leaves the
+            # batch's transaction as it was.
+            if event.delivery_id is not None:
+                known = db.execute(
+                    "SELECT EXISTS (SELECT 1 FROM job_events WHERE event_key = ?),"
+                    " (SELECT job_id FROM job_events WHERE delivery_id = ?)",
+                    (event.key, event.delivery_id),
+                ).fetchone()
+                conflict = delivery_conflict(event, bool(known[0]), known[1])
+                if conflict is not None:
+                    raise conflict from None
             return Applied(outcome=Outcome.DUPLICATE, status=previous or event.status)
         completed = received if transition.moves and event.status.terminal else None
         result = bytes(event.result).decode() if event.result is not None else None
