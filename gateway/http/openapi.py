@@ -31,7 +31,7 @@ from litestar.response import File
 from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
 from gateway.http.responses import ErrorBody
-from gateway.ingest.pipeline import Accepted
+from gateway.ingest.errors import Accepted
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

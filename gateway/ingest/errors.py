@@ -5,7 +5,11 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 
-__all__ = ("STORE_RETRY_AFTER_SECONDS", "Refusal", "Rejection", "shutting_down", "unavailable")
+import msgspec
+
+from gateway.model import Outcome, Status
+
+__all__ = ("STORE_RETRY_AFTER_SECONDS", "Accepted", "Refusal", "Rejection", "shutting_down", "unavailable")
 
 STORE_RETRY_AFTER_SECONDS = 5
 """What a 503 for a failing store asks the sender to wait before retrying."""
@@ -66,3 +70,13 @@ def shutting_down() -> Rejection:
         "The gateway is shutting down; nothing was changed. Retry after Retry-After seconds, same request.",
         headers={"Retry-After": str(STORE_RETRY_AFTER_SECONDS), "Connection": "close"},
     )
+
+
+class Accepted(msgspec.Struct, frozen=True, kw_only=True):
+    """The 200 answer: the webhook is durably recorded (or was already)."""
+
+    received: bool = True
+    job_id: str
+    status: Status
+    """The job's status after this webhook."""
+    outcome: Outcome
