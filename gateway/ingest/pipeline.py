@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 
+from gateway.answers import Accepted, Refusal, Rejection, shutting_down, unavailable
 from gateway.ingest.admission import check_headers, read_body
 from gateway.ingest.authenticate import Authenticator
 from gateway.ingest.decode import decode_event
 from gateway.ingest.deduplicate import idempotency_keys
-from gateway.ingest.errors import Accepted, Refusal, Rejection, shutting_down, unavailable
 from gateway.kinds import a_job_of_kind
 from gateway.model import KindConflict, Outcome, Status, Unregistered
 from gateway.stores.base import StoreUnavailable

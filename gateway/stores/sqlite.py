@@ -26,7 +26,6 @@ import msgspec
 
 from gateway.delivery import sqlite_outbox
 from gateway.delivery.outbox import current_traceparent
-from gateway.ingest.transition import decide
 from gateway.model import (
     Applied,
     HistoryEntry,
@@ -49,6 +48,7 @@ from gateway.stores.base import Outage, StoreUnavailable
 from gateway.stores.queries import EVENT_COLUMNS, decode_context, events_where, job_stats, jobs_where
 from gateway.stores.records import answer, decode_metadata, merge_metadata, to_json
 from gateway.stores.sqlite_wal import RESET_FRAMES, Checkpointer
+from gateway.transition import decide
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
