@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
+from gateway.answers import Rejection
 from gateway.config import Rate
-from gateway.ingest.errors import Rejection
 from gateway.ingest.ratelimit import RateLimiter
 from gateway.stores.base import RateLimitStore
 from gateway.stores.memory import MemoryRateLimitStore

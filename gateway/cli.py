@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from gateway import __version__
-from gateway.config import ConfigError, PostgresDatabase, Settings
+from gateway.config import ConfigError, PostgresDatabase, Settings, configured_urls
 from gateway.delivery import commands as delivery_commands
-from gateway.redact import configured_urls, scrub, url_secrets
+from gateway.redact import scrub, url_secrets
 from gateway.send import add_send_parser, run_send
 from gateway.telemetry.logs import configure_logging
 from gateway.telemetry.tracing import check_tracing_env

@@ -21,7 +21,17 @@ from gateway.envvars import ConfigError, read, setting
 from gateway.redact import shown_url
 from gateway.signatures import InvalidKey, parse_key
 
-__all__ = ("ConfigError", "Database", "IPNetwork", "OnError", "PostgresDatabase", "Rate", "Settings", "SqliteDatabase")
+__all__ = (
+    "ConfigError",
+    "Database",
+    "IPNetwork",
+    "OnError",
+    "PostgresDatabase",
+    "Rate",
+    "Settings",
+    "SqliteDatabase",
+    "configured_urls",
+)
 
 Environment = Literal["development", "production"]
 LogFormat = Literal["json", "console"]
@@ -552,3 +562,10 @@ def _production_secret(value: str) -> None:
             f"{len(value)}: a short secret can be guessed by trying. Make one with "
             '`python -c "import secrets; print(secrets.token_urlsafe(32))"` and give it to the sender too'
         )
+
+
+def configured_urls(settings: Settings) -> tuple[str, ...]:
+    """The URLs the gateway is configured with: the database (PostgreSQL), Redis, NATS, forwarding, OTLP."""
+    database_url: str | None = getattr(settings.database, "url", None)
+    urls = (database_url, settings.redis_url, settings.nats_url, settings.forward_url, settings.otlp_endpoint)
+    return tuple(url for url in urls if url)

@@ -9,13 +9,9 @@ through :func:`scrub`. Both are pure functions, safe anywhere.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
-if TYPE_CHECKING:
-    from gateway.config import Settings
-
-__all__ = ("MASK", "configured_urls", "scrub", "shown_url", "url_secrets")
+__all__ = ("MASK", "scrub", "shown_url", "url_secrets")
 
 MASK = "***"
 _SECRET_NAMES = ("pass", "pwd", "secret", "token", "key", "auth", "sig", "credential", "session")
@@ -50,13 +46,6 @@ def scrub(text: str, *urls: str | None) -> str:
 def url_secrets(*urls: str | None) -> tuple[str, ...]:
     """Every password in ``urls`` (as written and percent-decoded), longest first: what log lines mask."""
     return tuple(sorted({value for url in urls if url for value in _secrets(url)}, key=len, reverse=True))
-
-
-def configured_urls(settings: Settings) -> tuple[str, ...]:
-    """The URLs the gateway is configured with: the database (PostgreSQL), Redis, NATS, forwarding, OTLP."""
-    database_url: str | None = getattr(settings.database, "url", None)
-    urls = (database_url, settings.redis_url, settings.nats_url, settings.forward_url, settings.otlp_endpoint)
-    return tuple(url for url in urls if url)
 
 
 def _shown_parameter(parameter: str) -> str:

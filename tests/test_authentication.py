@@ -16,10 +16,10 @@ from litestar.testing import AsyncTestClient
 from prometheus_client import CollectorRegistry
 from standardwebhooks import Webhook
 
+from gateway.answers import Rejection
 from gateway.config import Settings, SqliteDatabase
 from gateway.http.app import create_app
 from gateway.ingest.authenticate import Authenticator
-from gateway.ingest.errors import Rejection
 from gateway.ingest.pipeline import Pipeline
 from gateway.kinds import kind_named
 from gateway.stores.memory import MemoryIdempotencyStore

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient
 from prometheus_client import CollectorRegistry
 
+from gateway.answers import Rejection
 from gateway.config import Settings, SqliteDatabase
 from gateway.http.app import create_app
-from gateway.ingest.errors import Rejection
 from gateway.ingest.pipeline import Pipeline
 from gateway.kinds import kind_named
 from gateway.model import Applied, JobEvent, Outcome, Status

@@ -9,8 +9,8 @@ import logging
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from gateway.answers import Refusal, Rejection
 from gateway.config import Rate
-from gateway.ingest.errors import Refusal, Rejection
 from gateway.ingest.ratelimit import RateLimiter, Senders, gcra
 from gateway.stores.memory import MemoryRateLimitStore
 from gateway.stores.redis import RedisRateLimitStore

@@ -8,9 +8,9 @@ so a replica that lost its lease (stalled past it) cannot overwrite the new owne
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import asyncpg
 import msgspec
@@ -29,10 +29,24 @@ from gateway.delivery.outbox import (
 from gateway.delivery.sink import Delivery
 
 if TYPE_CHECKING:
-    from gateway.model import JobEvent
-    from gateway.stores.postgres import Connection, PostgresJobStore
+    from asyncpg.pool import PoolConnectionProxy
 
-__all__ = ("PostgresOutbox", "enqueue")
+    from gateway.model import JobEvent
+
+    Connection = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+
+__all__ = ("PostgresOutbox", "PostgresRunner", "enqueue")
+
+T = TypeVar("T")
+
+
+class PostgresRunner(Protocol):
+    """What the outbox needs of the PostgreSQL job store it shares a database with."""
+
+    async def run(self, operation: str, work: Callable[[Connection], Awaitable[T]]) -> T:
+        """Run ``work`` on a pooled connection; any failure is the store's StoreUnavailable."""
+        ...
+
 
 _RECORD_COLUMNS = (
     "id, event_id, sequence, sink, job_id, kind, status, state, attempts, next_attempt_at, last_error,"
@@ -84,7 +98,7 @@ async def enqueue(db: Connection, writer: OutboxWriter, applied: Sequence[tuple[
 class PostgresOutbox:
     """:class:`~gateway.delivery.outbox.Outbox` in the PostgreSQL job store's database."""
 
-    def __init__(self, store: PostgresJobStore) -> None:
+    def __init__(self, store: PostgresRunner) -> None:
         self._store = store
 
     async def claim(

@@ -8,9 +8,9 @@ process left behind are freed at once (:meth:`SqliteOutbox.release_leases`) inst
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -29,9 +29,17 @@ from gateway.delivery.sink import Delivery
 
 if TYPE_CHECKING:
     from gateway.model import JobEvent
-    from gateway.stores.sqlite import SqliteJobStore
 
-__all__ = ("SqliteOutbox", "enqueue")
+__all__ = ("SqliteOutbox", "SqliteRunner", "enqueue")
+
+
+class SqliteRunner(Protocol):
+    """What the outbox needs of the SQLite job store it shares a file with."""
+
+    async def run(self, operation: str, work: Callable[[sqlite3.Connection], Any], *, write: bool = True) -> Any:
+        """Run ``work`` on the store's writer (``write``) or reader thread; answers what ``work`` answers."""
+        ...
+
 
 _RECORD_COLUMNS = (
     "id, event_id, sequence, sink, job_id, kind, status, state, attempts, next_attempt_at, last_error,"
@@ -69,7 +77,7 @@ def enqueue(
 class SqliteOutbox:
     """:class:`~gateway.delivery.outbox.Outbox` in the SQLite job store's file."""
 
-    def __init__(self, store: SqliteJobStore) -> None:
+    def __init__(self, store: SqliteRunner) -> None:
         self._store = store
 
     async def claim(

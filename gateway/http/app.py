@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from gateway import __version__
+from gateway.answers import unavailable
 from gateway.config import PostgresDatabase, Settings
 from gateway.delivery.dispatcher import Dispatcher
 from gateway.delivery.http_sink import HttpSink
@@ -33,7 +34,6 @@ from gateway.http.responses import error_response
 from gateway.http.status_page import status_page_routes
 from gateway.http.tracing import server_spans
 from gateway.http.webhooks import WebhooksFirst, unknown_webhook_route, webhook_receiver, webhook_route
-from gateway.ingest.errors import unavailable
 from gateway.ingest.pipeline import Pipeline
 from gateway.ingest.ratelimit import RateLimiter
 from gateway.kinds import KINDS

@@ -30,8 +30,8 @@ from litestar.openapi.spec import (
 from litestar.response import File
 from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
+from gateway.answers import Accepted
 from gateway.http.responses import ErrorBody
-from gateway.ingest.pipeline import Accepted
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

@@ -13,9 +13,9 @@ from litestar.exceptions import ClientException
 from litestar.params import FromPath
 from litestar.types import Receive, Scope, Send  # at runtime: Litestar reads the handler's signature
 
+from gateway.answers import Refusal, Rejection
 from gateway.http.auth import OWN_AUTHENTICATION
 from gateway.http.responses import ErrorBody, error_response, send_json
-from gateway.ingest.errors import Refusal, Rejection
 from gateway.ingest.ratelimit import client_address
 from gateway.telemetry.metrics import UNKNOWN_KIND
 

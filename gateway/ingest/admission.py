@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, Mapping
 
-from gateway.ingest.errors import Refusal, Rejection
+from gateway.answers import Refusal, Rejection
 
 __all__ = ("check_headers", "read_body")
 

@@ -11,30 +11,15 @@ gateway's own telemetry.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import hmac
 from collections.abc import Mapping
 from typing import NamedTuple
 
 from gateway import signatures
+from gateway.answers import AuthFailure
 
 __all__ = ("AuthFailure", "Authenticator", "Verdict")
-
-
-class AuthFailure(enum.StrEnum):
-    """Why authentication failed (the ``reason`` label of the auth-failure metric)."""
-
-    MISSING = "missing"
-    """No credential at all."""
-    BAD_SECRET = "bad_secret"  # noqa: S105 (a label, not a secret)
-    """``X-Webhook-Secret`` does not match."""
-    BAD_SIGNATURE = "bad_signature"
-    """Well-formed signatures, none made with a configured key over this body."""
-    EXPIRED = "expired"
-    """A valid signature whose ``webhook-timestamp`` is outside the tolerance (a replay or a skewed clock)."""
-    MALFORMED = "malformed"
-    """Signature headers incomplete or unparseable."""
 
 
 class Verdict(NamedTuple):

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from gateway.ingest.errors import Refusal, Rejection
+from gateway.answers import Refusal, Rejection
 from gateway.kinds import KINDS, JobKind, a_job_of_kind
 from gateway.model import JobEvent, Status
 from gateway.payloads import BlogCompleted, Failed, ImageCompleted, Payload

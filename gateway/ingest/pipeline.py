@@ -26,14 +26,13 @@ from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-import msgspec
 from opentelemetry import trace
 
+from gateway.answers import Accepted, Refusal, Rejection, shutting_down, unavailable
 from gateway.ingest.admission import check_headers, read_body
 from gateway.ingest.authenticate import Authenticator
 from gateway.ingest.decode import decode_event
 from gateway.ingest.deduplicate import idempotency_keys
-from gateway.ingest.errors import Refusal, Rejection, shutting_down, unavailable
 from gateway.kinds import a_job_of_kind
 from gateway.model import DeliveryConflict, KindConflict, Outcome, Status, Unregistered
 from gateway.stores.base import StoreUnavailable
@@ -58,16 +57,6 @@ _UNAUTHORIZED = "Missing or invalid webhook credentials"
 _CLOSE: Mapping[str, str] = {"Connection": "close"}
 _NO_HEADERS: Mapping[str, str] = {}
 _UNTRACED = nullcontext()
-
-
-class Accepted(msgspec.Struct, frozen=True, kw_only=True):
-    """The 200 answer: the webhook is durably recorded (or was already)."""
-
-    received: bool = True
-    job_id: str
-    status: Status
-    """The job's status after this webhook."""
-    outcome: Outcome
 
 
 class Pipeline:

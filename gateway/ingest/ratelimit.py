@@ -22,8 +22,9 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from gateway.ingest.errors import Refusal, Rejection, unavailable
-from gateway.stores.base import RateDecision, StoreUnavailable
+from gateway.answers import Refusal, Rejection, unavailable
+from gateway.gcra import RateDecision, gcra
+from gateway.stores.base import StoreUnavailable
 
 if TYPE_CHECKING:
     from gateway.config import IPNetwork, OnError, Rate, Settings
@@ -36,18 +37,6 @@ logger = logging.getLogger(__name__)
 
 MICROSECONDS = 1_000_000
 GLOBAL_KEY = "global"
-
-
-def gcra(tat: int | None, now: int, interval: int, tolerance: int) -> tuple[RateDecision, int | None]:
-    """Decide one request against a key whose theoretical arrival time is ``tat`` (``None``: unknown key).
-
-    Returns the decision and the key's new TAT, or ``None`` when the request is refused (nothing changes).
-    """
-    base = now if tat is None or tat < now else tat
-    backlog = base + interval - now
-    if backlog > tolerance:
-        return RateDecision(False, base - now), None
-    return RateDecision(True, backlog), base + interval
 
 
 def client_address(scope: Mapping[str, Any]) -> str:

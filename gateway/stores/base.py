@@ -6,8 +6,9 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Sequence
 from datetime import datetime
-from typing import NamedTuple, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
+from gateway.gcra import RateDecision
 from gateway.model import Applied, InProgress, Job, JobEvent, JobPage, JobStats, Status, StreamEvent
 from gateway.registration import Registered, Registration
 from gateway.stores.queries import JobQuery
@@ -159,15 +160,6 @@ class Outage:
         if self._failing:
             self._failing = False
             self._logger.warning("%s work again", self._what)
-
-
-class RateDecision(NamedTuple):
-    """One GCRA decision (see :mod:`gateway.ingest.ratelimit`), in integer microseconds."""
-
-    allowed: bool
-    backlog_us: int
-    """How far the key's theoretical arrival time is ahead of now after this decision (a limited request
-    leaves it unchanged): the part of the burst tolerance in use. Headers and ``Retry-After`` follow from it."""
 
 
 class RateLimitStore(Protocol):

@@ -18,7 +18,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from gateway.ingest.ratelimit import gcra
+from gateway.gcra import gcra
 from gateway.stores.base import RateDecision
 
 __all__ = ("MemoryIdempotencyStore", "MemoryRateLimitStore")

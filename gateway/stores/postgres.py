@@ -3,7 +3,7 @@
 Events are applied in batches (group commit, see :mod:`gateway.stores.postgres_batch`): a replica's
 events queue while its previous batch is written, and the next batch takes them all in one transaction
 that locks the jobs' rows, so concurrent events of one job, on any replica, are decided one after the
-other by :func:`~gateway.ingest.transition.decide` against the committed state. The unique ``event_key``
+other by :func:`~gateway.transition.decide` against the committed state. The unique ``event_key``
 and ``delivery_id`` make the database the last guard of exactly-once, whatever the idempotency store
 forgot. Every call is bounded by one timeout (waiting for a pooled connection included) and any failure
 of the driver, the network or the server is :class:`~gateway.stores.base.StoreUnavailable`: the webhook

@@ -9,7 +9,7 @@ for all of its events.
 
 A batch locks the rows of the jobs it touches in job-id order (``FOR UPDATE``: a concurrent batch of
 another replica waits, and two batches never deadlock), reads which of its events are recorded already,
-decides every event in arrival order with :func:`~gateway.ingest.transition.decide` against those rows,
+decides every event in arrival order with :func:`~gateway.transition.decide` against those rows,
 then writes the new jobs, the changed jobs and the events in one statement (their outbox rows, with
 forwarding on, in a second one).
 The unique ``job_id``, ``event_key`` and ``delivery_id`` stay the last guard of exactly-once: if another
@@ -24,19 +24,23 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from gateway.delivery import postgres_outbox
-from gateway.ingest.transition import decide
 from gateway.model import Applied, KindConflict, Outcome, Refused, Status, Unregistered
 from gateway.stores.records import answer, decode_metadata, delivery_conflict, merge_metadata, to_json
+from gateway.transition import decide
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from datetime import datetime
 
+    import asyncpg
+    from asyncpg.pool import PoolConnectionProxy
+
     from gateway.delivery.outbox import OutboxWriter
-    from gateway.ingest.transition import Transition
     from gateway.model import JobEvent
     from gateway.payloads import Metadata
-    from gateway.stores.postgres import Connection
+    from gateway.transition import Transition
+
+    Connection = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
 
 __all__ = ("EVENTS_LOCK", "Pending", "apply_batch")
 

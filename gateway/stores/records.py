@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from gateway.ingest.transition import Transition
 from gateway.model import Applied, DeliveryConflict, Outcome, Status
 from gateway.payloads import Metadata
+from gateway.transition import Transition
 
 if TYPE_CHECKING:
     from datetime import datetime

@@ -26,7 +26,6 @@ import msgspec
 
 from gateway.delivery import sqlite_outbox
 from gateway.delivery.outbox import current_traceparent
-from gateway.ingest.transition import decide
 from gateway.model import (
     Applied,
     HistoryEntry,
@@ -56,6 +55,7 @@ from gateway.stores.records import (
     to_json,
 )
 from gateway.stores.sqlite_wal import RESET_FRAMES, Checkpointer
+from gateway.transition import decide
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

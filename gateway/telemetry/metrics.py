@@ -21,8 +21,7 @@ from prometheus_client import metrics as stock
 from prometheus_client.samples import Exemplar
 
 from gateway import __version__
-from gateway.ingest.authenticate import AuthFailure
-from gateway.ingest.errors import Refusal
+from gateway.answers import AuthFailure, Refusal
 from gateway.model import Outcome, Status
 
 if TYPE_CHECKING:

@@ -13,9 +13,7 @@ from gateway.telemetry.logs import direct_info
 if TYPE_CHECKING:
     from prometheus_client.metrics import Counter, Histogram
 
-    from gateway.ingest.authenticate import AuthFailure
-    from gateway.ingest.errors import Rejection
-    from gateway.ingest.pipeline import Accepted
+    from gateway.answers import Accepted, AuthFailure, Rejection
     from gateway.model import Applied, JobEvent, Status
     from gateway.stores.base import StoreUnavailable
     from gateway.telemetry.metrics import Metrics

@@ -1,11 +1,23 @@
-"""Why a webhook was refused: one exception the transport turns into a 4xx/5xx answer."""
+"""What the gateway answers a webhook: Accepted, or a Rejection the transport turns into a 4xx/5xx."""
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
 
-__all__ = ("STORE_RETRY_AFTER_SECONDS", "Refusal", "Rejection", "shutting_down", "unavailable")
+import msgspec
+
+from gateway.model import Outcome, Status
+
+__all__ = (
+    "STORE_RETRY_AFTER_SECONDS",
+    "Accepted",
+    "AuthFailure",
+    "Refusal",
+    "Rejection",
+    "shutting_down",
+    "unavailable",
+)
 
 STORE_RETRY_AFTER_SECONDS = 5
 """What a 503 for a failing store asks the sender to wait before retrying."""
@@ -66,3 +78,28 @@ def shutting_down() -> Rejection:
         "The gateway is shutting down; nothing was changed. Retry after Retry-After seconds, same request.",
         headers={"Retry-After": str(STORE_RETRY_AFTER_SECONDS), "Connection": "close"},
     )
+
+
+class Accepted(msgspec.Struct, frozen=True, kw_only=True):
+    """The 200 answer: the webhook is durably recorded (or was already)."""
+
+    received: bool = True
+    job_id: str
+    status: Status
+    """The job's status after this webhook."""
+    outcome: Outcome
+
+
+class AuthFailure(enum.StrEnum):
+    """Why authentication failed (the ``reason`` label of the auth-failure metric)."""
+
+    MISSING = "missing"
+    """No credential at all."""
+    BAD_SECRET = "bad_secret"  # noqa: S105 (a label, not a secret)
+    """``X-Webhook-Secret`` does not match."""
+    BAD_SIGNATURE = "bad_signature"
+    """Well-formed signatures, none made with a configured key over this body."""
+    EXPIRED = "expired"
+    """A valid signature whose ``webhook-timestamp`` is outside the tolerance (a replay or a skewed clock)."""
+    MALFORMED = "malformed"
+    """Signature headers incomplete or unparseable."""
