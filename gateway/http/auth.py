@@ -141,14 +141,8 @@ class ApiAccess:
             )
         if self._token is None:
             return
-        authorization = connection.headers.get("authorization")
-        if authorization is not None:
-            scheme, _, credential = authorization.partition(" ")
-            if scheme.lower() == "bearer" and self.token_matches(credential.strip()):
-                return
-            raise NotAuthorizedException(
-                f"Invalid credentials. {_WRITES_NEED}", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
-            )
+        if self._bearer_given(connection, _WRITES_NEED):
+            return
         if connection.cookies.get(SESSION_COOKIE) is not None:
             # A cookie rides along with any request the browser makes, a forged one included: it opens
             # reads (the status page's), never a change (registration, replay).
@@ -158,18 +152,27 @@ class ApiAccess:
             )
         raise NotAuthorizedException(_WRITES_NEED, headers={"WWW-Authenticate": "Bearer"})
 
+    def _bearer_given(self, connection: ASGIConnection[Any, Any, Any, Any], needs: str) -> bool:
+        """Whether the request carries the token as a bearer; ``False`` without an ``Authorization`` header.
+
+        Raises ``NotAuthorizedException`` (401 saying ``needs``) for any other ``Authorization`` value.
+        """
+        authorization = connection.headers.get("authorization")
+        if authorization is None:
+            return False
+        scheme, _, credential = authorization.partition(" ")
+        if scheme.lower() == "bearer" and self.token_matches(credential.strip()):
+            return True
+        raise NotAuthorizedException(
+            f"Invalid credentials. {needs}", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        )
+
     def _check_read(self, connection: ASGIConnection[Any, Any, Any, Any]) -> None:
         """The bearer token or a valid session cookie; open when no token is set."""
         if self._token is None:
             return
-        authorization = connection.headers.get("authorization")
-        if authorization is not None:
-            scheme, _, credential = authorization.partition(" ")
-            if scheme.lower() == "bearer" and self.token_matches(credential.strip()):
-                return
-            raise NotAuthorizedException(
-                f"Invalid credentials. {_NEEDS}", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
-            )
+        if self._bearer_given(connection, _NEEDS):
+            return
         cookie = connection.cookies.get(SESSION_COOKIE)
         if cookie is not None and self.session_valid(cookie):
             return
