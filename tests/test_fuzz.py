@@ -728,7 +728,8 @@ def test_random_headers_never_crash_and_never_let_an_unauthenticated_webhook_in(
     elif content_length.expected is not None:
         expected = set(content_length.expected)
     elif secret_ok or signature_ok:
-        expected = {200}
+        # a random webhook-id beside a good secret may break the id's alphabet (gateway/ids.py): a 400
+        expected = {200} if webhook_id.valid is not None else {200, 400}
     elif unknown_auth:
         expected = None
     else:
