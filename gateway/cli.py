@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from gateway import __version__
+from gateway import cli_deliveries as delivery_commands
 from gateway.config import ConfigError, PostgresDatabase, Settings, configured_urls
-from gateway.delivery import commands as delivery_commands
 from gateway.redact import scrub, url_secrets
 from gateway.send import add_send_parser, run_send
 from gateway.telemetry.logs import configure_logging

@@ -30,6 +30,7 @@ __all__ = (
     "Outcome",
     "Refused",
     "Status",
+    "StoreUnavailable",
     "StreamEvent",
     "Unregistered",
 )
@@ -152,6 +153,16 @@ class Unregistered(Refused):
     def __init__(self, job_id: str) -> None:
         super().__init__(f"job {job_id!r} is not registered")
         self.job_id = job_id
+
+
+class StoreUnavailable(Exception):
+    """A store could not answer (unreachable, timed out, failing): the webhook is refused with 503, never
+    half-applied, so the sender's retry is safe."""
+
+    def __init__(self, store: str, operation: str) -> None:
+        super().__init__(f"{store} store failed during {operation}")
+        self.store = store
+        self.operation = operation
 
 
 class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):

@@ -18,10 +18,7 @@ from gateway.config import PostgresDatabase, Settings
 from gateway.delivery.dispatcher import Dispatcher
 from gateway.delivery.http_sink import HttpSink
 from gateway.delivery.jetstream import JetStreamSink
-from gateway.delivery.outbox import OutboxWriter
-from gateway.delivery.postgres_outbox import PostgresOutbox
 from gateway.delivery.schedule import RetrySchedule
-from gateway.delivery.sqlite_outbox import SqliteOutbox
 from gateway.http.allow import with_allow
 from gateway.http.auth import PUBLIC, ApiAccess, session_routes
 from gateway.http.deliveries import delivery_controller
@@ -37,14 +34,17 @@ from gateway.http.webhooks import WebhooksFirst, unknown_webhook_route, webhook_
 from gateway.ingest.pipeline import Pipeline
 from gateway.ingest.ratelimit import RateLimiter
 from gateway.kinds import KINDS
+from gateway.outbox import OutboxWriter
 from gateway.redact import shown_url
 from gateway.retention import Retention
 from gateway.startup import job_store_failure
 from gateway.stores.base import IdempotencyStore, RateLimitStore, StoreUnavailable
 from gateway.stores.memory import MemoryIdempotencyStore, MemoryRateLimitStore
 from gateway.stores.postgres import PostgresJobStore
+from gateway.stores.postgres_outbox import PostgresOutbox
 from gateway.stores.redis import RedisIdempotencyStore, RedisRateLimitStore
 from gateway.stores.sqlite import SqliteJobStore
+from gateway.stores.sqlite_outbox import SqliteOutbox
 from gateway.telemetry.metrics import Metrics, ModelLabels
 from gateway.telemetry.recorder import Telemetry
 from gateway.telemetry.tracing import tracer_provider_from_env

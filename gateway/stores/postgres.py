@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import asyncpg
 import msgspec
 
-from gateway.delivery.outbox import current_traceparent
 from gateway.model import (
     Applied,
     HistoryEntry,
@@ -38,6 +37,7 @@ from gateway.model import (
     Status,
     StreamEvent,
 )
+from gateway.outbox import current_traceparent
 from gateway.registration import Registered, RegisterOutcome, differing_fields
 from gateway.stores import migrations
 from gateway.stores.base import Outage, StoreUnavailable, to_the_end
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
     from asyncpg.pool import PoolConnectionProxy
 
-    from gateway.delivery.outbox import OutboxWriter
+    from gateway.outbox import OutboxWriter
     from gateway.registration import Registration
     from gateway.stores.queries import JobQuery
 

@@ -23,8 +23,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
-from gateway.delivery import postgres_outbox
 from gateway.model import Applied, KindConflict, Outcome, Refused, Status, Unregistered
+from gateway.stores import postgres_outbox
 from gateway.stores.records import answer, decode_metadata, delivery_conflict, merge_metadata, to_json
 from gateway.transition import decide
 
@@ -35,8 +35,8 @@ if TYPE_CHECKING:
     import asyncpg
     from asyncpg.pool import PoolConnectionProxy
 
-    from gateway.delivery.outbox import OutboxWriter
     from gateway.model import JobEvent
+    from gateway.outbox import OutboxWriter
     from gateway.payloads import Metadata
     from gateway.transition import Transition
 

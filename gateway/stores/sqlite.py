@@ -24,8 +24,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import msgspec
 
-from gateway.delivery import sqlite_outbox
-from gateway.delivery.outbox import current_traceparent
 from gateway.model import (
     Applied,
     HistoryEntry,
@@ -42,8 +40,9 @@ from gateway.model import (
     StreamEvent,
     Unregistered,
 )
+from gateway.outbox import current_traceparent
 from gateway.registration import Registered, RegisterOutcome, differing_fields
-from gateway.stores import migrations
+from gateway.stores import migrations, sqlite_outbox
 from gateway.stores.base import Outage, StoreUnavailable
 from gateway.stores.queries import EVENT_COLUMNS, decode_context, events_where, job_stats, jobs_where
 from gateway.stores.records import (
@@ -60,7 +59,7 @@ from gateway.transition import decide
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from gateway.delivery.outbox import OutboxWriter
+    from gateway.outbox import OutboxWriter
     from gateway.registration import Registration
     from gateway.stores.queries import JobQuery
 

@@ -14,8 +14,7 @@ if TYPE_CHECKING:
     from prometheus_client.metrics import Counter, Histogram
 
     from gateway.answers import Accepted, AuthFailure, Rejection
-    from gateway.model import Applied, JobEvent, Status
-    from gateway.stores.base import StoreUnavailable
+    from gateway.model import Applied, JobEvent, Status, StoreUnavailable
     from gateway.telemetry.metrics import Metrics
 
 __all__ = ("Telemetry",)

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import asyncpg
 import msgspec
 
-from gateway.delivery.outbox import (
+from gateway.outbox import (
     Backlog,
     Claimed,
+    Delivery,
     DeliveryPage,
     DeliveryRecord,
     DeliveryState,
@@ -26,7 +27,6 @@ from gateway.delivery.outbox import (
     event_body,
     event_id,
 )
-from gateway.delivery.sink import Delivery
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -96,7 +96,7 @@ async def enqueue(db: Connection, writer: OutboxWriter, applied: Sequence[tuple[
 
 
 class PostgresOutbox:
-    """:class:`~gateway.delivery.outbox.Outbox` in the PostgreSQL job store's database."""
+    """:class:`~gateway.outbox.Outbox` in the PostgreSQL job store's database."""
 
     def __init__(self, store: PostgresRunner) -> None:
         self._store = store

@@ -15,12 +15,12 @@ from datetime import UTC, datetime
 import msgspec
 
 from gateway.config import PostgresDatabase, Settings
-from gateway.delivery.outbox import DeliveryState, Outbox
-from gateway.delivery.postgres_outbox import PostgresOutbox
-from gateway.delivery.sqlite_outbox import SqliteOutbox
+from gateway.outbox import DeliveryState, Outbox
 from gateway.stores.base import StoreUnavailable
 from gateway.stores.postgres import PostgresJobStore
+from gateway.stores.postgres_outbox import PostgresOutbox
 from gateway.stores.sqlite import SqliteJobStore
+from gateway.stores.sqlite_outbox import SqliteOutbox
 from gateway.telemetry.metrics import SINKS
 
 __all__ = ("add_parser", "run")

@@ -4,7 +4,7 @@ The job store writes one row per enabled sink in the transaction that applies th
 :class:`OutboxWriter`), so an acknowledged webhook is never lost for delivery, even across a crash. The
 event's stable id is ``evt_<sequence>``, ``sequence`` being the event's global id in ``job_events``: a
 retry or a replay sends the same id, so the app deduplicates. The :class:`Outbox` protocol is
-implemented per database in :mod:`gateway.delivery.sqlite_outbox` and :mod:`gateway.delivery.postgres_outbox`.
+implemented per database in :mod:`gateway.stores.sqlite_outbox` and :mod:`gateway.stores.postgres_outbox`.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import msgspec
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from gateway.delivery.sink import Delivery
 from gateway.model import JobEvent
 from gateway.payloads import Metadata
 
 __all__ = (
     "Backlog",
     "Claimed",
+    "Delivery",
     "DeliveryPage",
     "DeliveryRecord",
     "DeliveryState",
@@ -39,6 +39,27 @@ __all__ = (
 
 _encode = msgspec.json.Encoder().encode
 _propagator = TraceContextTextMapPropagator()
+
+
+class Delivery(msgspec.Struct, frozen=True, kw_only=True):
+    """One attempt to deliver one applied event to one sink."""
+
+    id: int
+    """The outbox row's id (one row per event and sink)."""
+    event_id: str
+    """The event's stable id (``evt_<sequence>``): the ``webhook-id`` / ``Nats-Msg-Id``, so receivers
+    deduplicate across retries and replays."""
+    sequence: int
+    """The event's global id in ``job_events``: increasing in the order events were applied."""
+    job_id: str
+    kind: str
+    status: str
+    body: bytes
+    """The normalised event JSON, exactly what is sent."""
+    attempt: int
+    """1 for the first attempt."""
+    traceparent: str | None
+    """The W3C ``traceparent`` of the webhook that caused the event, to link the delivery's span to it."""
 
 
 class DeliveryState(enum.StrEnum):

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
-from gateway.delivery.outbox import (
+from gateway.outbox import (
     Backlog,
     Claimed,
+    Delivery,
     DeliveryPage,
     DeliveryRecord,
     DeliveryState,
@@ -25,7 +26,6 @@ from gateway.delivery.outbox import (
     event_body,
     event_id,
 )
-from gateway.delivery.sink import Delivery
 
 if TYPE_CHECKING:
     from gateway.model import JobEvent
@@ -75,7 +75,7 @@ def enqueue(
 
 
 class SqliteOutbox:
-    """:class:`~gateway.delivery.outbox.Outbox` in the SQLite job store's file."""
+    """:class:`~gateway.outbox.Outbox` in the SQLite job store's file."""
 
     def __init__(self, store: SqliteRunner) -> None:
         self._store = store
