@@ -191,11 +191,11 @@ def _exit_quietly(signum: int, _: FrameType | None) -> None:
 def _migrate(settings: Settings) -> int:
     database = settings.database
     if isinstance(database, PostgresDatabase):
-        from gateway.stores import postgres
+        from gateway.stores import postgres_executor
 
         where = database.shown
         try:
-            applied = asyncio.run(postgres.migrate(database.url))
+            applied = asyncio.run(postgres_executor.migrate(database.url))
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
             print(
                 f"gateway: cannot migrate {where}: {type(error).__name__}: {scrub(str(error), database.url)}",
@@ -203,10 +203,10 @@ def _migrate(settings: Settings) -> int:
             )
             return 1
     else:
-        from gateway.stores import sqlite
+        from gateway.stores import sqlite_executor
 
         where = database.path
-        applied = sqlite.migrate(database.path)
+        applied = sqlite_executor.migrate(database.path)
     if applied:
         print(f"gateway: applied migrations {', '.join(map(str, applied))} to {where}")
     else:

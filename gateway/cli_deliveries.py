@@ -84,10 +84,10 @@ async def _run(settings: Settings, args: argparse.Namespace, *, forwarding: bool
     outbox: Outbox
     if isinstance(database, PostgresDatabase):
         store = PostgresJobStore(database.url, pool_size=1, timeout=max(settings.store_timeout_seconds, 10.0))
-        outbox = PostgresOutbox(store)
+        outbox = PostgresOutbox(store.executor)
     else:
         store = SqliteJobStore(database.path)
-        outbox = SqliteOutbox(store)
+        outbox = SqliteOutbox(store.executor)
     await store.open(apply_migrations=False)
     try:
         return await _act(outbox, args, forwarding=forwarding)

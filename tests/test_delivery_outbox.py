@@ -44,11 +44,11 @@ async def outbox(
     if request.param == "sqlite":
         store = SqliteJobStore(str(tmp_path / "outbox.db"), writer)
         await store.open()
-        yield store, SqliteOutbox(store)
+        yield store, SqliteOutbox(store.executor)
     else:
         store = PostgresJobStore(request.getfixturevalue("database_url"), outbox=writer)
         await store.open()
-        yield store, PostgresOutbox(store)
+        yield store, PostgresOutbox(store.executor)
     await store.close()
 
 

@@ -101,7 +101,7 @@ def create_app(
     forwarding = tuple(sinks)
     writer = OutboxWriter(forwarding, settings.forward_statuses) if sinks else None
     jobs = _job_store(settings, writer)
-    outbox = SqliteOutbox(jobs) if isinstance(jobs, SqliteJobStore) else PostgresOutbox(jobs)
+    outbox = SqliteOutbox(jobs.executor) if isinstance(jobs, SqliteJobStore) else PostgresOutbox(jobs.executor)
     dispatcher = _dispatcher(settings, sinks, outbox, metrics, tracer) if sinks else None
     if dispatcher is not None and writer is not None:
         writer.on_written = dispatcher.wake

@@ -8,9 +8,9 @@ so a replica that lost its lease (stalled past it) cannot overwrite the new owne
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 import msgspec
@@ -32,20 +32,13 @@ if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
     from gateway.model import JobEvent
+    from gateway.stores.postgres_executor import PostgresExecutor
 
     Connection = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
 
-__all__ = ("PostgresOutbox", "PostgresRunner", "enqueue")
+__all__ = ("PostgresOutbox", "enqueue")
 
 T = TypeVar("T")
-
-
-class PostgresRunner(Protocol):
-    """What the outbox needs of the PostgreSQL job store it shares a database with."""
-
-    async def run(self, operation: str, work: Callable[[Connection], Awaitable[T]]) -> T:
-        """Run ``work`` on a pooled connection; any failure is the store's StoreUnavailable."""
-        ...
 
 
 _RECORD_COLUMNS = (
@@ -98,14 +91,16 @@ async def enqueue(db: Connection, writer: OutboxWriter, applied: Sequence[tuple[
 class PostgresOutbox:
     """:class:`~gateway.outbox.Outbox` in the PostgreSQL job store's database."""
 
-    def __init__(self, store: PostgresRunner) -> None:
-        self._store = store
+    def __init__(self, executor: PostgresExecutor) -> None:
+        self._executor = executor
 
     async def claim(
         self, owner: str, sinks: Sequence[str], limit: int, lease_seconds: float, now: datetime
     ) -> list[Claimed]:
         until = now + timedelta(seconds=lease_seconds)
-        rows = await self._store.run("outbox_claim", lambda db: db.fetch(_CLAIM, list(sinks), now, limit, owner, until))
+        rows = await self._executor.run(
+            "outbox_claim", lambda db: db.fetch(_CLAIM, list(sinks), now, limit, owner, until)
+        )
         return [
             Claimed(
                 row["sink"],
@@ -149,11 +144,11 @@ class PostgresOutbox:
             f"UPDATE deliveries SET {assignments}, lease_owner = NULL, lease_expires_at = NULL, updated_at = $3"  # noqa: S608
             " WHERE id = $1 AND lease_owner = $2 AND state = 'pending'"
         )
-        status = await self._store.run(operation, lambda db: db.execute(sql, row_id, owner, now, *values))
+        status = await self._executor.run(operation, lambda db: db.execute(sql, row_id, owner, now, *values))
         return bool(status == "UPDATE 1")
 
     async def release_leases(self, owner: str) -> int:
-        status = await self._store.run(
+        status = await self._executor.run(
             "outbox_release_leases",
             lambda db: db.execute(
                 "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = $1", owner
@@ -162,7 +157,7 @@ class PostgresOutbox:
         return int(status.rpartition(" ")[2])
 
     async def disable_sink(self, sink: str, reason: str, now: datetime) -> None:
-        await self._store.run(
+        await self._executor.run(
             "outbox_disable",
             lambda db: db.execute(
                 "INSERT INTO delivery_sinks_disabled (sink, reason, disabled_at) VALUES ($1, $2, $3)"
@@ -174,13 +169,13 @@ class PostgresOutbox:
         )
 
     async def enable_sink(self, sink: str) -> bool:
-        status = await self._store.run(
+        status = await self._executor.run(
             "outbox_enable", lambda db: db.execute("DELETE FROM delivery_sinks_disabled WHERE sink = $1", sink)
         )
         return bool(status == "DELETE 1")
 
     async def disabled_sinks(self) -> list[DisabledSink]:
-        rows = await self._store.run(
+        rows = await self._executor.run(
             "outbox_disabled", lambda db: db.fetch("SELECT sink, reason, disabled_at FROM delivery_sinks_disabled")
         )
         return [DisabledSink(sink=row["sink"], reason=row["reason"], disabled_at=row["disabled_at"]) for row in rows]
@@ -197,7 +192,7 @@ class PostgresOutbox:
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         params.append(limit + 1)
         sql = f"SELECT {_RECORD_COLUMNS} FROM deliveries {where} ORDER BY id DESC LIMIT ${len(params)}"  # noqa: S608
-        rows = await self._store.run("outbox_list", lambda db: db.fetch(sql, *params))
+        rows = await self._executor.run("outbox_list", lambda db: db.fetch(sql, *params))
         more = len(rows) > limit
         rows = rows[:limit]
         return DeliveryPage(
@@ -215,11 +210,11 @@ class PostgresOutbox:
             )
             return await db.fetchrow(f"SELECT {_RECORD_COLUMNS} FROM deliveries WHERE id = $1", row_id)  # noqa: S608
 
-        row = await self._store.run("outbox_replay", replay)
+        row = await self._executor.run("outbox_replay", replay)
         return _record(row) if row is not None else None
 
     async def replay_all(self, state: DeliveryState, job_id: str | None, now: datetime) -> int:
-        status = await self._store.run(
+        status = await self._executor.run(
             "outbox_replay_all",
             lambda db: db.execute(
                 "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = $1, updated_at = $1,"
@@ -233,7 +228,7 @@ class PostgresOutbox:
         return int(status.rpartition(" ")[2])
 
     async def backlog(self) -> list[Backlog]:
-        rows = await self._store.run(
+        rows = await self._executor.run(
             "outbox_backlog",
             lambda db: db.fetch(
                 "SELECT sink, count(*) AS count, min(coalesce(pending_since, created_at)) AS oldest FROM deliveries"
@@ -243,7 +238,7 @@ class PostgresOutbox:
         return [Backlog(sink=row["sink"], count=row["count"], oldest_pending_since=row["oldest"]) for row in rows]
 
     async def prune_finished(self, before: datetime, limit: int) -> int:
-        status = await self._store.run(
+        status = await self._executor.run(
             "outbox_prune",
             lambda db: db.execute(
                 "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries"

@@ -1,5 +1,5 @@
-"""The outbox on the embedded SQLite store: rows written by the job store's writer thread, in the
-transaction that applies the event; claims and settlements go through the same thread.
+"""The outbox on the embedded SQLite file: rows written (:func:`enqueue`) in the transaction that applies
+the event; claims and settlements go through the same file's executor, which the job store shares.
 
 SQLite means one gateway process, so leases only matter within it: at start, the leases a crashed
 process left behind are freed at once (:meth:`SqliteOutbox.release_leases`) instead of timing out.
@@ -8,9 +8,9 @@ process left behind are freed at once (:meth:`SqliteOutbox.release_leases`) inst
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -26,19 +26,12 @@ from gateway.outbox import (
     event_body,
     event_id,
 )
+from gateway.stores.sqlite_executor import SqliteExecutor
 
 if TYPE_CHECKING:
     from gateway.model import JobEvent
 
-__all__ = ("SqliteOutbox", "SqliteRunner", "enqueue")
-
-
-class SqliteRunner(Protocol):
-    """What the outbox needs of the SQLite job store it shares a file with."""
-
-    async def run(self, operation: str, work: Callable[[sqlite3.Connection], Any], *, write: bool = True) -> Any:
-        """Run ``work`` on the store's writer (``write``) or reader thread; answers what ``work`` answers."""
-        ...
+__all__ = ("SqliteOutbox", "enqueue")
 
 
 _RECORD_COLUMNS = (
@@ -77,14 +70,14 @@ def enqueue(
 class SqliteOutbox:
     """:class:`~gateway.outbox.Outbox` in the SQLite job store's file."""
 
-    def __init__(self, store: SqliteRunner) -> None:
-        self._store = store
+    def __init__(self, executor: SqliteExecutor) -> None:
+        self._executor = executor
 
     async def claim(
         self, owner: str, sinks: Sequence[str], limit: int, lease_seconds: float, now: datetime
     ) -> list[Claimed]:
         until = _iso(now + timedelta(seconds=lease_seconds))
-        claimed: list[Claimed] = await self._store.run(
+        claimed: list[Claimed] = await self._executor.run(
             "outbox_claim", lambda db: _claim(db, owner, sinks, limit, until, now)
         )
         return claimed
@@ -119,7 +112,7 @@ class SqliteOutbox:
             f"UPDATE deliveries SET {assignments}, lease_owner = NULL, lease_expires_at = NULL, updated_at = ?"  # noqa: S608
             " WHERE id = ? AND lease_owner = ? AND state = 'pending'"
         )
-        changed: int = await self._store.run(
+        changed: int = await self._executor.run(
             operation, lambda db: db.execute(sql, (*values, _iso(now), row_id, owner)).rowcount
         )
         return changed == 1
@@ -132,11 +125,11 @@ class SqliteOutbox:
         if owner is not None:
             sql += " AND lease_owner = ?"
             params = (owner,)
-        changed: int = await self._store.run("outbox_release_leases", lambda db: db.execute(sql, params).rowcount)
+        changed: int = await self._executor.run("outbox_release_leases", lambda db: db.execute(sql, params).rowcount)
         return changed
 
     async def disable_sink(self, sink: str, reason: str, now: datetime) -> None:
-        await self._store.run(
+        await self._executor.run(
             "outbox_disable",
             lambda db: db.execute(
                 "INSERT INTO delivery_sinks_disabled (sink, reason, disabled_at) VALUES (?, ?, ?)"
@@ -146,14 +139,14 @@ class SqliteOutbox:
         )
 
     async def enable_sink(self, sink: str) -> bool:
-        changed: int = await self._store.run(
+        changed: int = await self._executor.run(
             "outbox_enable",
             lambda db: db.execute("DELETE FROM delivery_sinks_disabled WHERE sink = ?", (sink,)).rowcount,
         )
         return changed == 1
 
     async def disabled_sinks(self) -> list[DisabledSink]:
-        rows = await self._store.run(
+        rows = await self._executor.run(
             "outbox_disabled",
             lambda db: db.execute("SELECT sink, reason, disabled_at FROM delivery_sinks_disabled").fetchall(),
             write=False,
@@ -165,7 +158,7 @@ class SqliteOutbox:
     async def list_deliveries(
         self, *, state: DeliveryState | None, job_id: str | None, limit: int, cursor: int | None
     ) -> DeliveryPage:
-        page: DeliveryPage = await self._store.run(
+        page: DeliveryPage = await self._executor.run(
             "outbox_list", lambda db: _list(db, state, job_id, limit, cursor), write=False
         )
         return page
@@ -181,7 +174,7 @@ class SqliteOutbox:
             row = db.execute(f"SELECT {_RECORD_COLUMNS} FROM deliveries WHERE id = ?", (row_id,)).fetchone()  # noqa: S608
             return _record(row) if row is not None else None
 
-        record: DeliveryRecord | None = await self._store.run("outbox_replay", replay)
+        record: DeliveryRecord | None = await self._executor.run("outbox_replay", replay)
         return record
 
     async def replay_all(self, state: DeliveryState, job_id: str | None, now: datetime) -> int:
@@ -193,11 +186,11 @@ class SqliteOutbox:
         if job_id is not None:
             sql += " AND job_id = ?"
             params += (job_id,)
-        changed: int = await self._store.run("outbox_replay_all", lambda db: db.execute(sql, params).rowcount)
+        changed: int = await self._executor.run("outbox_replay_all", lambda db: db.execute(sql, params).rowcount)
         return changed
 
     async def backlog(self) -> list[Backlog]:
-        rows = await self._store.run(
+        rows = await self._executor.run(
             "outbox_backlog",
             lambda db: db.execute(
                 "SELECT sink, count(*), min(coalesce(pending_since, created_at)) FROM deliveries"
@@ -211,7 +204,7 @@ class SqliteOutbox:
         ]
 
     async def prune_finished(self, before: datetime, limit: int) -> int:
-        changed: int = await self._store.run(
+        changed: int = await self._executor.run(
             "outbox_prune",
             lambda db: (
                 db.execute(
