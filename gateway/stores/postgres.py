@@ -16,14 +16,12 @@ import asyncio
 import logging
 import uuid
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import asyncpg
-import msgspec
 
 from gateway.model import (
     Applied,
-    HistoryEntry,
     InProgress,
     Job,
     JobEvent,
@@ -38,11 +36,12 @@ from gateway.model import (
 )
 from gateway.outbox import current_traceparent
 from gateway.registration import Registered, RegisterOutcome, differing_fields
+from gateway.stores import rows as rows_
 from gateway.stores.base import StoreUnavailable, to_the_end
 from gateway.stores.postgres_batch import Pending, apply_batch
 from gateway.stores.postgres_executor import PROBE, PostgresExecutor
 from gateway.stores.queries import EVENT_COLUMNS, decode_context, events_where, job_stats, jobs_where
-from gateway.stores.records import decode_metadata, recorded_status, to_json
+from gateway.stores.records import recorded_status, to_json
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -62,10 +61,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_JOB_COLUMNS = (
-    "seq, job_id, kind, status, result, metadata, error_message, created_at, updated_at, completed_at,"
-    " user_id, organization_id, registered_at, context"
-)
 # Replicas pruning at once skip each other's rows (SKIP LOCKED), as do rows an event is updating right now.
 _PRUNE = (
     "WITH doomed AS (SELECT job_id FROM jobs WHERE status IN ('completed', 'failed') AND completed_at < $1"
@@ -208,20 +203,7 @@ class PostgresJobStore:
                 limit,
             ),
         )
-        return [
-            StreamEvent(
-                id=r["id"],
-                job_id=r["job_id"],
-                kind=r["kind"],
-                status=Status(r["status"]),
-                outcome=Outcome(r["outcome"]),
-                timestamp=r["timestamp"],
-                received_at=r["received_at"],
-                user_id=r["user_id"],
-                organization_id=r["organization_id"],
-            )
-            for r in rows
-        ]
+        return [rows_.stream_event(row, rows_.as_stored) for row in rows]
 
     async def last_event_id(self) -> int:
         last = await self.executor.run("events", lambda db: db.fetchval("SELECT max(id) FROM job_events"))
@@ -254,10 +236,7 @@ class PostgresJobStore:
                 " WHERE status IN ('pending', 'initializing', 'generating', 'saving') GROUP BY kind, status"
             ),
         )
-        return [
-            InProgress(kind=r["kind"], status=Status(r["status"]), count=r["count"], oldest_created_at=r["oldest"])
-            for r in rows
-        ]
+        return [rows_.in_progress(row, rows_.as_stored) for row in rows]
 
     async def prune_finished(self, before: datetime, limit: int) -> int:
         deleted: int = await self.executor.run("prune", lambda db: db.fetchval(_PRUNE, before, limit))
@@ -289,61 +268,30 @@ def _refuse(waiting: Sequence[Pending]) -> None:
 
 
 async def _get(db: Connection, job_id: str) -> Job | None:
-    row = await db.fetchrow(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = $1", job_id)  # noqa: S608
+    row = await db.fetchrow(f"SELECT {rows_.JOB_COLUMNS} FROM jobs WHERE job_id = $1", job_id)  # noqa: S608
     if row is None:
         return None
     events = await db.fetch(
-        "SELECT id, status, timestamp, received_at, outcome, delivery_id, error_message, metadata"
-        " FROM job_events WHERE job_id = $1 ORDER BY id",
+        f"SELECT {rows_.HISTORY_COLUMNS} FROM job_events WHERE job_id = $1 ORDER BY id",  # noqa: S608
         job_id,
     )
-    history = [
-        HistoryEntry(
-            id=e["id"],
-            status=Status(e["status"]),
-            timestamp=e["timestamp"],
-            received_at=e["received_at"],
-            outcome=Outcome(e["outcome"]),
-            stale=e["outcome"] == Outcome.STALE,
-            delivery_id=e["delivery_id"],
-            error_message=e["error_message"],
-            metadata=decode_metadata(e["metadata"]),
-        )
-        for e in events
-    ]
-    return Job(**_job_fields(row), history=history)
+    history = [rows_.history_entry(event, rows_.as_stored) for event in events]
+    return Job(**rows_.job_fields(row, rows_.as_stored), history=history)
 
 
 async def _list(db: Connection, query: JobQuery) -> JobPage:
     where, params = jobs_where(query, lambda n: f"${n}", lambda moment: moment)
     params.append(query.limit + 1)
     rows = await db.fetch(
-        f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT ${len(params)}",  # noqa: S608
+        f"SELECT {rows_.JOB_COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT ${len(params)}",  # noqa: S608
         *params,
     )
     more = len(rows) > query.limit
     rows = rows[: query.limit]
     return JobPage(
-        jobs=[JobSummary(**_job_fields(row)) for row in rows], next_cursor=str(rows[-1]["seq"]) if more else None
+        jobs=[JobSummary(**rows_.job_fields(row, rows_.as_stored)) for row in rows],
+        next_cursor=str(rows[-1]["seq"]) if more else None,
     )
-
-
-def _job_fields(row: asyncpg.Record) -> dict[str, Any]:
-    return {
-        "job_id": row["job_id"],
-        "kind": row["kind"],
-        "status": Status(row["status"]),
-        "result": msgspec.Raw(row["result"].encode()) if row["result"] is not None else None,
-        "metadata": decode_metadata(row["metadata"]),
-        "error_message": row["error_message"],
-        "created_at": row["created_at"],
-        "updated_at": row["updated_at"],
-        "completed_at": row["completed_at"],
-        "user_id": row["user_id"],
-        "organization_id": row["organization_id"],
-        "registered_at": row["registered_at"],
-        "context": decode_context(row["context"]),
-    }
 
 
 async def _register(db: Connection, registration: Registration, now: datetime) -> Registered:

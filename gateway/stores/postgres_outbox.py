@@ -13,12 +13,10 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
-import msgspec
 
 from gateway.outbox import (
     Backlog,
     Claimed,
-    Delivery,
     DeliveryPage,
     DeliveryRecord,
     DeliveryState,
@@ -27,6 +25,7 @@ from gateway.outbox import (
     event_body,
     event_id,
 )
+from gateway.stores import rows as rows_
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -41,10 +40,6 @@ __all__ = ("PostgresOutbox", "enqueue")
 T = TypeVar("T")
 
 
-_RECORD_COLUMNS = (
-    "id, event_id, sequence, sink, job_id, kind, status, state, attempts, next_attempt_at, last_error,"
-    " created_at, updated_at, delivered_at, body"
-)
 _CLAIM = """
 WITH due AS (
     SELECT id FROM deliveries d
@@ -60,6 +55,7 @@ UPDATE deliveries SET lease_owner = $4, lease_expires_at = $5, attempts = attemp
 FROM due WHERE deliveries.id = due.id AND deliveries.state = 'pending'
 RETURNING deliveries.id, event_id, sequence, sink, job_id, kind, status, body, attempts, traceparent
 """
+"""Returns :data:`~gateway.stores.rows.CLAIMED_COLUMNS`, ``attempts`` already counting this claim."""
 
 
 async def enqueue(db: Connection, writer: OutboxWriter, applied: Sequence[tuple[JobEvent, int, str | None]]) -> None:
@@ -101,23 +97,7 @@ class PostgresOutbox:
         rows = await self._executor.run(
             "outbox_claim", lambda db: db.fetch(_CLAIM, list(sinks), now, limit, owner, until)
         )
-        return [
-            Claimed(
-                row["sink"],
-                Delivery(
-                    id=row["id"],
-                    event_id=row["event_id"],
-                    sequence=row["sequence"],
-                    job_id=row["job_id"],
-                    kind=row["kind"],
-                    status=row["status"],
-                    body=bytes(row["body"]),
-                    attempt=row["attempts"],
-                    traceparent=row["traceparent"],
-                ),
-            )
-            for row in sorted(rows, key=lambda row: row["id"])
-        ]
+        return [rows_.claimed(row, attempt=row[8]) for row in sorted(rows, key=lambda row: row[0])]
 
     async def delivered(self, row_id: int, owner: str, now: datetime) -> bool:
         return await self._settle(
@@ -178,7 +158,7 @@ class PostgresOutbox:
         rows = await self._executor.run(
             "outbox_disabled", lambda db: db.fetch("SELECT sink, reason, disabled_at FROM delivery_sinks_disabled")
         )
-        return [DisabledSink(sink=row["sink"], reason=row["reason"], disabled_at=row["disabled_at"]) for row in rows]
+        return [rows_.disabled_sink(row, rows_.as_stored) for row in rows]
 
     async def list_deliveries(
         self, *, state: DeliveryState | None, job_id: str | None, limit: int, cursor: int | None
@@ -191,12 +171,13 @@ class PostgresOutbox:
                 clauses.append(f"{column} ${len(params)}")
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         params.append(limit + 1)
-        sql = f"SELECT {_RECORD_COLUMNS} FROM deliveries {where} ORDER BY id DESC LIMIT ${len(params)}"  # noqa: S608
+        sql = f"SELECT {rows_.DELIVERY_COLUMNS} FROM deliveries {where} ORDER BY id DESC LIMIT ${len(params)}"  # noqa: S608
         rows = await self._executor.run("outbox_list", lambda db: db.fetch(sql, *params))
         more = len(rows) > limit
         rows = rows[:limit]
         return DeliveryPage(
-            deliveries=[_record(row) for row in rows], next_cursor=str(rows[-1]["id"]) if more else None
+            deliveries=[rows_.delivery_record(row, rows_.as_stored) for row in rows],
+            next_cursor=str(rows[-1]["id"]) if more else None,
         )
 
     async def replay(self, row_id: int, now: datetime) -> DeliveryRecord | None:
@@ -208,10 +189,10 @@ class PostgresOutbox:
                 row_id,
                 now,
             )
-            return await db.fetchrow(f"SELECT {_RECORD_COLUMNS} FROM deliveries WHERE id = $1", row_id)  # noqa: S608
+            return await db.fetchrow(f"SELECT {rows_.DELIVERY_COLUMNS} FROM deliveries WHERE id = $1", row_id)  # noqa: S608
 
         row = await self._executor.run("outbox_replay", replay)
-        return _record(row) if row is not None else None
+        return rows_.delivery_record(row, rows_.as_stored) if row is not None else None
 
     async def replay_all(self, state: DeliveryState, job_id: str | None, now: datetime) -> int:
         status = await self._executor.run(
@@ -235,7 +216,7 @@ class PostgresOutbox:
                 " WHERE state = 'pending' GROUP BY sink"
             ),
         )
-        return [Backlog(sink=row["sink"], count=row["count"], oldest_pending_since=row["oldest"]) for row in rows]
+        return [rows_.backlog(row, rows_.as_stored) for row in rows]
 
     async def prune_finished(self, before: datetime, limit: int) -> int:
         status = await self._executor.run(
@@ -248,23 +229,3 @@ class PostgresOutbox:
             ),
         )
         return int(status.rpartition(" ")[2])
-
-
-def _record(row: asyncpg.Record) -> DeliveryRecord:
-    return DeliveryRecord(
-        id=row["id"],
-        event_id=row["event_id"],
-        sequence=row["sequence"],
-        sink=row["sink"],
-        job_id=row["job_id"],
-        kind=row["kind"],
-        status=row["status"],
-        state=DeliveryState(row["state"]),
-        attempts=row["attempts"],
-        next_attempt_at=row["next_attempt_at"],
-        last_error=row["last_error"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        delivered_at=row["delivered_at"],
-        body=msgspec.Raw(bytes(row["body"])),
-    )

@@ -12,13 +12,10 @@ import logging
 import sqlite3
 import uuid
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
-
-import msgspec
+from typing import TYPE_CHECKING
 
 from gateway.model import (
     Applied,
-    HistoryEntry,
     InProgress,
     Job,
     JobEvent,
@@ -33,6 +30,7 @@ from gateway.model import (
 )
 from gateway.outbox import current_traceparent
 from gateway.registration import Registered, RegisterOutcome, differing_fields
+from gateway.stores import rows as rows_
 from gateway.stores import sqlite_outbox
 from gateway.stores.queries import EVENT_COLUMNS, decode_context, events_where, job_stats, jobs_where
 from gateway.stores.records import (
@@ -57,10 +55,6 @@ __all__ = ("SqliteJobStore",)
 logger = logging.getLogger(__name__)
 
 
-_JOB_COLUMNS = (
-    "seq, job_id, kind, status, result, metadata, error_message, created_at, updated_at, completed_at,"
-    " user_id, organization_id, registered_at, context"
-)
 _PROBE_FILLER = "0" * 8192
 """The readiness probe's row spans a few pages: a file that cannot grow (``SQLITE_FULL``) refuses it."""
 
@@ -291,67 +285,33 @@ def _in_progress(db: sqlite3.Connection) -> list[InProgress]:
         "SELECT kind, status, count(*), min(created_at) FROM jobs"
         " WHERE status IN ('pending', 'initializing', 'generating', 'saving') GROUP BY kind, status"
     ).fetchall()
-    return [
-        InProgress(kind=kind, status=Status(status), count=count, oldest_created_at=datetime.fromisoformat(oldest))
-        for kind, status, count, oldest in rows
-    ]
+    return [rows_.in_progress(row, rows_.from_text) for row in rows]
 
 
 def _get(db: sqlite3.Connection, job_id: str) -> Job | None:
-    row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()  # noqa: S608
+    row = db.execute(f"SELECT {rows_.JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()  # noqa: S608
     if row is None:
         return None
     events = db.execute(
-        "SELECT id, status, timestamp, received_at, outcome, delivery_id, error_message, metadata"
-        " FROM job_events WHERE job_id = ? ORDER BY id",
+        f"SELECT {rows_.HISTORY_COLUMNS} FROM job_events WHERE job_id = ? ORDER BY id",  # noqa: S608
         (job_id,),
     ).fetchall()
-    history = [
-        HistoryEntry(
-            id=e[0],
-            status=Status(e[1]),
-            timestamp=datetime.fromisoformat(e[2]),
-            received_at=datetime.fromisoformat(e[3]),
-            outcome=Outcome(e[4]),
-            stale=e[4] == Outcome.STALE,
-            delivery_id=e[5],
-            error_message=e[6],
-            metadata=decode_metadata(e[7]),
-        )
-        for e in events
-    ]
-    return Job(**_job_fields(row), history=history)
+    history = [rows_.history_entry(event, rows_.from_text) for event in events]
+    return Job(**rows_.job_fields(row, rows_.from_text), history=history)
 
 
 def _list(db: sqlite3.Connection, query: JobQuery) -> JobPage:
     where, params = jobs_where(query, lambda _: "?", _iso)
     rows = db.execute(
-        f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT ?",  # noqa: S608
+        f"SELECT {rows_.JOB_COLUMNS} FROM jobs {where} ORDER BY seq DESC LIMIT ?",  # noqa: S608
         (*params, query.limit + 1),
     ).fetchall()
     more = len(rows) > query.limit
     rows = rows[: query.limit]
     return JobPage(
-        jobs=[JobSummary(**_job_fields(row)) for row in rows], next_cursor=str(rows[-1][0]) if more else None
+        jobs=[JobSummary(**rows_.job_fields(row, rows_.from_text)) for row in rows],
+        next_cursor=str(rows[-1][0]) if more else None,
     )
-
-
-def _job_fields(row: Any) -> dict[str, Any]:
-    return {
-        "job_id": row[1],
-        "kind": row[2],
-        "status": Status(row[3]),
-        "result": msgspec.Raw(row[4].encode()) if row[4] is not None else None,
-        "metadata": decode_metadata(row[5]),
-        "error_message": row[6],
-        "created_at": datetime.fromisoformat(row[7]),
-        "updated_at": datetime.fromisoformat(row[8]),
-        "completed_at": datetime.fromisoformat(row[9]) if row[9] is not None else None,
-        "user_id": row[10],
-        "organization_id": row[11],
-        "registered_at": datetime.fromisoformat(row[12]) if row[12] is not None else None,
-        "context": decode_context(row[13]),
-    }
 
 
 def _register(db: sqlite3.Connection, registration: Registration, now: datetime) -> Registered:
@@ -401,20 +361,7 @@ def _events_after(
         f" {where} ORDER BY e.id LIMIT ?",
         (*params, limit),
     ).fetchall()
-    return [
-        StreamEvent(
-            id=r[0],
-            job_id=r[1],
-            kind=r[2],
-            status=Status(r[3]),
-            outcome=Outcome(r[4]),
-            timestamp=datetime.fromisoformat(r[5]),
-            received_at=datetime.fromisoformat(r[6]),
-            user_id=r[7],
-            organization_id=r[8],
-        )
-        for r in rows
-    ]
+    return [rows_.stream_event(row, rows_.from_text) for row in rows]
 
 
 def _stats(db: sqlite3.Connection, since: datetime, until: datetime) -> JobStats:

@@ -12,12 +12,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from gateway.outbox import (
     Backlog,
     Claimed,
-    Delivery,
     DeliveryPage,
     DeliveryRecord,
     DeliveryState,
@@ -26,6 +23,7 @@ from gateway.outbox import (
     event_body,
     event_id,
 )
+from gateway.stores import rows as rows_
 from gateway.stores.sqlite_executor import SqliteExecutor
 
 if TYPE_CHECKING:
@@ -34,10 +32,6 @@ if TYPE_CHECKING:
 __all__ = ("SqliteOutbox", "enqueue")
 
 
-_RECORD_COLUMNS = (
-    "id, event_id, sequence, sink, job_id, kind, status, state, attempts, next_attempt_at, last_error,"
-    " created_at, updated_at, delivered_at, body"
-)
 _PENDING = DeliveryState.PENDING.value
 _DELIVERED = DeliveryState.DELIVERED.value
 _DEAD = DeliveryState.DEAD.value
@@ -151,9 +145,7 @@ class SqliteOutbox:
             lambda db: db.execute("SELECT sink, reason, disabled_at FROM delivery_sinks_disabled").fetchall(),
             write=False,
         )
-        return [
-            DisabledSink(sink=sink, reason=reason, disabled_at=datetime.fromisoformat(at)) for sink, reason, at in rows
-        ]
+        return [rows_.disabled_sink(row, rows_.from_text) for row in rows]
 
     async def list_deliveries(
         self, *, state: DeliveryState | None, job_id: str | None, limit: int, cursor: int | None
@@ -171,8 +163,8 @@ class SqliteOutbox:
                 " WHERE id = ? AND state != 'pending'",
                 (_iso(now), _iso(now), _iso(now), row_id),
             )
-            row = db.execute(f"SELECT {_RECORD_COLUMNS} FROM deliveries WHERE id = ?", (row_id,)).fetchone()  # noqa: S608
-            return _record(row) if row is not None else None
+            row = db.execute(f"SELECT {rows_.DELIVERY_COLUMNS} FROM deliveries WHERE id = ?", (row_id,)).fetchone()  # noqa: S608
+            return rows_.delivery_record(row, rows_.from_text) if row is not None else None
 
         record: DeliveryRecord | None = await self._executor.run("outbox_replay", replay)
         return record
@@ -198,10 +190,7 @@ class SqliteOutbox:
             ).fetchall(),
             write=False,
         )
-        return [
-            Backlog(sink=sink, count=count, oldest_pending_since=datetime.fromisoformat(oldest))
-            for sink, count, oldest in rows
-        ]
+        return [rows_.backlog(row, rows_.from_text) for row in rows]
 
     async def prune_finished(self, before: datetime, limit: int) -> int:
         changed: int = await self._executor.run(
@@ -224,7 +213,7 @@ def _claim(
     moment = _iso(now)
     marks = ", ".join("?" * len(sinks))
     rows = db.execute(
-        "SELECT id, event_id, sequence, sink, job_id, kind, status, body, attempts, traceparent FROM deliveries d"  # noqa: S608
+        f"SELECT {rows_.CLAIMED_COLUMNS} FROM deliveries d"  # noqa: S608
         f" WHERE state = 'pending' AND sink IN ({marks}) AND next_attempt_at <= ?"
         " AND (lease_expires_at IS NULL OR lease_expires_at <= ?)"
         " AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.job_id = d.job_id AND e.sink = d.sink"
@@ -236,23 +225,7 @@ def _claim(
         "UPDATE deliveries SET lease_owner = ?, lease_expires_at = ?, attempts = attempts + 1 WHERE id = ?",
         [(owner, lease_until, row[0]) for row in rows],
     )
-    return [
-        Claimed(
-            row[3],
-            Delivery(
-                id=row[0],
-                event_id=row[1],
-                sequence=row[2],
-                job_id=row[4],
-                kind=row[5],
-                status=row[6],
-                body=bytes(row[7]),
-                attempt=row[8] + 1,
-                traceparent=row[9],
-            ),
-        )
-        for row in rows
-    ]
+    return [rows_.claimed(row, attempt=row[8] + 1) for row in rows]  # read before the claim counted it
 
 
 def _list(
@@ -265,31 +238,14 @@ def _list(
             params.append(value)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     rows = db.execute(
-        f"SELECT {_RECORD_COLUMNS} FROM deliveries {where} ORDER BY id DESC LIMIT ?",  # noqa: S608
+        f"SELECT {rows_.DELIVERY_COLUMNS} FROM deliveries {where} ORDER BY id DESC LIMIT ?",  # noqa: S608
         (*params, limit + 1),
     ).fetchall()
     more = len(rows) > limit
     rows = rows[:limit]
-    return DeliveryPage(deliveries=[_record(row) for row in rows], next_cursor=str(rows[-1][0]) if more else None)
-
-
-def _record(row: Any) -> DeliveryRecord:
-    return DeliveryRecord(
-        id=row[0],
-        event_id=row[1],
-        sequence=row[2],
-        sink=row[3],
-        job_id=row[4],
-        kind=row[5],
-        status=row[6],
-        state=DeliveryState(row[7]),
-        attempts=row[8],
-        next_attempt_at=datetime.fromisoformat(row[9]),
-        last_error=row[10],
-        created_at=datetime.fromisoformat(row[11]),
-        updated_at=datetime.fromisoformat(row[12]),
-        delivered_at=datetime.fromisoformat(row[13]) if row[13] is not None else None,
-        body=msgspec.Raw(bytes(row[14])),
+    return DeliveryPage(
+        deliveries=[rows_.delivery_record(row, rows_.from_text) for row in rows],
+        next_cursor=str(rows[-1][0]) if more else None,
     )
 
 
