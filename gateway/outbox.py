@@ -10,9 +10,9 @@ implemented per database in :mod:`gateway.stores.sqlite_outbox` and :mod:`gatewa
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 from opentelemetry import trace
@@ -38,6 +38,7 @@ __all__ = (
 )
 
 _encode = msgspec.json.Encoder().encode
+Row = tuple[Any, ...]
 _propagator = TraceContextTextMapPropagator()
 
 
@@ -138,6 +139,21 @@ class OutboxWriter:
         if self._statuses is not None and event.status.value not in self._statuses:
             return ()
         return self.sinks
+
+    def rows(self, applied: Iterable[tuple[JobEvent, int, str | None]], moment: Callable[[datetime], Any]) -> list[Row]:
+        """The outbox rows of applied events (each with its sequence and traceparent), one per event and
+        sink: ``sequence, event_id, sink, job_id, kind, status, body, traceparent, received`` in the
+        order of the INSERT both databases run; ``moment`` stores the event's ``received_at``."""
+        rows: list[Row] = []
+        for event, sequence, traceparent in applied:
+            sinks = self.sinks_for(event)
+            if not sinks:
+                continue
+            body = event_body(event, sequence)
+            received = moment(event.received_at)
+            shared = (event.job_id, event.kind, event.status.value, body, traceparent, received)
+            rows += [(sequence, event_id(sequence), sink, *shared) for sink in sinks]
+        return rows
 
 
 def _nothing() -> None:

@@ -22,8 +22,6 @@ from gateway.outbox import (
     DeliveryState,
     DisabledSink,
     OutboxWriter,
-    event_body,
-    event_id,
 )
 from gateway.stores import rows as rows_
 
@@ -60,22 +58,8 @@ RETURNING deliveries.id, event_id, sequence, sink, job_id, kind, status, body, a
 
 async def enqueue(db: Connection, writer: OutboxWriter, applied: Sequence[tuple[JobEvent, int, str | None]]) -> None:
     """Write the rows of the applied events (each with its sequence and traceparent), one per event and
-    sink, inside the job store's transaction."""
-    rows = [
-        (
-            sequence,
-            event_id(sequence),
-            sink,
-            event.job_id,
-            event.kind,
-            event.status.value,
-            event_body(event, sequence),
-            traceparent,
-            event.received_at,
-        )
-        for event, sequence, traceparent in applied
-        for sink in writer.sinks_for(event)
-    ]
+    sink, inside the job store's transaction; due at once."""
+    rows = writer.rows(applied, rows_.as_stored)
     if rows:
         await db.executemany(
             "INSERT INTO deliveries (sequence, event_id, sink, job_id, kind, status, body, traceparent,"

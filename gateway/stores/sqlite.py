@@ -241,7 +241,7 @@ class SqliteJobStore:
                 )
         if self._outbox is not None and transition.outcome is Outcome.APPLIED:
             assert event_id is not None  # an inserted row always has one
-            sqlite_outbox.enqueue(db, self._outbox, event, event_id, traceparent, received)
+            sqlite_outbox.enqueue(db, self._outbox, event, event_id, traceparent)
         return answer(event, transition, previous, event_id, metadata, datetime.fromisoformat(first_seen))
 
 

@@ -20,8 +20,6 @@ from gateway.outbox import (
     DeliveryState,
     DisabledSink,
     OutboxWriter,
-    event_body,
-    event_id,
 )
 from gateway.stores import rows as rows_
 from gateway.stores.sqlite_executor import SqliteExecutor
@@ -38,26 +36,13 @@ _DEAD = DeliveryState.DEAD.value
 
 
 def enqueue(
-    db: sqlite3.Connection,
-    writer: OutboxWriter,
-    event: JobEvent,
-    sequence: int,
-    traceparent: str | None,
-    received: str,
+    db: sqlite3.Connection, writer: OutboxWriter, event: JobEvent, sequence: int, traceparent: str | None
 ) -> None:
-    """Write the event's rows, one per sink, inside the job store's transaction."""
-    sinks = writer.sinks_for(event)
-    if not sinks:
-        return
-    body = event_body(event, sequence)
-    times = (received, received, received)  # due now; created; updated
+    """Write the event's rows, one per sink, inside the job store's transaction; due at once."""
     db.executemany(
         "INSERT INTO deliveries (sequence, event_id, sink, job_id, kind, status, body, traceparent,"
-        " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            (sequence, event_id(sequence), sink, event.job_id, event.kind, event.status, body, traceparent, *times)
-            for sink in sinks
-        ],
+        " next_attempt_at, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9)",
+        writer.rows([(event, sequence, traceparent)], _iso),
     )
 
 
