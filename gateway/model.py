@@ -16,8 +16,9 @@ from litestar.params import KwargDefinition
 from gateway.payloads import Metadata
 
 __all__ = (
-    "Applied",
     "DeliveryConflict",
+    "EventRefused",
+    "EventResult",
     "HistoryEntry",
     "InProgress",
     "Job",
@@ -28,7 +29,6 @@ __all__ = (
     "JobSummary",
     "KindConflict",
     "Outcome",
-    "Refused",
     "Status",
     "StoreUnavailable",
     "StreamEvent",
@@ -105,7 +105,7 @@ class JobEvent(msgspec.Struct, frozen=True, kw_only=True):
         return f"{self.kind}:{self.job_id}:{self.status}:{micros}"
 
 
-class Applied(msgspec.Struct, frozen=True, kw_only=True):
+class EventResult(msgspec.Struct, frozen=True, kw_only=True):
     """The job store's answer to an event."""
 
     outcome: Outcome
@@ -123,11 +123,11 @@ class Applied(msgspec.Struct, frozen=True, kw_only=True):
     """When the gateway first heard of the job."""
 
 
-class Refused(Exception):
+class EventRefused(Exception):
     """An event the job store refused before writing anything: the other writes of its batch go on."""
 
 
-class KindConflict(Refused):
+class KindConflict(EventRefused):
     """The job exists under another kind: its webhooks belong on that kind's route."""
 
     def __init__(self, job_id: str, kind: str) -> None:
@@ -136,7 +136,7 @@ class KindConflict(Refused):
         self.kind = kind
 
 
-class DeliveryConflict(Refused):
+class DeliveryConflict(EventRefused):
     """The ``webhook-id`` is recorded already, for another job's event: a sender reusing an id, never a
     retry of this event (whose key names its job). Refused with 409 naming ``job_id``, the job it is
     recorded for; nothing changes."""
@@ -147,7 +147,7 @@ class DeliveryConflict(Refused):
         self.job_id = job_id
 
 
-class Unregistered(Refused):
+class Unregistered(EventRefused):
     """``GATEWAY_REQUIRE_REGISTERED_JOBS`` is on and the app never registered this job."""
 
     def __init__(self, job_id: str) -> None:

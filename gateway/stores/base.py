@@ -9,7 +9,17 @@ from datetime import datetime
 from typing import Protocol, TypeVar
 
 from gateway.gcra import RateDecision
-from gateway.model import Applied, InProgress, Job, JobEvent, JobPage, JobStats, Status, StoreUnavailable, StreamEvent
+from gateway.model import (
+    EventResult,
+    InProgress,
+    Job,
+    JobEvent,
+    JobPage,
+    JobStats,
+    Status,
+    StoreUnavailable,
+    StreamEvent,
+)
 from gateway.registration import Registered, Registration
 from gateway.stores.queries import JobQuery
 
@@ -41,7 +51,7 @@ class IdempotencyStore(Protocol):
 class JobStore(Protocol):
     """Jobs and their event history; the last guard of exactly-once (a unique constraint on event keys)."""
 
-    async def apply(self, event: JobEvent) -> Applied:
+    async def apply(self, event: JobEvent) -> EventResult:
         """Record ``event`` and apply its transition in one transaction.
 
         Returns outcome ``duplicate`` when the event (its key, or its ``delivery_id`` for the same job) is

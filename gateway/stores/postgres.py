@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, TypeVar
 import asyncpg
 
 from gateway.model import (
-    Applied,
+    EventRefused,
+    EventResult,
     InProgress,
     Job,
     JobEvent,
@@ -30,7 +31,6 @@ from gateway.model import (
     JobSummary,
     KindConflict,
     Outcome,
-    Refused,
     Status,
     StreamEvent,
 )
@@ -110,12 +110,12 @@ class PostgresJobStore:
     async def probe_write(self) -> None:
         await self.executor.run(PROBE, _probe)
 
-    async def apply(self, event: JobEvent) -> Applied:
+    async def apply(self, event: JobEvent) -> EventResult:
         if not self.executor.is_open:
             raise StoreUnavailable("job", "apply")
         outbox = self._outbox
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Applied] = loop.create_future()
+        future: asyncio.Future[EventResult] = loop.create_future()
         traceparent = current_traceparent() if outbox is not None else None
         self._queued.append(Pending(event, traceparent, future, loop.time() + self.executor.timeout))
         if self._writer is None:
@@ -146,14 +146,14 @@ class PostgresJobStore:
                     break
                 try:
                     work = partial(apply_batch, batch=batch, outbox=self._outbox, require=self._require_registered)
-                    answers: Sequence[Applied | Refused] = await self.executor.run(
+                    answers: Sequence[EventResult | EventRefused] = await self.executor.run(
                         "apply", work, deadline=batch[0].deadline
                     )
                 except StoreUnavailable:
                     _refuse(batch)
                     continue
                 for pending, answer in zip(batch, answers, strict=True):
-                    if isinstance(answer, Refused):
+                    if isinstance(answer, EventRefused):
                         pending.future.set_exception(answer)
                     else:
                         pending.future.set_result(answer)

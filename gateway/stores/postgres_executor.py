@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import asyncpg
 
-from gateway.model import Refused, StoreUnavailable
+from gateway.model import EventRefused, StoreUnavailable
 from gateway.stores import migrations
 from gateway.stores.base import Outage
 
@@ -93,7 +93,7 @@ class PostgresExecutor:
         self, operation: str, work: Callable[[Connection], Awaitable[T]], *, deadline: float | None = None
     ) -> T:
         """Run ``work`` on a pooled connection within the timeout (or by the loop time ``deadline``); any
-        failure but a :class:`~gateway.model.Refused` is StoreUnavailable."""
+        failure but a :class:`~gateway.model.EventRefused` is StoreUnavailable."""
         # A probe's failure is readiness's to report (/readyz), not an outage of the webhooks' writes.
         outage = None if operation == PROBE else self._reads if operation in _READS else self._writes
         if self._pool is None:
@@ -103,7 +103,7 @@ class PostgresExecutor:
         try:
             async with asyncio.timeout_at(deadline), self._pool.acquire() as connection:
                 result = await work(connection)
-        except Refused:
+        except EventRefused:
             raise
         except Exception as error:
             # Refused connection, server restart, timeout, lost connection, full disk, read-only database:

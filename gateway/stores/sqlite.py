@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from gateway.model import (
-    Applied,
+    EventResult,
     InProgress,
     Job,
     JobEvent,
@@ -93,9 +93,9 @@ class SqliteJobStore:
         probe would otherwise take down with it)."""
         await self.executor.submit("probe", _probe, own_transaction=True)
 
-    async def apply(self, event: JobEvent) -> Applied:
+    async def apply(self, event: JobEvent) -> EventResult:
         if self._outbox is None:
-            result: Applied = await self.executor.submit(
+            result: EventResult = await self.executor.submit(
                 "apply", lambda db: self._apply(db, event, None), write=True, finish=True
             )
             return result
@@ -164,7 +164,7 @@ class SqliteJobStore:
         deleted: int = await self.executor.submit("prune", lambda db: _prune(db, _iso(before), limit), write=True)
         return deleted
 
-    def _apply(self, db: sqlite3.Connection, event: JobEvent, traceparent: str | None) -> Applied:
+    def _apply(self, db: sqlite3.Connection, event: JobEvent, traceparent: str | None) -> EventResult:
         """Decide the transition from the job as stored, then record the event and update the job.
 
         The event row is written first: if its key or delivery id is already recorded, the unique
@@ -208,7 +208,7 @@ class SqliteJobStore:
                 conflict = delivery_conflict(event, bool(known[0]), known[1])
                 if conflict is not None:
                     raise conflict from None
-            return Applied(outcome=Outcome.DUPLICATE, status=previous or event.status)
+            return EventResult(outcome=Outcome.DUPLICATE, status=previous or event.status)
         completed = received if transition.moves and event.status.terminal else None
         result = bytes(event.result).decode() if event.result is not None else None
         if row is None:

@@ -9,7 +9,7 @@ and refused. ``synchronous=NORMAL`` in WAL mode makes an acknowledged event surv
 loss may lose the transactions since the last checkpoint (docs/durability.md).
 
 Every call raises :class:`~gateway.model.StoreUnavailable` (store ``"job"``) when the file does not answer
-within ``_CALL_TIMEOUT_SECONDS``; a :class:`~gateway.model.Refused` raised by ``work`` reaches the caller
+within ``_CALL_TIMEOUT_SECONDS``; a :class:`~gateway.model.EventRefused` raised by ``work`` reaches the caller
 and leaves the rest of its batch to commit.
 """
 
@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, cast
 
-from gateway.model import Refused, StoreUnavailable
+from gateway.model import EventRefused, StoreUnavailable
 from gateway.stores import migrations
 from gateway.stores.base import Outage
 from gateway.stores.sqlite_wal import RESET_FRAMES, Checkpointer
@@ -300,7 +300,7 @@ def _transaction(db: sqlite3.Connection, writes: list[_Op]) -> list[Settled]:
         for op in writes:
             try:
                 answers.append((op.future, op.run(db), None))
-            except Refused as error:  # refused before it wrote anything; the others go on
+            except EventRefused as error:  # refused before it wrote anything; the others go on
                 answers.append((op.future, None, error))
         db.execute("COMMIT")
     except Exception as error:
@@ -318,7 +318,7 @@ async def _answer(operation: str, pending: Awaitable[Any], outage: Outage | None
     :class:`StoreUnavailable` (a 503). ``outage`` hears of the outcome (it logs a change of state)."""
     try:
         result = await pending
-    except (Refused, StoreUnavailable):
+    except (EventRefused, StoreUnavailable):
         raise
     except TimeoutError:
         if outage is not None:
