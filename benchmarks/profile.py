@@ -49,9 +49,7 @@ def profile_hot_path(requests: int, output: Path) -> None:
 
 
 async def _drive(app: Any, requests: int, profiler: cProfile.Profile) -> float:
-    for handler in app.on_startup:
-        await handler()
-    try:
+    async with app.lifespan():  # opens the backends, and closes them however the run ends
         for n in range(200):  # warm-up: caches, label children, the SQLite file
             await _post(app, f"warmup-{n}")
         prefix = uuid.uuid4().hex[:8]
@@ -60,9 +58,6 @@ async def _drive(app: Any, requests: int, profiler: cProfile.Profile) -> float:
         await asyncio.gather(*(_worker(app, f"{prefix}-{w}", requests // _CONCURRENCY) for w in range(_CONCURRENCY)))
         profiler.disable()
         return (time.process_time() - started) / requests * 1e6
-    finally:
-        for handler in app.on_shutdown:
-            await handler()
 
 
 async def _worker(app: Any, prefix: str, count: int) -> None:

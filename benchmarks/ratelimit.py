@@ -5,7 +5,7 @@ headers, the metrics), over many senders, in one process and one run so the figu
 
 - ``baseline``: an ``admit`` that does nothing, the cost of the loop and the await themselves;
 - ``allowed`` / ``limited``: a generous rate (every request admitted) or a spent one (every request
-  refused, which raises the 429 ``Rejection``);
+  refused, which raises the 429 ``WebhookRefused``);
 - ``sequential``: one decision at a time, i.e. the latency one request pays; ``concurrent``: many in
   flight at once, as under load (Redis round trips overlap).
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from gateway.answers import Rejection
+from gateway.answers import WebhookRefused
 from gateway.config import Rate
 from gateway.ingest.ratelimit import RateLimiter
 from gateway.stores.base import RateLimitStore
@@ -66,7 +66,7 @@ async def _time(admit: Admit, peers: list[str], decisions: int, concurrency: int
         for number in range(offset, offset + count):
             try:  # noqa: SIM105 (contextlib.suppress would add its own cost to every call)
                 await admit(peers[number % len(peers)], HEADERS)
-            except Rejection:
+            except WebhookRefused:
                 pass
 
     share = decisions // concurrency

@@ -1,4 +1,4 @@
-"""What the gateway answers a webhook: Accepted, or a Rejection the transport turns into a 4xx/5xx."""
+"""What the gateway answers a webhook: Accepted, or a WebhookRefused the transport turns into a 4xx/5xx."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ __all__ = (
     "STORE_RETRY_AFTER_SECONDS",
     "Accepted",
     "AuthFailure",
-    "Refusal",
-    "Rejection",
+    "RefusalReason",
+    "WebhookRefused",
     "shutting_down",
     "unavailable",
 )
@@ -23,7 +23,7 @@ STORE_RETRY_AFTER_SECONDS = 5
 """What a 503 for a failing store asks the sender to wait before retrying."""
 
 
-class Refusal(enum.StrEnum):
+class RefusalReason(enum.StrEnum):
     """Closed set of reasons a webhook is refused (the ``outcome`` label of the request metrics)."""
 
     INVALID = "invalid"
@@ -37,7 +37,7 @@ class Refusal(enum.StrEnum):
     UNAVAILABLE = "unavailable"
 
 
-class Rejection(Exception):
+class WebhookRefused(Exception):
     """A webhook the gateway refuses; nothing about the job changed.
 
     ``detail`` is shown to the sender, so it names what is wrong with the request and never echoes
@@ -47,7 +47,7 @@ class Rejection(Exception):
     def __init__(
         self,
         status_code: int,
-        refusal: Refusal,
+        refusal: RefusalReason,
         detail: str,
         headers: Mapping[str, str] | None = None,
         job_id: str | None = None,
@@ -60,21 +60,21 @@ class Rejection(Exception):
         self.job_id = job_id
 
 
-def unavailable(store: str) -> Rejection:
+def unavailable(store: str) -> WebhookRefused:
     """The 503 for a store that could not answer: nothing was changed, so the sender's retry is safe."""
-    return Rejection(
+    return WebhookRefused(
         503,
-        Refusal.UNAVAILABLE,
+        RefusalReason.UNAVAILABLE,
         f"The {store} store is unavailable; nothing was changed. Retry after Retry-After seconds, same request.",
         headers={"Retry-After": str(STORE_RETRY_AFTER_SECONDS)},
     )
 
 
-def shutting_down() -> Rejection:
+def shutting_down() -> WebhookRefused:
     """The 503 for a webhook cut off by the shutdown deadline before its write began: nothing was changed."""
-    return Rejection(
+    return WebhookRefused(
         503,
-        Refusal.UNAVAILABLE,
+        RefusalReason.UNAVAILABLE,
         "The gateway is shutting down; nothing was changed. Retry after Retry-After seconds, same request.",
         headers={"Retry-After": str(STORE_RETRY_AFTER_SECONDS), "Connection": "close"},
     )

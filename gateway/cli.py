@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from gateway import __version__
+from gateway import __version__, backends
+from gateway import cli_deliveries as delivery_commands
 from gateway.config import ConfigError, PostgresDatabase, Settings, configured_urls
-from gateway.delivery import commands as delivery_commands
 from gateway.redact import scrub, url_secrets
 from gateway.send import add_send_parser, run_send
 from gateway.telemetry.logs import configure_logging
@@ -190,23 +190,13 @@ def _exit_quietly(signum: int, _: FrameType | None) -> None:
 
 def _migrate(settings: Settings) -> int:
     database = settings.database
-    if isinstance(database, PostgresDatabase):
-        from gateway.stores import postgres
-
-        where = database.shown
-        try:
-            applied = asyncio.run(postgres.migrate(database.url))
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-            print(
-                f"gateway: cannot migrate {where}: {type(error).__name__}: {scrub(str(error), database.url)}",
-                file=sys.stderr,
-            )
-            return 1
-    else:
-        from gateway.stores import sqlite
-
-        where = database.path
-        applied = sqlite.migrate(database.path)
+    where = database.shown if isinstance(database, PostgresDatabase) else database.path
+    try:
+        applied = asyncio.run(backends.migrate(database))
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        url = database.url if isinstance(database, PostgresDatabase) else None
+        print(f"gateway: cannot migrate {where}: {type(error).__name__}: {scrub(str(error), url)}", file=sys.stderr)
+        return 1
     if applied:
         print(f"gateway: applied migrations {', '.join(map(str, applied))} to {where}")
     else:

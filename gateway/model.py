@@ -16,8 +16,9 @@ from litestar.params import KwargDefinition
 from gateway.payloads import Metadata
 
 __all__ = (
-    "Applied",
     "DeliveryConflict",
+    "EventRefused",
+    "EventResult",
     "HistoryEntry",
     "InProgress",
     "Job",
@@ -28,8 +29,8 @@ __all__ = (
     "JobSummary",
     "KindConflict",
     "Outcome",
-    "Refused",
     "Status",
+    "StoreUnavailable",
     "StreamEvent",
     "Unregistered",
 )
@@ -109,7 +110,7 @@ class JobEvent(msgspec.Struct, frozen=True, kw_only=True):
         return f"{self.kind}:{self.job_id}:{self.status}:{micros}"
 
 
-class Applied(msgspec.Struct, frozen=True, kw_only=True):
+class EventResult(msgspec.Struct, frozen=True, kw_only=True):
     """The job store's answer to an event."""
 
     outcome: Outcome
@@ -127,11 +128,11 @@ class Applied(msgspec.Struct, frozen=True, kw_only=True):
     """When the gateway first heard of the job."""
 
 
-class Refused(Exception):
+class EventRefused(Exception):
     """An event the job store refused before writing anything: the other writes of its batch go on."""
 
 
-class KindConflict(Refused):
+class KindConflict(EventRefused):
     """The job exists under another kind: its webhooks belong on that kind's route."""
 
     def __init__(self, job_id: str, kind: str) -> None:
@@ -140,7 +141,7 @@ class KindConflict(Refused):
         self.kind = kind
 
 
-class DeliveryConflict(Refused):
+class DeliveryConflict(EventRefused):
     """The ``webhook-id`` is recorded already, for another job's event: a sender reusing an id, never a
     retry of this event (whose key names its job). Refused with 409 naming ``job_id``, the job it is
     recorded for; nothing changes."""
@@ -151,12 +152,22 @@ class DeliveryConflict(Refused):
         self.job_id = job_id
 
 
-class Unregistered(Refused):
+class Unregistered(EventRefused):
     """``GATEWAY_REQUIRE_REGISTERED_JOBS`` is on and the app never registered this job."""
 
     def __init__(self, job_id: str) -> None:
         super().__init__(f"job {job_id!r} is not registered")
         self.job_id = job_id
+
+
+class StoreUnavailable(Exception):
+    """A store could not answer (unreachable, timed out, failing): the webhook is refused with 503, never
+    half-applied, so the sender's retry is safe."""
+
+    def __init__(self, store: str, operation: str) -> None:
+        super().__init__(f"{store} store failed during {operation}")
+        self.store = store
+        self.operation = operation
 
 
 class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True):

@@ -16,7 +16,7 @@ from litestar.testing import AsyncTestClient
 from prometheus_client import CollectorRegistry
 from standardwebhooks import Webhook
 
-from gateway.answers import Rejection
+from gateway.answers import WebhookRefused
 from gateway.config import Settings, SqliteDatabase
 from gateway.http.app import create_app
 from gateway.ingest.authenticate import Authenticator
@@ -199,7 +199,7 @@ async def test_credentials_the_headers_refuse_are_401_before_the_body_is_read(
         yield BODY.encode()
 
     try:
-        with pytest.raises(Rejection) as refused:
+        with pytest.raises(WebhookRefused) as refused:
             await pipeline.ingest(kind_named("image"), headers, body(), client="127.0.0.1")  # type: ignore[arg-type]
     finally:
         await jobs.close()

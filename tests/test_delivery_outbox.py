@@ -16,13 +16,13 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from prometheus_client import CollectorRegistry
 
 from gateway.config import PostgresDatabase, Settings
-from gateway.delivery.outbox import DeliveryState, OutboxWriter, current_traceparent
-from gateway.delivery.postgres_outbox import PostgresOutbox
-from gateway.delivery.sqlite_outbox import SqliteOutbox
 from gateway.http.app import create_app
 from gateway.model import JobEvent, Status
+from gateway.outbox import DeliveryState, OutboxWriter, current_traceparent
 from gateway.stores.postgres import PostgresJobStore
+from gateway.stores.postgres_outbox import PostgresOutbox
 from gateway.stores.sqlite import SqliteJobStore
+from gateway.stores.sqlite_outbox import SqliteOutbox
 from tests.conftest import SECRET, completed_image, progress
 from tests.receiver import Receiver
 from tests.test_delivery import forwarding
@@ -44,11 +44,11 @@ async def outbox(
     if request.param == "sqlite":
         store = SqliteJobStore(str(tmp_path / "outbox.db"), writer)
         await store.open()
-        yield store, SqliteOutbox(store)
+        yield store, SqliteOutbox(store.executor)
     else:
         store = PostgresJobStore(request.getfixturevalue("database_url"), outbox=writer)
         await store.open()
-        yield store, PostgresOutbox(store)
+        yield store, PostgresOutbox(store.executor)
     await store.close()
 
 

@@ -18,12 +18,12 @@ from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient
 from prometheus_client import CollectorRegistry
 
-from gateway.answers import Rejection
+from gateway.answers import WebhookRefused
 from gateway.config import Settings, SqliteDatabase
 from gateway.http.app import create_app
 from gateway.ingest.pipeline import Pipeline
 from gateway.kinds import kind_named
-from gateway.model import Applied, JobEvent, Outcome, Status
+from gateway.model import EventResult, JobEvent, Outcome, Status
 from gateway.stores.base import IdempotencyStore, JobStore, StoreUnavailable
 from gateway.stores.memory import MemoryIdempotencyStore
 from gateway.stores.postgres import PostgresJobStore
@@ -109,7 +109,7 @@ async def test_shuffled_deliveries_never_move_a_job_backwards(
 async def test_the_core_runs_without_http(pipeline: Pipeline) -> None:
     accepted, _ = await pipeline.ingest(IMAGE, HEADERS, body(completed_image()), client=CLIENT)
     assert (accepted.status, accepted.outcome) == (Status.COMPLETED, Outcome.APPLIED)
-    with pytest.raises(Rejection) as refused:
+    with pytest.raises(WebhookRefused) as refused:
         await pipeline.ingest(IMAGE, {"content-type": "application/json"}, body(completed_image()), client=CLIENT)
     assert refused.value.status_code == 401
 
@@ -125,7 +125,7 @@ async def test_a_nul_in_an_error_message_is_refused_alone_and_named(
         pipeline.ingest(IMAGE, HEADERS, body(completed_image(job_id="beside-nul")), client=CLIENT),
         return_exceptions=True,
     )
-    assert isinstance(answers[0], Rejection)
+    assert isinstance(answers[0], WebhookRefused)
     assert (answers[0].status_code, answers[0].detail) == (
         400,
         "Invalid payload: NUL character (\\u0000) - at `$.error_message`",
@@ -219,7 +219,7 @@ class FailsFirstApply:
         self.inner = inner
         self.calls = 0
 
-    async def apply(self, event: JobEvent) -> Applied:
+    async def apply(self, event: JobEvent) -> EventResult:
         self.calls += 1
         if self.calls == 1:
             await asyncio.sleep(0.2)
@@ -240,7 +240,7 @@ async def test_a_copy_arriving_while_the_first_fails_is_not_acknowledged_unstore
     async def send() -> int | str:
         try:
             accepted, _ = await pipeline.ingest(IMAGE, HEADERS, body(completed_image()), client=CLIENT)
-        except Rejection as rejection:
+        except WebhookRefused as rejection:
             return rejection.status_code
         return accepted.outcome.value
 
@@ -268,7 +268,7 @@ async def test_closing_the_store_answers_every_waiting_call(tmp_path: Path) -> N
     await asyncio.sleep(0)
     await jobs.close()
     results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=10)
-    applied = [r for r in results if isinstance(r, Applied)]
+    applied = [r for r in results if isinstance(r, EventResult)]
     refused = [r for r in results if isinstance(r, StoreUnavailable)]
     assert len(applied) + len(refused) == len(events)
     assert refused  # more than one batch was queued when the store closed

@@ -9,7 +9,7 @@ import logging
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from gateway.answers import Refusal, Rejection
+from gateway.answers import RefusalReason, WebhookRefused
 from gateway.config import Rate
 from gateway.ingest.ratelimit import RateLimiter, Senders, gcra
 from gateway.stores.memory import MemoryRateLimitStore
@@ -45,8 +45,8 @@ def limiter(
     )
 
 
-async def refusal(limiter: RateLimiter, peer: str = "192.0.2.1") -> Rejection:
-    with pytest.raises(Rejection) as refused:
+async def refusal(limiter: RateLimiter, peer: str = "192.0.2.1") -> WebhookRefused:
+    with pytest.raises(WebhookRefused) as refused:
         await limiter.admit(peer, {})
     return refused.value
 
@@ -134,7 +134,7 @@ async def test_a_refused_request_is_429_with_retry_after_and_ratelimit() -> None
     for _ in range(10):
         await limits.admit("192.0.2.1", {})
     refused = await refusal(limits)
-    assert (refused.status_code, refused.refusal) == (429, Refusal.RATE_LIMITED)
+    assert (refused.status_code, refused.refusal) == (429, RefusalReason.RATE_LIMITED)
     assert refused.headers == {
         "Retry-After": "6",
         "RateLimit-Policy": '"sender";q=10;w=60',
@@ -265,7 +265,7 @@ async def test_on_error_allow_lets_webhooks_through_counted_and_logged_once(
 async def test_on_error_deny_answers_503_with_retry_after() -> None:
     limits = RateLimiter(rate=Rate(count=1, window_seconds=1, burst=1), store=unreachable_store(), on_error="deny")
     refused = await refusal(limits)
-    assert (refused.status_code, refused.refusal) == (503, Refusal.UNAVAILABLE)
+    assert (refused.status_code, refused.refusal) == (503, RefusalReason.UNAVAILABLE)
     assert int(refused.headers["Retry-After"]) >= 1
 
 

@@ -48,7 +48,7 @@ class Disk:
     async def fill(self) -> None:
         if isinstance(self._store, SqliteJobStore):
             # Not one page more than the file has: any write that needs a new page is refused.
-            await self._store.run("test_fill", lambda db: db.execute("PRAGMA max_page_count = 1"))
+            await self._store.executor.run("test_fill", lambda db: db.execute("PRAGMA max_page_count = 1"))
             return
         await self._postgres(
             """CREATE FUNCTION {schema}.disk_full() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -62,7 +62,7 @@ class Disk:
 
     async def free(self) -> None:
         if isinstance(self._store, SqliteJobStore):
-            await self._store.run("test_free", lambda db: db.execute("PRAGMA max_page_count = 1073741823"))
+            await self._store.executor.run("test_free", lambda db: db.execute("PRAGMA max_page_count = 1073741823"))
             return
         await self._postgres("DROP FUNCTION {schema}.disk_full() CASCADE")
 

@@ -217,3 +217,28 @@ def test_sigterm_flushes_queued_spans_and_the_last_log_lines(tmp_path: Path) -> 
     for number in range(5):
         assert f"flushed-{number}".encode() in exported
     assert server.log.read_text().rstrip().endswith(f"Finished server process [{server.process.pid}]")
+
+
+async def test_a_backend_whose_close_fails_is_logged_and_the_others_still_close(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Shutdown closes the backends in reverse order of opening: one failing to close (here the live
+    streams' wake-up, closed before the job store) is logged, and the job store behind it still closes."""
+    from gateway.http.app import create_app
+    from gateway.model import StoreUnavailable
+    from gateway.wakeup import Wakeup
+
+    async def fail(_: Wakeup) -> None:
+        raise RuntimeError("the wake-up would not stop")
+
+    monkeypatch.setattr(Wakeup, "stop", fail)
+    app = create_app(settings)
+    jobs = app.state["jobs"]
+    async with app.lifespan():
+        await jobs.ping()  # open while the app runs
+    with pytest.raises(StoreUnavailable):
+        await jobs.ping()  # closed, although the wake-up's close failed before it
+    failures = [record for record in caplog.records if "closing the wakeup failed" in record.getMessage()]
+    assert len(failures) == 1
+    assert failures[0].exc_info is not None
+    assert "the wake-up would not stop" in str(failures[0].exc_info[1])

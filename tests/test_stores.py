@@ -290,15 +290,15 @@ async def test_a_stuck_sqlite_writer_answers_its_callers_503_at_their_deadline(
 ) -> None:
     """The writer thread stuck on a batch (a disk stall): the callers waiting on it, and those queued
     behind it, are answered 503 once their deadline passes, not left hanging; the store then goes on."""
-    from gateway.stores import sqlite
+    from gateway.stores import sqlite_executor
 
-    monkeypatch.setattr(sqlite, "_CALL_TIMEOUT_SECONDS", 0.3)
-    monkeypatch.setattr(sqlite, "_WATCH_SECONDS", 0.05)
+    monkeypatch.setattr(sqlite_executor, "_CALL_TIMEOUT_SECONDS", 0.3)
+    monkeypatch.setattr(sqlite_executor, "_WATCH_SECONDS", 0.05)
     store = SqliteJobStore(str(tmp_path / "jobs.db"))
     await store.open()
     try:
         started = time.monotonic()
-        stuck = asyncio.create_task(store.run("stall", lambda db: time.sleep(1.0)))
+        stuck = asyncio.create_task(store.executor.run("stall", lambda db: time.sleep(1.0)))
         await asyncio.sleep(0.05)
         queued = asyncio.create_task(store.apply(event(Status.PENDING, job_id="behind-a-stall")))
         for call in (stuck, queued):
@@ -317,7 +317,7 @@ async def test_a_cancelled_write_still_queued_at_close_is_answered(tmp_path: Pat
     not written), or the process would never exit."""
     store = SqliteJobStore(str(tmp_path / "jobs.db"))
     await store.open()
-    slow = asyncio.create_task(store.run("slow batch", lambda db: time.sleep(0.3)))
+    slow = asyncio.create_task(store.executor.run("slow batch", lambda db: time.sleep(0.3)))
     await asyncio.sleep(0.05)
     queued = asyncio.create_task(store.apply(event(Status.PENDING, job_id="queued")))
     await asyncio.sleep(0.01)
@@ -336,7 +336,7 @@ async def test_a_write_answered_as_its_caller_is_cancelled_keeps_that_answer(tmp
     store = SqliteJobStore(str(tmp_path / "jobs.db"))
     await store.open()
     try:
-        settle = store._settle
+        settle = store.executor._settle
         task: asyncio.Task[object] | None = None
 
         def settle_then_cancel(settled: list[Any]) -> None:
@@ -344,10 +344,10 @@ async def test_a_write_answered_as_its_caller_is_cancelled_keeps_that_answer(tmp
             if task is not None and not task.done():
                 task.cancel()
 
-        store._settle = settle_then_cancel  # type: ignore[method-assign]
+        store.executor._settle = settle_then_cancel  # type: ignore[method-assign]
         task = asyncio.create_task(store.apply(event(Status.PENDING, job_id="raced")))
         done, _ = await asyncio.wait([task], timeout=2)
-        store._settle = settle  # type: ignore[method-assign]
+        store.executor._settle = settle  # type: ignore[method-assign]
         assert done, "the caller waited for an answer already given"
         assert task.result().outcome is Outcome.APPLIED  # type: ignore[attr-defined]
     finally:
@@ -359,10 +359,10 @@ def test_a_sqlite_store_reopened_on_another_event_loop_still_answers_stuck_calls
 ) -> None:
     """One store, two event loops in turn (a second test client, a restarted app): deadlines still hold on
     the second loop."""
-    from gateway.stores import sqlite
+    from gateway.stores import sqlite_executor
 
-    monkeypatch.setattr(sqlite, "_CALL_TIMEOUT_SECONDS", 0.3)
-    monkeypatch.setattr(sqlite, "_WATCH_SECONDS", 0.05)
+    monkeypatch.setattr(sqlite_executor, "_CALL_TIMEOUT_SECONDS", 0.3)
+    monkeypatch.setattr(sqlite_executor, "_WATCH_SECONDS", 0.05)
     store = SqliteJobStore(str(tmp_path / "jobs.db"))
 
     async def first() -> None:
@@ -374,7 +374,7 @@ def test_a_sqlite_store_reopened_on_another_event_loop_still_answers_stuck_calls
         await store.open()
         try:
             with pytest.raises(StoreUnavailable):
-                await asyncio.wait_for(store.run("stall", lambda db: time.sleep(1.0)), 0.9)
+                await asyncio.wait_for(store.executor.run("stall", lambda db: time.sleep(1.0)), 0.9)
         finally:
             await store.close()
 
@@ -472,7 +472,7 @@ async def test_an_apply_whose_caller_is_cancelled_still_answers_what_it_recorded
     truthful answer, so a 503 never stands for a recorded event."""
     release: Callable[[], Awaitable[object]]
     if isinstance(jobs, SqliteJobStore):  # keep the writer thread busy, so the cancel lands mid-wait
-        busy = asyncio.create_task(jobs.run("hold", lambda db: time.sleep(0.2)))
+        busy = asyncio.create_task(jobs.executor.run("hold", lambda db: time.sleep(0.2)))
         release = lambda: busy  # noqa: E731
     else:  # hold the events lock, so the write waits on its connection
         import asyncpg

@@ -19,23 +19,23 @@ import time
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from prometheus_client import Counter, Gauge, Histogram
 
 from gateway.delivery.sink import Attempt, Dead, Delivered, Delivery, Gone, Retry, Sink
-from gateway.stores.base import StoreUnavailable
+from gateway.model import StoreUnavailable
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
-    from gateway.delivery.outbox import Outbox
     from gateway.delivery.schedule import RetrySchedule
-    from gateway.telemetry.metrics import Metrics
+    from gateway.outbox import Outbox
 
-__all__ = ("Dispatcher",)
+__all__ = ("DeliveryMetrics", "Dispatcher")
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,22 @@ _STOP_GRACE_SECONDS = 5.0
 _DISABLED_REFRESH_SECONDS = 1.0
 """How often the sinks disabled by a 410 (possibly on another replica) are read again."""
 _propagator = TraceContextTextMapPropagator()
+
+
+class DeliveryMetrics(Protocol):
+    """The series a dispatcher records (:class:`gateway.telemetry.metrics.Metrics` has them)."""
+
+    @property
+    def deliveries(self) -> Counter: ...
+
+    @property
+    def delivery_duration(self) -> Histogram: ...
+
+    @property
+    def delivery_sink_disabled(self) -> Gauge: ...
+
+    @property
+    def store_errors(self) -> Counter: ...
 
 
 class Dispatcher:
@@ -53,7 +69,7 @@ class Dispatcher:
         outbox: Outbox,
         sinks: Mapping[str, Sink],
         schedule: RetrySchedule,
-        metrics: Metrics,
+        metrics: DeliveryMetrics,
         tracer: Tracer,
         *,
         concurrency: int,

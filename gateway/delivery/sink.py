@@ -12,28 +12,9 @@ from typing import Protocol
 
 import msgspec
 
+from gateway.outbox import Delivery
+
 __all__ = ("Attempt", "Dead", "Delivered", "Delivery", "Gone", "Retry", "Sink")
-
-
-class Delivery(msgspec.Struct, frozen=True, kw_only=True):
-    """One attempt to deliver one applied event to one sink."""
-
-    id: int
-    """The outbox row's id (one row per event and sink)."""
-    event_id: str
-    """The event's stable id (``evt_<sequence>``): the ``webhook-id`` / ``Nats-Msg-Id``, so receivers
-    deduplicate across retries and replays."""
-    sequence: int
-    """The event's global id in ``job_events``: increasing in the order events were applied."""
-    job_id: str
-    kind: str
-    status: str
-    body: bytes
-    """The normalised event JSON, exactly what is sent."""
-    attempt: int
-    """1 for the first attempt."""
-    traceparent: str | None
-    """The W3C ``traceparent`` of the webhook that caused the event, to link the delivery's span to it."""
 
 
 class Delivered(msgspec.Struct, frozen=True):

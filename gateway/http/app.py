@@ -1,8 +1,11 @@
-"""The application factory: builds the stores and telemetry from the settings and wires the routes."""
+"""The application factory: wires the backends (:mod:`gateway.backends`), telemetry and routes, and opens
+and closes the backends on the app's lifespan."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from litestar import Litestar, Request, Response, Router
@@ -12,16 +15,11 @@ from litestar.openapi import OpenAPIConfig
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
-from gateway import __version__
+from gateway import __version__, backends
 from gateway.answers import unavailable
 from gateway.config import PostgresDatabase, Settings
 from gateway.delivery.dispatcher import Dispatcher
-from gateway.delivery.http_sink import HttpSink
-from gateway.delivery.jetstream import JetStreamSink
-from gateway.delivery.outbox import OutboxWriter
-from gateway.delivery.postgres_outbox import PostgresOutbox
 from gateway.delivery.schedule import RetrySchedule
-from gateway.delivery.sqlite_outbox import SqliteOutbox
 from gateway.http.allow import with_allow
 from gateway.http.auth import PUBLIC, ApiAccess, session_routes
 from gateway.http.deliveries import delivery_controller
@@ -37,14 +35,12 @@ from gateway.http.webhooks import WebhooksFirst, unknown_webhook_route, webhook_
 from gateway.ingest.pipeline import Pipeline
 from gateway.ingest.ratelimit import RateLimiter
 from gateway.kinds import KINDS
+from gateway.outbox import Outbox, OutboxWriter
 from gateway.redact import shown_url
 from gateway.retention import Retention
 from gateway.startup import job_store_failure
-from gateway.stores.base import IdempotencyStore, RateLimitStore, StoreUnavailable
-from gateway.stores.memory import MemoryIdempotencyStore, MemoryRateLimitStore
-from gateway.stores.postgres import PostgresJobStore
-from gateway.stores.redis import RedisIdempotencyStore, RedisRateLimitStore
-from gateway.stores.sqlite import SqliteJobStore
+from gateway.stores.base import StoreUnavailable
+from gateway.stores.memory import MemoryRateLimitStore
 from gateway.telemetry.metrics import Metrics, ModelLabels
 from gateway.telemetry.recorder import Telemetry
 from gateway.telemetry.tracing import tracer_provider_from_env
@@ -97,17 +93,17 @@ def create_app(
     traced = provider.sampler is not ALWAYS_OFF  # no exporter: no span is ever recorded
     telemetry = Telemetry(metrics, traced=traced)
 
-    sinks = _sinks(settings)
+    sinks = backends.sinks(settings)
     forwarding = tuple(sinks)
     writer = OutboxWriter(forwarding, settings.forward_statuses) if sinks else None
-    jobs = _job_store(settings, writer)
-    outbox = SqliteOutbox(jobs) if isinstance(jobs, SqliteJobStore) else PostgresOutbox(jobs)
+    database = backends.job_database(settings, writer)
+    jobs, outbox = database.jobs, database.outbox
     dispatcher = _dispatcher(settings, sinks, outbox, metrics, tracer) if sinks else None
     if dispatcher is not None and writer is not None:
         writer.on_written = dispatcher.wake
         metrics.forwarding(forwarding)
-    idempotency = _idempotency_store(settings)
-    limits = _rate_limit_store(settings)
+    idempotency = backends.idempotency_store(settings)
+    limits = backends.rate_limit_store(settings)
     if isinstance(limits, MemoryRateLimitStore):
         senders = limits
         metrics.rate_limit_keys.set_function(lambda: len(senders))
@@ -137,64 +133,49 @@ def create_app(
         else None
     )
 
-    async def start() -> None:
-        logger.info("connecting to %s", _endpoints(settings, traced=traced))
-        try:
-            await jobs.open(apply_migrations=settings.migrate_on_start)
-        except StoreUnavailable as error:
-            raise job_store_failure(settings.database, error.__cause__) from error
-        if settings.redis_url is not None:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        """Open the backends, each one's close pushed on the exit stack as soon as it is open: shutdown (or a
+        failed start) closes them in reverse order, every one even when another's close fails."""
+        async with contextlib.AsyncExitStack() as opened:
+            if owns_tracer_provider:
+                opened.push_async_callback(_close, "tracer provider", _flushing(provider))
+            if limits is not None:
+                opened.push_async_callback(_close, "rate limit store", limits.close)
+            opened.push_async_callback(_close, "idempotency store", idempotency.close)
+            logger.info("connecting to %s", _endpoints(settings, traced=traced))
             try:
-                await idempotency.ping()
-            except StoreUnavailable:
-                # Not fatal: Redis may come back; until then each webhook is refused (503), nothing recorded.
-                logger.warning(
-                    "REDIS_URL (%s) does not answer: webhooks are answered 503 until it does. Check its host, port "
-                    "and password, and that Redis runs.",
-                    shown_url(settings.redis_url),
-                )
-        await wakeup.start()
-        if dispatcher is not None:
-            if isinstance(outbox, SqliteOutbox):
-                await outbox.release_leases()  # a crashed run's: this process is the file's only user
-            dispatcher.start()
-        if isinstance(limits, RedisRateLimitStore):
-            try:
-                await limits.ping()
-            except StoreUnavailable:
-                # Not fatal: GATEWAY_RATE_LIMIT_ON_ERROR applies until Redis answers.
-                logger.warning("REDIS_URL does not answer yet: rate limiting follows GATEWAY_RATE_LIMIT_ON_ERROR")
-        if retention is not None:
-            retention.start()
-        if not settings.authenticates:
-            logger.warning(
-                "NO AUTHENTICATION: neither WEBHOOK_SECRET nor WEBHOOK_SIGNING_KEYS is set, so webhooks "
-                "from anyone are accepted. Fine for development; GATEWAY_ENV=production refuses this."
-            )
-        if access.writes_closed:
-            logger.warning(
-                "GATEWAY_API_TOKEN is not set: job registration and delivery replays are refused (403) in "
-                "production; reads are open (GATEWAY_PUBLIC_READ=true)."
-            )
-        elif not access.required:
-            logger.warning(
-                "OPEN API: GATEWAY_API_TOKEN is not set, so anyone who reaches the gateway reads every job and "
-                "may register jobs and replay deliveries. GATEWAY_ENV=production refuses this unless "
-                "GATEWAY_PUBLIC_READ=true, and then keeps those writes closed."
-            )
-
-    async def stop() -> None:
-        if retention is not None:
-            await retention.stop()
-        if dispatcher is not None:
-            await dispatcher.stop()
-        await wakeup.stop()
-        await jobs.close()
-        await idempotency.close()
-        if limits is not None:
-            await limits.close()
-        if owns_tracer_provider:
-            provider.shutdown()
+                await database.open(apply_migrations=settings.migrate_on_start)
+            except StoreUnavailable as error:
+                raise job_store_failure(settings.database, error.__cause__) from error
+            opened.push_async_callback(_close, "job store", database.close)
+            if settings.redis_url is not None:
+                try:
+                    await idempotency.ping()
+                except StoreUnavailable:
+                    # Not fatal: Redis may come back; until then each webhook is refused (503), nothing recorded.
+                    logger.warning(
+                        "REDIS_URL (%s) does not answer: webhooks are answered 503 until it does. Check its host, "
+                        "port and password, and that Redis runs.",
+                        shown_url(settings.redis_url),
+                    )
+            await wakeup.start()
+            opened.push_async_callback(_close, "wakeup", wakeup.stop)
+            if dispatcher is not None:
+                await database.release_stale_leases()
+                dispatcher.start()
+                opened.push_async_callback(_close, "dispatcher", dispatcher.stop)
+            if limits is not None and settings.redis_url is not None:
+                try:
+                    await limits.ping()
+                except StoreUnavailable:
+                    # Not fatal: GATEWAY_RATE_LIMIT_ON_ERROR applies until Redis answers.
+                    logger.warning("REDIS_URL does not answer yet: rate limiting follows GATEWAY_RATE_LIMIT_ON_ERROR")
+            if retention is not None:
+                retention.start()
+                opened.push_async_callback(_close, "retention", retention.stop)
+            _warn_open_access(settings, access)
+            yield
 
     def store_unavailable(_: Request[Any, Any, Any], error: StoreUnavailable) -> Response[bytes]:
         telemetry.store_failed(error)
@@ -231,8 +212,7 @@ def create_app(
         exception_handlers={StoreUnavailable: store_unavailable},
         # No route reads more than a webhook may send (Litestar's default is 10 MB); some read less.
         request_max_body_size=settings.max_body_bytes,
-        on_startup=[start],
-        on_shutdown=[stop],
+        lifespan=[lifespan],
         # `gateway serve` ends the live streams when the server is told to stop (see gateway.cli), before
         # it waits for open connections: an open stream must not hold up a graceful shutdown.
         state=State({"wakeup": wakeup, "jobs": jobs}),  # the job store: for tests that make it fail
@@ -274,37 +254,10 @@ def _endpoints(settings: Settings, *, traced: bool) -> str:
     return ", ".join(shown)
 
 
-def _job_store(settings: Settings, outbox: OutboxWriter | None) -> SqliteJobStore | PostgresJobStore:
-    """Jobs and their history: PostgreSQL when ``DATABASE_URL`` says so (shared by replicas), else SQLite.
-    With forwarding on, applied events are queued in the outbox in the same transaction."""
-    database = settings.database
-    if isinstance(database, PostgresDatabase):
-        return PostgresJobStore(
-            database.url,
-            pool_size=settings.db_pool_size,
-            timeout=settings.store_timeout_seconds,
-            outbox=outbox,
-            require_registered=settings.require_registered_jobs,
-        )
-    return SqliteJobStore(database.path, outbox, require_registered=settings.require_registered_jobs)
-
-
-def _sinks(settings: Settings) -> dict[str, Sink]:
-    """The configured sinks, by their outbox name: the job store writes one row per applied event for each."""
-    sinks: dict[str, Sink] = {}
-    if settings.forward_url is not None:
-        sinks["http"] = HttpSink(settings.forward_url, settings.forward_signing_key, settings.forward_timeout_seconds)
-    if settings.nats_url is not None:
-        sinks["nats"] = JetStreamSink(
-            settings.nats_url, subject_prefix=settings.nats_subject_prefix, stream=settings.nats_stream
-        )
-    return sinks
-
-
 def _dispatcher(
     settings: Settings,
     sinks: dict[str, Sink],
-    outbox: SqliteOutbox | PostgresOutbox,
+    outbox: Outbox,
     metrics: Metrics,
     tracer: Tracer,
 ) -> Dispatcher:
@@ -324,25 +277,38 @@ def _nothing() -> None:
     """No dispatcher to wake: forwarding is off (replayed rows wait until it is on)."""
 
 
-def _idempotency_store(settings: Settings) -> IdempotencyStore:
-    """Deliveries seen: in Redis when ``REDIS_URL`` is set (one memory for every replica), else in memory."""
-    if settings.redis_url is not None:
-        return RedisIdempotencyStore(
-            settings.redis_url,
-            ttl_seconds=settings.idempotency_ttl_seconds,
-            prefix=settings.redis_key_prefix,
-            timeout=settings.store_timeout_seconds,
-            max_connections=settings.redis_pool_size,
-        )
-    return MemoryIdempotencyStore(settings.idempotency_ttl_seconds, settings.idempotency_max_keys)
+async def _close(name: str, close: Callable[[], Awaitable[None]]) -> None:
+    """Close one backend at shutdown; a failure is logged, and the others still close."""
+    try:
+        await close()
+    except Exception:
+        logger.exception("shutdown: closing the %s failed; closing the others", name)
 
 
-def _rate_limit_store(settings: Settings) -> RateLimitStore | None:
-    """Where the senders' budgets live: Redis when ``REDIS_URL`` is set (shared by replicas), else memory."""
-    if settings.rate_limit is None:
-        return None
-    if settings.redis_url is not None:
-        return RedisRateLimitStore(
-            settings.redis_url, prefix=settings.redis_key_prefix, max_connections=settings.redis_pool_size
+def _flushing(provider: TracerProvider) -> Callable[[], Awaitable[None]]:
+    """The tracer provider's shutdown (it flushes the queued spans) as a close."""
+
+    async def flush() -> None:
+        provider.shutdown()
+
+    return flush
+
+
+def _warn_open_access(settings: Settings, access: ApiAccess) -> None:
+    """Say at start-up what is open to anyone: unauthenticated webhooks, an open API."""
+    if not settings.authenticates:
+        logger.warning(
+            "NO AUTHENTICATION: neither WEBHOOK_SECRET nor WEBHOOK_SIGNING_KEYS is set, so webhooks "
+            "from anyone are accepted. Fine for development; GATEWAY_ENV=production refuses this."
         )
-    return MemoryRateLimitStore()
+    if access.writes_closed:
+        logger.warning(
+            "GATEWAY_API_TOKEN is not set: job registration and delivery replays are refused (403) in "
+            "production; reads are open (GATEWAY_PUBLIC_READ=true)."
+        )
+    elif not access.required:
+        logger.warning(
+            "OPEN API: GATEWAY_API_TOKEN is not set, so anyone who reaches the gateway reads every job and "
+            "may register jobs and replay deliveries. GATEWAY_ENV=production refuses this unless "
+            "GATEWAY_PUBLIC_READ=true, and then keeps those writes closed."
+        )

@@ -17,9 +17,9 @@ from litestar.exceptions import NotFoundException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromQuery, PathParameter, QueryParameter
 
-from gateway.delivery.outbox import DeliveryPage, DeliveryRecord, DeliveryState, Outbox
 from gateway.http.params import MAX_EVENT_ID, JobIdFilter
 from gateway.http.responses import UNAUTHORIZED, ErrorBody
+from gateway.outbox import DeliveryPage, DeliveryRecord, DeliveryState, Outbox
 from gateway.telemetry.metrics import SINKS
 
 __all__ = ("Enabled", "Replayed", "delivery_controller")

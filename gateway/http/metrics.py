@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from litestar.handlers import HTTPRouteHandler
     from prometheus_client import CollectorRegistry
 
-    from gateway.delivery.outbox import Outbox
+    from gateway.outbox import Outbox
     from gateway.stores.base import IdempotencyStore, JobStore
     from gateway.telemetry.metrics import Metrics
     from gateway.telemetry.recorder import Telemetry

@@ -13,7 +13,7 @@ from litestar.exceptions import ClientException
 from litestar.params import FromPath
 from litestar.types import Receive, Scope, Send  # at runtime: Litestar reads the handler's signature
 
-from gateway.answers import Refusal, Rejection
+from gateway.answers import RefusalReason, WebhookRefused
 from gateway.http.auth import OWN_AUTHENTICATION
 from gateway.http.responses import ErrorBody, error_response, send_json
 from gateway.ingest.ratelimit import client_address
@@ -92,7 +92,7 @@ def webhook_receiver(kind: JobKind, pipeline: Pipeline) -> ASGIApp:
             accepted, answer_headers = await pipeline.ingest(
                 kind, headers, _body_chunks(receive), client=client_address(scope)
             )
-        except Rejection as rejection:
+        except WebhookRefused as rejection:
             body = ErrorBody(status_code=rejection.status_code, detail=rejection.detail)
             await send_json(send, rejection.status_code, body, rejection.headers)
             return
@@ -132,7 +132,7 @@ async def _body_chunks(receive: Receive) -> AsyncIterator[bytes]:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise Rejection(400, Refusal.INVALID, "Client disconnected before sending the whole body")
+            raise WebhookRefused(400, RefusalReason.INVALID, "Client disconnected before sending the whole body")
         chunk = cast("bytes", message.get("body", b""))
         if chunk:
             yield chunk
@@ -157,10 +157,10 @@ def unknown_webhook_route(routes: tuple[str, ...], telemetry: Telemetry) -> HTTP
     )
     async def unknown_webhook(name: FromPath[str]) -> Response[bytes]:
         started = time.perf_counter()
-        rejection = Rejection(
-            404, Refusal.INVALID, f"No webhook route /api/webhooks/{name}: webhooks go to {', '.join(routes)}"
+        rejection = WebhookRefused(
+            404, RefusalReason.INVALID, f"No webhook route /api/webhooks/{name}: webhooks go to {', '.join(routes)}"
         )
-        telemetry.refused(UNKNOWN_KIND, rejection, time.perf_counter() - started)
+        telemetry.webhook_refused(UNKNOWN_KIND, rejection, time.perf_counter() - started)
         return error_response(rejection.status_code, rejection.detail)
 
     return unknown_webhook

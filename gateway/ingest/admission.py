@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, Mapping
 
-from gateway.answers import Refusal, Rejection
+from gateway.answers import RefusalReason, WebhookRefused
 
 __all__ = ("check_headers", "read_body")
 
@@ -17,15 +17,15 @@ def check_headers(headers: Mapping[str, str], max_body_bytes: int) -> None:
     """Refuse a non-JSON content type (415) or an announced body over the limit (413)."""
     content_type = headers.get("content-type")
     if content_type is None or not _is_json(content_type):
-        raise Rejection(
+        raise WebhookRefused(
             415,
-            Refusal.UNSUPPORTED_MEDIA_TYPE,
+            RefusalReason.UNSUPPORTED_MEDIA_TYPE,
             "Content-Type must be application/json",
         )
     announced = headers.get("content-length")
     if announced is not None:
         if not (announced.isascii() and announced.isdigit()):
-            raise Rejection(400, Refusal.INVALID, "Content-Length must be a non-negative integer")
+            raise WebhookRefused(400, RefusalReason.INVALID, "Content-Length must be a non-negative integer")
         # Compare lengths first: int() of thousands of digits is slow, and refused past 4300 of them.
         if len(announced.lstrip("0")) > len(str(max_body_bytes)) or int(announced) > max_body_bytes:
             raise _too_large(max_body_bytes)
@@ -48,5 +48,7 @@ def _is_json(content_type: str) -> bool:
     return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
 
 
-def _too_large(max_body_bytes: int) -> Rejection:
-    return Rejection(413, Refusal.TOO_LARGE, f"Request body is larger than the limit of {max_body_bytes} bytes")
+def _too_large(max_body_bytes: int) -> WebhookRefused:
+    return WebhookRefused(
+        413, RefusalReason.TOO_LARGE, f"Request body is larger than the limit of {max_body_bytes} bytes"
+    )

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from gateway.answers import Refusal, Rejection
+from gateway.answers import RefusalReason, WebhookRefused
 from gateway.kinds import KINDS, JobKind, a_job_of_kind
 from gateway.model import JobEvent, Status
 from gateway.payloads import BlogCompleted, Canceled, Failed, ImageCompleted, Payload
@@ -27,21 +27,23 @@ def decode_event(kind: JobKind, body: bytes, delivery_id: str | None, received_a
     try:
         payload = kind.decoder.decode(body)
     except msgspec.ValidationError as error:
-        raise Rejection(400, Refusal.INVALID, _invalid(kind, body, str(error))) from None
+        raise WebhookRefused(400, RefusalReason.INVALID, _invalid(kind, body, str(error))) from None
     except msgspec.DecodeError as error:
         detail = "the body is empty (expected a JSON object)" if not body.strip() else str(error)
-        raise Rejection(400, Refusal.INVALID, f"Malformed JSON: {detail}") from None
+        raise WebhookRefused(400, RefusalReason.INVALID, f"Malformed JSON: {detail}") from None
     except UnicodeDecodeError:
-        raise Rejection(400, Refusal.INVALID, "Malformed JSON: the body is not valid UTF-8") from None
+        raise WebhookRefused(400, RefusalReason.INVALID, "Malformed JSON: the body is not valid UTF-8") from None
     except RecursionError:
         # Unknown fields are skipped, but msgspec still walks them: absurd nesting ends up here.
-        raise Rejection(400, Refusal.INVALID, "Malformed JSON: nested too deeply") from None
+        raise WebhookRefused(400, RefusalReason.INVALID, "Malformed JSON: nested too deeply") from None
 
     timestamp = payload.timestamp
     try:
         timestamp = timestamp.replace(tzinfo=UTC) if timestamp.tzinfo is None else timestamp.astimezone(UTC)
     except OverflowError:
-        raise Rejection(400, Refusal.INVALID, "Invalid payload: timestamp is out of range - at `$.timestamp`") from None
+        raise WebhookRefused(
+            400, RefusalReason.INVALID, "Invalid payload: timestamp is out of range - at `$.timestamp`"
+        ) from None
     result = None
     error_message = None
     images = 0
@@ -55,7 +57,9 @@ def decode_event(kind: JobKind, body: bytes, delivery_id: str | None, received_a
         error_message = payload.error_message
         # Stored as text, which PostgreSQL refuses to hold a NUL in.
         if error_message is not None and "\x00" in error_message:
-            raise Rejection(400, Refusal.INVALID, "Invalid payload: NUL character (\\u0000) - at `$.error_message`")
+            raise WebhookRefused(
+                400, RefusalReason.INVALID, "Invalid payload: NUL character (\\u0000) - at `$.error_message`"
+            )
     return JobEvent(
         kind=kind.name,
         job_id=payload.job_id,

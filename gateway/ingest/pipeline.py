@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 
-from gateway.answers import Accepted, Refusal, Rejection, shutting_down, unavailable
+from gateway.answers import Accepted, RefusalReason, WebhookRefused, shutting_down, unavailable
 from gateway.ingest.admission import check_headers, read_body
 from gateway.ingest.authenticate import Authenticator
 from gateway.ingest.decode import decode_event
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from gateway.config import Settings
     from gateway.ingest.ratelimit import RateLimiter
     from gateway.kinds import JobKind
-    from gateway.model import Applied, JobEvent
+    from gateway.model import EventResult, JobEvent
     from gateway.stores.base import IdempotencyStore, JobStore
     from gateway.telemetry.recorder import Telemetry
 
@@ -92,7 +92,7 @@ class Pipeline:
     ) -> tuple[Accepted, Mapping[str, str]]:
         """Run every stage and record the answer; return it with its headers (``RateLimit``).
 
-        Raise :class:`Rejection` for a refused webhook. ``headers`` must be keyed by lower-case names (as
+        Raise :class:`WebhookRefused` for a refused webhook. ``headers`` must be keyed by lower-case names (as
         ASGI servers deliver them); ``client`` is the peer's address, the sender unless a trusted proxy
         names another in ``X-Forwarded-For``.
         """
@@ -109,15 +109,15 @@ class Pipeline:
                     raise
                 task.uncancel()
                 raise shutting_down() from None
-        except Rejection as rejection:
-            self._telemetry.refused(kind.name, rejection, time.perf_counter() - started)
+        except WebhookRefused as rejection:
+            self._telemetry.webhook_refused(kind.name, rejection, time.perf_counter() - started)
             raise
         self._telemetry.accepted(kind.name, event, answer, applied, time.perf_counter() - started)
         return answer, answer_headers
 
     async def _stages(
         self, kind: JobKind, headers: Mapping[str, str], chunks: AsyncIterable[bytes], client: str
-    ) -> tuple[JobEvent, Accepted, Applied | None, Mapping[str, str]]:
+    ) -> tuple[JobEvent, Accepted, EventResult | None, Mapping[str, str]]:
         answer_headers = _NO_HEADERS if self._limiter is None else await self._limiter.admit(client, headers)
         check_headers(headers, self._max_body_bytes)
         now = self._clock()
@@ -127,7 +127,7 @@ class Pipeline:
             early = self._authenticator.verify_headers(headers, now)
         if early is not None and early.failure is not None:
             self._telemetry.auth_failed(early.failure)
-            raise Rejection(401, Refusal.UNAUTHORIZED, _UNAUTHORIZED, _CLOSE)
+            raise WebhookRefused(401, RefusalReason.UNAUTHORIZED, _UNAUTHORIZED, _CLOSE)
         body = await read_body(chunks, self._max_body_bytes)
 
         if early is None:  # signature headers: the signature over the body decides (a second stage event)
@@ -137,16 +137,18 @@ class Pipeline:
                 self._telemetry.clock_skew(verdict.clock_skew)
             if verdict.failure is not None:
                 self._telemetry.auth_failed(verdict.failure)
-                raise Rejection(401, Refusal.UNAUTHORIZED, _UNAUTHORIZED)
+                raise WebhookRefused(401, RefusalReason.UNAUTHORIZED, _UNAUTHORIZED)
 
         # An empty webhook-id identifies nothing: treated as absent, or every such delivery would
         # share one idempotency key and all but the first would be dropped as duplicates.
         delivery_id = headers.get("webhook-id", "").strip() or None
         if delivery_id is not None and len(delivery_id) > _MAX_DELIVERY_ID:
-            raise Rejection(400, Refusal.INVALID, f"webhook-id is longer than {_MAX_DELIVERY_ID} characters")
+            raise WebhookRefused(400, RefusalReason.INVALID, f"webhook-id is longer than {_MAX_DELIVERY_ID} characters")
         if delivery_id is not None and not delivery_id.isprintable():
             # Stored and compared as text: a control character (a NUL PostgreSQL cannot hold) is refused here.
-            raise Rejection(400, Refusal.INVALID, "webhook-id holds a control or other non-printable character")
+            raise WebhookRefused(
+                400, RefusalReason.INVALID, "webhook-id holds a control or other non-printable character"
+            )
         with self._stage("decode"):
             event = decode_event(kind, body, delivery_id, datetime.fromtimestamp(now, UTC))
 
@@ -190,7 +192,7 @@ class Pipeline:
                 self._in_flight[key] = done
         return claimed
 
-    async def _apply(self, event: JobEvent, keys: tuple[str, ...]) -> Applied:
+    async def _apply(self, event: JobEvent, keys: tuple[str, ...]) -> EventResult:
         """Transition and persist in one job-store transaction; release the claim if that fails."""
         try:
             return await self._persist(event, keys)
@@ -200,7 +202,7 @@ class Pipeline:
                 if done is not None and not done.done():
                     done.set_result(None)
 
-    async def _persist(self, event: JobEvent, keys: tuple[str, ...]) -> Applied:
+    async def _persist(self, event: JobEvent, keys: tuple[str, ...]) -> EventResult:
         try:
             return await self._jobs.apply(event)
         except DeliveryConflict as conflict:
@@ -208,18 +210,18 @@ class Pipeline:
             raise _reused(conflict, event.job_id) from None
         except KindConflict as conflict:
             await self._release_quietly(keys)
-            raise Rejection(
+            raise WebhookRefused(
                 409,
-                Refusal.CONFLICT,
+                RefusalReason.CONFLICT,
                 f"Job {conflict.job_id!r} is {a_job_of_kind(conflict.kind)}: post its webhooks to "
                 f"/api/webhooks/{conflict.kind}-completion",
                 job_id=conflict.job_id,
             ) from None
         except Unregistered as refused:
             await self._release_quietly(keys)
-            raise Rejection(
+            raise WebhookRefused(
                 404,
-                Refusal.UNREGISTERED,
+                RefusalReason.UNREGISTERED,
                 f"Job {refused.job_id!r} is not registered: GATEWAY_REQUIRE_REGISTERED_JOBS is on, so the app "
                 "registers each job with POST /api/jobs before the backend reports on it",
                 job_id=refused.job_id,
@@ -250,7 +252,7 @@ class Pipeline:
             self._telemetry.store_failed(error)
             logger.error("could not release idempotency keys after a failure: %s", error)
 
-    def _unavailable(self, error: StoreUnavailable) -> Rejection:
+    def _unavailable(self, error: StoreUnavailable) -> WebhookRefused:
         self._telemetry.store_failed(error)
         return unavailable(error.store)
 
@@ -262,11 +264,11 @@ class Pipeline:
         return _Stage(span, name) if span.is_recording() else _UNTRACED
 
 
-def _reused(conflict: DeliveryConflict, job_id: str) -> Rejection:
+def _reused(conflict: DeliveryConflict, job_id: str) -> WebhookRefused:
     """The 409 for a ``webhook-id`` recorded for another job's event: naming that job, changing nothing."""
-    return Rejection(
+    return WebhookRefused(
         409,
-        Refusal.CONFLICT,
+        RefusalReason.CONFLICT,
         f"webhook-id {conflict.delivery_id!r} is already recorded for job {conflict.job_id!r}: a delivery id "
         f"names one event; send job {job_id!r}'s event with a webhook-id of its own. Nothing changed.",
         job_id=job_id,

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from gateway.answers import Refusal, Rejection, unavailable
+from gateway.answers import RefusalReason, WebhookRefused, unavailable
 from gateway.gcra import RateDecision, gcra
 from gateway.stores.base import StoreUnavailable
 
@@ -192,7 +192,7 @@ class RateLimiter:
         )
 
     async def admit(self, peer: str, headers: Mapping[str, str]) -> Mapping[str, str]:
-        """Count one request from ``peer``; return the headers of its answer or raise :class:`Rejection`.
+        """Count one request from ``peer``; return the headers of its answer or raise :class:`WebhookRefused`.
 
         ``headers`` must be keyed by lower-case names; only ``X-Forwarded-For`` is read, and only when
         ``peer`` is a trusted proxy.
@@ -230,10 +230,10 @@ class RateLimiter:
             return {"RateLimit-Policy": self._policy_header}
         return {"RateLimit-Policy": self._policy_header, "RateLimit": ", ".join(items)}
 
-    def _refuse(self, items: list[str], wait: int) -> Rejection:
-        return Rejection(
+    def _refuse(self, items: list[str], wait: int) -> WebhookRefused:
+        return WebhookRefused(
             429,
-            Refusal.RATE_LIMITED,
+            RefusalReason.RATE_LIMITED,
             f"Rate limit exceeded; nothing was recorded. Retry after {wait} s with the same request.",
             headers={"Retry-After": str(wait), "RateLimit-Policy": self._policy_header, "RateLimit": ", ".join(items)},
         )

@@ -9,21 +9,21 @@ from datetime import datetime
 from typing import Protocol, TypeVar
 
 from gateway.gcra import RateDecision
-from gateway.model import Applied, InProgress, Job, JobEvent, JobPage, JobStats, Status, StreamEvent
+from gateway.model import (
+    EventResult,
+    InProgress,
+    Job,
+    JobEvent,
+    JobPage,
+    JobStats,
+    Status,
+    StoreUnavailable,
+    StreamEvent,
+)
 from gateway.registration import Registered, Registration
 from gateway.stores.queries import JobQuery
 
 __all__ = ("IdempotencyStore", "JobStore", "Outage", "RateDecision", "RateLimitStore", "StoreUnavailable")
-
-
-class StoreUnavailable(Exception):
-    """A store could not answer (unreachable, timed out, failing): the webhook is refused with 503, never
-    half-applied, so the sender's retry is safe."""
-
-    def __init__(self, store: str, operation: str) -> None:
-        super().__init__(f"{store} store failed during {operation}")
-        self.store = store
-        self.operation = operation
 
 
 class IdempotencyStore(Protocol):
@@ -51,7 +51,7 @@ class IdempotencyStore(Protocol):
 class JobStore(Protocol):
     """Jobs and their event history; the last guard of exactly-once (a unique constraint on event keys)."""
 
-    async def apply(self, event: JobEvent) -> Applied:
+    async def apply(self, event: JobEvent) -> EventResult:
         """Record ``event`` and apply its transition in one transaction.
 
         Returns outcome ``duplicate`` when the event (its key, or its ``delivery_id`` for the same job) is

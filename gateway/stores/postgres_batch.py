@@ -23,8 +23,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
-from gateway.delivery import postgres_outbox
-from gateway.model import Applied, KindConflict, Outcome, Refused, Status, Unregistered
+from gateway.model import EventRefused, EventResult, KindConflict, Outcome, Status, Unregistered
+from gateway.stores import postgres_outbox
 from gateway.stores.records import answer, decode_metadata, delivery_conflict, merge_metadata, to_json
 from gateway.transition import decide
 
@@ -35,8 +35,8 @@ if TYPE_CHECKING:
     import asyncpg
     from asyncpg.pool import PoolConnectionProxy
 
-    from gateway.delivery.outbox import OutboxWriter
     from gateway.model import JobEvent
+    from gateway.outbox import OutboxWriter
     from gateway.payloads import Metadata
     from gateway.transition import Transition
 
@@ -109,7 +109,7 @@ class Pending(NamedTuple):
     event: JobEvent
     traceparent: str | None
     """The webhook's span, for the delivery span to link to (forwarding only)."""
-    future: asyncio.Future[Applied]
+    future: asyncio.Future[EventResult]
     deadline: float
     """The event loop's time by which it is answered: its arrival plus the store's timeout."""
 
@@ -150,10 +150,10 @@ class _Raced(Exception):
 
 async def apply_batch(
     db: Connection, *, batch: Sequence[Pending], outbox: OutboxWriter | None, require: bool
-) -> list[Applied | Refused]:
+) -> list[EventResult | EventRefused]:
     """Apply ``batch`` in one transaction; answer each event in order (a refusal answers, not raises)."""
     while True:
-        answers: list[Applied | Refused | None] = []
+        answers: list[EventResult | EventRefused | None] = []
         await db.execute(_BEGIN)
         try:
             decided, ids = await _write(db, batch, outbox, require, answers)
@@ -166,7 +166,7 @@ async def apply_batch(
             answers[entry.position] = answer(
                 entry.event, entry.transition, entry.previous, ids[entry.event.key], entry.metadata, entry.first_seen
             )
-        return cast("list[Applied | Refused]", answers)  # every None was filled in above
+        return cast("list[EventResult | EventRefused]", answers)  # every None was filled in above
 
 
 async def _write(
@@ -174,7 +174,7 @@ async def _write(
     batch: Sequence[Pending],
     outbox: OutboxWriter | None,
     require_registered: bool,
-    answers: list[Applied | Refused | None],
+    answers: list[EventResult | EventRefused | None],
 ) -> tuple[list[_Decided], dict[str, int]]:
     events = [pending.event for pending in batch]
     rows = await db.fetch(
@@ -229,7 +229,7 @@ def _decide(
     keys: set[str],
     delivery_jobs: dict[str, str],
     require_registered: bool,
-    answers: list[Applied | Refused | None],
+    answers: list[EventResult | EventRefused | None],
 ) -> _Decided | None:
     """Decide one event against its job as the batch's earlier events left it; answer it now unless the
     batch records it (``None``: refused or already recorded)."""
@@ -246,7 +246,7 @@ def _decide(
         answers.append(conflict)
         return None
     if event.key in keys or delivery_job is not None:
-        answers.append(Applied(outcome=Outcome.DUPLICATE, status=job.status if job is not None else event.status))
+        answers.append(EventResult(outcome=Outcome.DUPLICATE, status=job.status if job is not None else event.status))
         return None
     keys.add(event.key)
     if event.delivery_id is not None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from gateway.model import Applied, DeliveryConflict, Outcome, Status
+from gateway.model import DeliveryConflict, EventResult, Outcome, Status
 from gateway.payloads import Metadata
 from gateway.transition import Transition
 
@@ -68,7 +68,7 @@ def answer(
     event_id: int | None,
     metadata: Metadata | None,
     first_seen_at: datetime,
-) -> Applied:
+) -> EventResult:
     """A job store's answer for an event it recorded: built here so every backend answers alike."""
     if transition is Transition.CONTRADICTED:
         logger.warning(
@@ -79,7 +79,7 @@ def answer(
         )
     status = event.status if transition.outcome is Outcome.APPLIED else previous
     assert status is not None  # a job without a previous status is created by this event
-    return Applied(
+    return EventResult(
         outcome=transition.outcome,
         status=status,
         previous=previous,

@@ -21,7 +21,7 @@ from prometheus_client import metrics as stock
 from prometheus_client.samples import Exemplar
 
 from gateway import __version__
-from gateway.answers import AuthFailure, Refusal
+from gateway.answers import AuthFailure, RefusalReason
 from gateway.model import Outcome, Status
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ __all__ = (
     "ModelLabels",
 )
 
-OUTCOMES: tuple[str, ...] = (*(o.value for o in Outcome), *(r.value for r in Refusal))
+OUTCOMES: tuple[str, ...] = (*(o.value for o in Outcome), *(r.value for r in RefusalReason))
 """Every value of the ``outcome`` label: what the pipeline answered."""
 
 SINKS = ("http", "nats")

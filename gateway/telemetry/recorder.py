@@ -13,9 +13,8 @@ from gateway.telemetry.logs import direct_info
 if TYPE_CHECKING:
     from prometheus_client.metrics import Counter, Histogram
 
-    from gateway.answers import Accepted, AuthFailure, Rejection
-    from gateway.model import Applied, JobEvent, Status
-    from gateway.stores.base import StoreUnavailable
+    from gateway.answers import Accepted, AuthFailure, WebhookRefused
+    from gateway.model import EventResult, JobEvent, Status, StoreUnavailable
     from gateway.telemetry.metrics import Metrics
 
 __all__ = ("Telemetry",)
@@ -46,10 +45,12 @@ class Telemetry:
     def store_failed(self, error: StoreUnavailable) -> None:
         self._metrics.store_errors.labels(error.store, error.operation).inc()
 
-    def refused(self, kind: str, rejection: Rejection, seconds: float) -> None:
+    def webhook_refused(self, kind: str, rejection: WebhookRefused, seconds: float) -> None:
         self._answered(kind, rejection.refusal, seconds, rejection.job_id, None, rejection.status_code)
 
-    def accepted(self, kind: str, event: JobEvent, answer: Accepted, applied: Applied | None, seconds: float) -> None:
+    def accepted(
+        self, kind: str, event: JobEvent, answer: Accepted, applied: EventResult | None, seconds: float
+    ) -> None:
         self._answered(kind, answer.outcome, seconds, event.job_id, answer.status, 200)
         if applied is not None and applied.moved:
             self._moved(event, applied)
@@ -86,7 +87,7 @@ class Telemetry:
         else:
             logger.info("webhook %s", outcome, extra=fields)
 
-    def _moved(self, event: JobEvent, applied: Applied) -> None:
+    def _moved(self, event: JobEvent, applied: EventResult) -> None:
         metrics = self._metrics
         metrics.transition_children[(event.kind, applied.status)].inc()
         if not applied.status.terminal:

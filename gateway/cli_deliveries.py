@@ -14,13 +14,10 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from gateway.config import PostgresDatabase, Settings
-from gateway.delivery.outbox import DeliveryState, Outbox
-from gateway.delivery.postgres_outbox import PostgresOutbox
-from gateway.delivery.sqlite_outbox import SqliteOutbox
+from gateway import backends
+from gateway.config import Settings
+from gateway.outbox import DeliveryState, Outbox
 from gateway.stores.base import StoreUnavailable
-from gateway.stores.postgres import PostgresJobStore
-from gateway.stores.sqlite import SqliteJobStore
 from gateway.telemetry.metrics import SINKS
 
 __all__ = ("add_parser", "run")
@@ -79,20 +76,12 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _run(settings: Settings, args: argparse.Namespace, *, forwarding: bool) -> int:
-    database = settings.database
-    store: SqliteJobStore | PostgresJobStore
-    outbox: Outbox
-    if isinstance(database, PostgresDatabase):
-        store = PostgresJobStore(database.url, pool_size=1, timeout=max(settings.store_timeout_seconds, 10.0))
-        outbox = PostgresOutbox(store)
-    else:
-        store = SqliteJobStore(database.path)
-        outbox = SqliteOutbox(store)
-    await store.open(apply_migrations=False)
+    database = backends.job_database(settings, pool_size=1, timeout=max(settings.store_timeout_seconds, 10.0))
+    await database.open(apply_migrations=False)
     try:
-        return await _act(outbox, args, forwarding=forwarding)
+        return await _act(database.outbox, args, forwarding=forwarding)
     finally:
-        await store.close()
+        await database.close()
 
 
 async def _act(outbox: Outbox, args: argparse.Namespace, *, forwarding: bool) -> int:

@@ -8,14 +8,13 @@ so a replica that lost its lease (stalled past it) cannot overwrite the new owne
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
-import msgspec
 
-from gateway.delivery.outbox import (
+from gateway.outbox import (
     Backlog,
     Claimed,
     DeliveryPage,
@@ -23,35 +22,22 @@ from gateway.delivery.outbox import (
     DeliveryState,
     DisabledSink,
     OutboxWriter,
-    event_body,
-    event_id,
 )
-from gateway.delivery.sink import Delivery
+from gateway.stores import rows as rows_
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
     from gateway.model import JobEvent
+    from gateway.stores.postgres_executor import PostgresExecutor
 
     Connection = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
 
-__all__ = ("PostgresOutbox", "PostgresRunner", "enqueue")
+__all__ = ("PostgresOutbox", "enqueue")
 
 T = TypeVar("T")
 
 
-class PostgresRunner(Protocol):
-    """What the outbox needs of the PostgreSQL job store it shares a database with."""
-
-    async def run(self, operation: str, work: Callable[[Connection], Awaitable[T]]) -> T:
-        """Run ``work`` on a pooled connection; any failure is the store's StoreUnavailable."""
-        ...
-
-
-_RECORD_COLUMNS = (
-    "id, event_id, sequence, sink, job_id, kind, status, state, attempts, next_attempt_at, last_error,"
-    " created_at, updated_at, delivered_at, body"
-)
 _CLAIM = """
 WITH due AS (
     SELECT id FROM deliveries d
@@ -67,26 +53,13 @@ UPDATE deliveries SET lease_owner = $4, lease_expires_at = $5, attempts = attemp
 FROM due WHERE deliveries.id = due.id AND deliveries.state = 'pending'
 RETURNING deliveries.id, event_id, sequence, sink, job_id, kind, status, body, attempts, traceparent
 """
+"""Returns :data:`~gateway.stores.rows.CLAIMED_COLUMNS`, ``attempts`` already counting this claim."""
 
 
 async def enqueue(db: Connection, writer: OutboxWriter, applied: Sequence[tuple[JobEvent, int, str | None]]) -> None:
     """Write the rows of the applied events (each with its sequence and traceparent), one per event and
-    sink, inside the job store's transaction."""
-    rows = [
-        (
-            sequence,
-            event_id(sequence),
-            sink,
-            event.job_id,
-            event.kind,
-            event.status.value,
-            event_body(event, sequence),
-            traceparent,
-            event.received_at,
-        )
-        for event, sequence, traceparent in applied
-        for sink in writer.sinks_for(event)
-    ]
+    sink, inside the job store's transaction; due at once."""
+    rows = writer.rows(applied, rows_.as_stored)
     if rows:
         await db.executemany(
             "INSERT INTO deliveries (sequence, event_id, sink, job_id, kind, status, body, traceparent,"
@@ -96,33 +69,19 @@ async def enqueue(db: Connection, writer: OutboxWriter, applied: Sequence[tuple[
 
 
 class PostgresOutbox:
-    """:class:`~gateway.delivery.outbox.Outbox` in the PostgreSQL job store's database."""
+    """:class:`~gateway.outbox.Outbox` in the PostgreSQL job store's database."""
 
-    def __init__(self, store: PostgresRunner) -> None:
-        self._store = store
+    def __init__(self, executor: PostgresExecutor) -> None:
+        self._executor = executor
 
     async def claim(
         self, owner: str, sinks: Sequence[str], limit: int, lease_seconds: float, now: datetime
     ) -> list[Claimed]:
         until = now + timedelta(seconds=lease_seconds)
-        rows = await self._store.run("outbox_claim", lambda db: db.fetch(_CLAIM, list(sinks), now, limit, owner, until))
-        return [
-            Claimed(
-                row["sink"],
-                Delivery(
-                    id=row["id"],
-                    event_id=row["event_id"],
-                    sequence=row["sequence"],
-                    job_id=row["job_id"],
-                    kind=row["kind"],
-                    status=row["status"],
-                    body=bytes(row["body"]),
-                    attempt=row["attempts"],
-                    traceparent=row["traceparent"],
-                ),
-            )
-            for row in sorted(rows, key=lambda row: row["id"])
-        ]
+        rows = await self._executor.run(
+            "outbox_claim", lambda db: db.fetch(_CLAIM, list(sinks), now, limit, owner, until)
+        )
+        return [rows_.claimed(row, attempt=row[8]) for row in sorted(rows, key=lambda row: row[0])]
 
     async def delivered(self, row_id: int, owner: str, now: datetime) -> bool:
         return await self._settle(
@@ -149,11 +108,11 @@ class PostgresOutbox:
             f"UPDATE deliveries SET {assignments}, lease_owner = NULL, lease_expires_at = NULL, updated_at = $3"  # noqa: S608
             " WHERE id = $1 AND lease_owner = $2 AND state = 'pending'"
         )
-        status = await self._store.run(operation, lambda db: db.execute(sql, row_id, owner, now, *values))
+        status = await self._executor.run(operation, lambda db: db.execute(sql, row_id, owner, now, *values))
         return bool(status == "UPDATE 1")
 
     async def release_leases(self, owner: str) -> int:
-        status = await self._store.run(
+        status = await self._executor.run(
             "outbox_release_leases",
             lambda db: db.execute(
                 "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = $1", owner
@@ -162,7 +121,7 @@ class PostgresOutbox:
         return int(status.rpartition(" ")[2])
 
     async def disable_sink(self, sink: str, reason: str, now: datetime) -> None:
-        await self._store.run(
+        await self._executor.run(
             "outbox_disable",
             lambda db: db.execute(
                 "INSERT INTO delivery_sinks_disabled (sink, reason, disabled_at) VALUES ($1, $2, $3)"
@@ -174,16 +133,16 @@ class PostgresOutbox:
         )
 
     async def enable_sink(self, sink: str) -> bool:
-        status = await self._store.run(
+        status = await self._executor.run(
             "outbox_enable", lambda db: db.execute("DELETE FROM delivery_sinks_disabled WHERE sink = $1", sink)
         )
         return bool(status == "DELETE 1")
 
     async def disabled_sinks(self) -> list[DisabledSink]:
-        rows = await self._store.run(
+        rows = await self._executor.run(
             "outbox_disabled", lambda db: db.fetch("SELECT sink, reason, disabled_at FROM delivery_sinks_disabled")
         )
-        return [DisabledSink(sink=row["sink"], reason=row["reason"], disabled_at=row["disabled_at"]) for row in rows]
+        return [rows_.disabled_sink(row, rows_.as_stored) for row in rows]
 
     async def list_deliveries(
         self, *, state: DeliveryState | None, job_id: str | None, limit: int, cursor: int | None
@@ -196,12 +155,13 @@ class PostgresOutbox:
                 clauses.append(f"{column} ${len(params)}")
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         params.append(limit + 1)
-        sql = f"SELECT {_RECORD_COLUMNS} FROM deliveries {where} ORDER BY id DESC LIMIT ${len(params)}"  # noqa: S608
-        rows = await self._store.run("outbox_list", lambda db: db.fetch(sql, *params))
+        sql = f"SELECT {rows_.DELIVERY_COLUMNS} FROM deliveries {where} ORDER BY id DESC LIMIT ${len(params)}"  # noqa: S608
+        rows = await self._executor.run("outbox_list", lambda db: db.fetch(sql, *params))
         more = len(rows) > limit
         rows = rows[:limit]
         return DeliveryPage(
-            deliveries=[_record(row) for row in rows], next_cursor=str(rows[-1]["id"]) if more else None
+            deliveries=[rows_.delivery_record(row, rows_.as_stored) for row in rows],
+            next_cursor=str(rows[-1]["id"]) if more else None,
         )
 
     async def replay(self, row_id: int, now: datetime) -> DeliveryRecord | None:
@@ -213,13 +173,13 @@ class PostgresOutbox:
                 row_id,
                 now,
             )
-            return await db.fetchrow(f"SELECT {_RECORD_COLUMNS} FROM deliveries WHERE id = $1", row_id)  # noqa: S608
+            return await db.fetchrow(f"SELECT {rows_.DELIVERY_COLUMNS} FROM deliveries WHERE id = $1", row_id)  # noqa: S608
 
-        row = await self._store.run("outbox_replay", replay)
-        return _record(row) if row is not None else None
+        row = await self._executor.run("outbox_replay", replay)
+        return rows_.delivery_record(row, rows_.as_stored) if row is not None else None
 
     async def replay_all(self, state: DeliveryState, job_id: str | None, now: datetime) -> int:
-        status = await self._store.run(
+        status = await self._executor.run(
             "outbox_replay_all",
             lambda db: db.execute(
                 "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = $1, updated_at = $1,"
@@ -233,17 +193,17 @@ class PostgresOutbox:
         return int(status.rpartition(" ")[2])
 
     async def backlog(self) -> list[Backlog]:
-        rows = await self._store.run(
+        rows = await self._executor.run(
             "outbox_backlog",
             lambda db: db.fetch(
                 "SELECT sink, count(*) AS count, min(coalesce(pending_since, created_at)) AS oldest FROM deliveries"
                 " WHERE state = 'pending' GROUP BY sink"
             ),
         )
-        return [Backlog(sink=row["sink"], count=row["count"], oldest_pending_since=row["oldest"]) for row in rows]
+        return [rows_.backlog(row, rows_.as_stored) for row in rows]
 
     async def prune_finished(self, before: datetime, limit: int) -> int:
-        status = await self._store.run(
+        status = await self._executor.run(
             "outbox_prune",
             lambda db: db.execute(
                 "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries"
@@ -253,23 +213,3 @@ class PostgresOutbox:
             ),
         )
         return int(status.rpartition(" ")[2])
-
-
-def _record(row: asyncpg.Record) -> DeliveryRecord:
-    return DeliveryRecord(
-        id=row["id"],
-        event_id=row["event_id"],
-        sequence=row["sequence"],
-        sink=row["sink"],
-        job_id=row["job_id"],
-        kind=row["kind"],
-        status=row["status"],
-        state=DeliveryState(row["state"]),
-        attempts=row["attempts"],
-        next_attempt_at=row["next_attempt_at"],
-        last_error=row["last_error"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        delivered_at=row["delivered_at"],
-        body=msgspec.Raw(bytes(row["body"])),
-    )

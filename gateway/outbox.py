@@ -4,27 +4,27 @@ The job store writes one row per enabled sink in the transaction that applies th
 :class:`OutboxWriter`), so an acknowledged webhook is never lost for delivery, even across a crash. The
 event's stable id is ``evt_<sequence>``, ``sequence`` being the event's global id in ``job_events``: a
 retry or a replay sends the same id, so the app deduplicates. The :class:`Outbox` protocol is
-implemented per database in :mod:`gateway.delivery.sqlite_outbox` and :mod:`gateway.delivery.postgres_outbox`.
+implemented per database in :mod:`gateway.stores.sqlite_outbox` and :mod:`gateway.stores.postgres_outbox`.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import msgspec
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from gateway.delivery.sink import Delivery
 from gateway.model import JobEvent
 from gateway.payloads import Metadata
 
 __all__ = (
     "Backlog",
     "Claimed",
+    "Delivery",
     "DeliveryPage",
     "DeliveryRecord",
     "DeliveryState",
@@ -38,7 +38,29 @@ __all__ = (
 )
 
 _encode = msgspec.json.Encoder().encode
+Row = tuple[Any, ...]
 _propagator = TraceContextTextMapPropagator()
+
+
+class Delivery(msgspec.Struct, frozen=True, kw_only=True):
+    """One attempt to deliver one applied event to one sink."""
+
+    id: int
+    """The outbox row's id (one row per event and sink)."""
+    event_id: str
+    """The event's stable id (``evt_<sequence>``): the ``webhook-id`` / ``Nats-Msg-Id``, so receivers
+    deduplicate across retries and replays."""
+    sequence: int
+    """The event's global id in ``job_events``: increasing in the order events were applied."""
+    job_id: str
+    kind: str
+    status: str
+    body: bytes
+    """The normalised event JSON, exactly what is sent."""
+    attempt: int
+    """1 for the first attempt."""
+    traceparent: str | None
+    """The W3C ``traceparent`` of the webhook that caused the event, to link the delivery's span to it."""
 
 
 class DeliveryState(enum.StrEnum):
@@ -117,6 +139,21 @@ class OutboxWriter:
         if self._statuses is not None and event.status.value not in self._statuses:
             return ()
         return self.sinks
+
+    def rows(self, applied: Iterable[tuple[JobEvent, int, str | None]], moment: Callable[[datetime], Any]) -> list[Row]:
+        """The outbox rows of applied events (each with its sequence and traceparent), one per event and
+        sink: ``sequence, event_id, sink, job_id, kind, status, body, traceparent, received`` in the
+        order of the INSERT both databases run; ``moment`` stores the event's ``received_at``."""
+        rows: list[Row] = []
+        for event, sequence, traceparent in applied:
+            sinks = self.sinks_for(event)
+            if not sinks:
+                continue
+            body = event_body(event, sequence)
+            received = moment(event.received_at)
+            shared = (event.job_id, event.kind, event.status.value, body, traceparent, received)
+            rows += [(sequence, event_id(sequence), sink, *shared) for sink in sinks]
+        return rows
 
 
 def _nothing() -> None:

@@ -1,5 +1,5 @@
-"""The outbox on the embedded SQLite store: rows written by the job store's writer thread, in the
-transaction that applies the event; claims and settlements go through the same thread.
+"""The outbox on the embedded SQLite file: rows written (:func:`enqueue`) in the transaction that applies
+the event; claims and settlements go through the same file's executor, which the job store shares.
 
 SQLite means one gateway process, so leases only matter within it: at start, the leases a crashed
 process left behind are freed at once (:meth:`SqliteOutbox.release_leases`) instead of timing out.
@@ -8,13 +8,11 @@ process left behind are freed at once (:meth:`SqliteOutbox.release_leases`) inst
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-import msgspec
-
-from gateway.delivery.outbox import (
+from gateway.outbox import (
     Backlog,
     Claimed,
     DeliveryPage,
@@ -22,69 +20,43 @@ from gateway.delivery.outbox import (
     DeliveryState,
     DisabledSink,
     OutboxWriter,
-    event_body,
-    event_id,
 )
-from gateway.delivery.sink import Delivery
+from gateway.stores import rows as rows_
+from gateway.stores.sqlite_executor import SqliteExecutor
 
 if TYPE_CHECKING:
     from gateway.model import JobEvent
 
-__all__ = ("SqliteOutbox", "SqliteRunner", "enqueue")
+__all__ = ("SqliteOutbox", "enqueue")
 
 
-class SqliteRunner(Protocol):
-    """What the outbox needs of the SQLite job store it shares a file with."""
-
-    async def run(self, operation: str, work: Callable[[sqlite3.Connection], Any], *, write: bool = True) -> Any:
-        """Run ``work`` on the store's writer (``write``) or reader thread; answers what ``work`` answers."""
-        ...
-
-
-_RECORD_COLUMNS = (
-    "id, event_id, sequence, sink, job_id, kind, status, state, attempts, next_attempt_at, last_error,"
-    " created_at, updated_at, delivered_at, body"
-)
 _PENDING = DeliveryState.PENDING.value
 _DELIVERED = DeliveryState.DELIVERED.value
 _DEAD = DeliveryState.DEAD.value
 
 
 def enqueue(
-    db: sqlite3.Connection,
-    writer: OutboxWriter,
-    event: JobEvent,
-    sequence: int,
-    traceparent: str | None,
-    received: str,
+    db: sqlite3.Connection, writer: OutboxWriter, event: JobEvent, sequence: int, traceparent: str | None
 ) -> None:
-    """Write the event's rows, one per sink, inside the job store's transaction."""
-    sinks = writer.sinks_for(event)
-    if not sinks:
-        return
-    body = event_body(event, sequence)
-    times = (received, received, received)  # due now; created; updated
+    """Write the event's rows, one per sink, inside the job store's transaction; due at once."""
     db.executemany(
         "INSERT INTO deliveries (sequence, event_id, sink, job_id, kind, status, body, traceparent,"
-        " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            (sequence, event_id(sequence), sink, event.job_id, event.kind, event.status, body, traceparent, *times)
-            for sink in sinks
-        ],
+        " next_attempt_at, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?9)",
+        writer.rows([(event, sequence, traceparent)], _iso),
     )
 
 
 class SqliteOutbox:
-    """:class:`~gateway.delivery.outbox.Outbox` in the SQLite job store's file."""
+    """:class:`~gateway.outbox.Outbox` in the SQLite job store's file."""
 
-    def __init__(self, store: SqliteRunner) -> None:
-        self._store = store
+    def __init__(self, executor: SqliteExecutor) -> None:
+        self._executor = executor
 
     async def claim(
         self, owner: str, sinks: Sequence[str], limit: int, lease_seconds: float, now: datetime
     ) -> list[Claimed]:
         until = _iso(now + timedelta(seconds=lease_seconds))
-        claimed: list[Claimed] = await self._store.run(
+        claimed: list[Claimed] = await self._executor.run(
             "outbox_claim", lambda db: _claim(db, owner, sinks, limit, until, now)
         )
         return claimed
@@ -119,7 +91,7 @@ class SqliteOutbox:
             f"UPDATE deliveries SET {assignments}, lease_owner = NULL, lease_expires_at = NULL, updated_at = ?"  # noqa: S608
             " WHERE id = ? AND lease_owner = ? AND state = 'pending'"
         )
-        changed: int = await self._store.run(
+        changed: int = await self._executor.run(
             operation, lambda db: db.execute(sql, (*values, _iso(now), row_id, owner)).rowcount
         )
         return changed == 1
@@ -132,11 +104,11 @@ class SqliteOutbox:
         if owner is not None:
             sql += " AND lease_owner = ?"
             params = (owner,)
-        changed: int = await self._store.run("outbox_release_leases", lambda db: db.execute(sql, params).rowcount)
+        changed: int = await self._executor.run("outbox_release_leases", lambda db: db.execute(sql, params).rowcount)
         return changed
 
     async def disable_sink(self, sink: str, reason: str, now: datetime) -> None:
-        await self._store.run(
+        await self._executor.run(
             "outbox_disable",
             lambda db: db.execute(
                 "INSERT INTO delivery_sinks_disabled (sink, reason, disabled_at) VALUES (?, ?, ?)"
@@ -146,26 +118,24 @@ class SqliteOutbox:
         )
 
     async def enable_sink(self, sink: str) -> bool:
-        changed: int = await self._store.run(
+        changed: int = await self._executor.run(
             "outbox_enable",
             lambda db: db.execute("DELETE FROM delivery_sinks_disabled WHERE sink = ?", (sink,)).rowcount,
         )
         return changed == 1
 
     async def disabled_sinks(self) -> list[DisabledSink]:
-        rows = await self._store.run(
+        rows = await self._executor.run(
             "outbox_disabled",
             lambda db: db.execute("SELECT sink, reason, disabled_at FROM delivery_sinks_disabled").fetchall(),
             write=False,
         )
-        return [
-            DisabledSink(sink=sink, reason=reason, disabled_at=datetime.fromisoformat(at)) for sink, reason, at in rows
-        ]
+        return [rows_.disabled_sink(row, rows_.from_text) for row in rows]
 
     async def list_deliveries(
         self, *, state: DeliveryState | None, job_id: str | None, limit: int, cursor: int | None
     ) -> DeliveryPage:
-        page: DeliveryPage = await self._store.run(
+        page: DeliveryPage = await self._executor.run(
             "outbox_list", lambda db: _list(db, state, job_id, limit, cursor), write=False
         )
         return page
@@ -178,10 +148,10 @@ class SqliteOutbox:
                 " WHERE id = ? AND state != 'pending'",
                 (_iso(now), _iso(now), _iso(now), row_id),
             )
-            row = db.execute(f"SELECT {_RECORD_COLUMNS} FROM deliveries WHERE id = ?", (row_id,)).fetchone()  # noqa: S608
-            return _record(row) if row is not None else None
+            row = db.execute(f"SELECT {rows_.DELIVERY_COLUMNS} FROM deliveries WHERE id = ?", (row_id,)).fetchone()  # noqa: S608
+            return rows_.delivery_record(row, rows_.from_text) if row is not None else None
 
-        record: DeliveryRecord | None = await self._store.run("outbox_replay", replay)
+        record: DeliveryRecord | None = await self._executor.run("outbox_replay", replay)
         return record
 
     async def replay_all(self, state: DeliveryState, job_id: str | None, now: datetime) -> int:
@@ -193,11 +163,11 @@ class SqliteOutbox:
         if job_id is not None:
             sql += " AND job_id = ?"
             params += (job_id,)
-        changed: int = await self._store.run("outbox_replay_all", lambda db: db.execute(sql, params).rowcount)
+        changed: int = await self._executor.run("outbox_replay_all", lambda db: db.execute(sql, params).rowcount)
         return changed
 
     async def backlog(self) -> list[Backlog]:
-        rows = await self._store.run(
+        rows = await self._executor.run(
             "outbox_backlog",
             lambda db: db.execute(
                 "SELECT sink, count(*), min(coalesce(pending_since, created_at)) FROM deliveries"
@@ -205,13 +175,10 @@ class SqliteOutbox:
             ).fetchall(),
             write=False,
         )
-        return [
-            Backlog(sink=sink, count=count, oldest_pending_since=datetime.fromisoformat(oldest))
-            for sink, count, oldest in rows
-        ]
+        return [rows_.backlog(row, rows_.from_text) for row in rows]
 
     async def prune_finished(self, before: datetime, limit: int) -> int:
-        changed: int = await self._store.run(
+        changed: int = await self._executor.run(
             "outbox_prune",
             lambda db: (
                 db.execute(
@@ -231,7 +198,7 @@ def _claim(
     moment = _iso(now)
     marks = ", ".join("?" * len(sinks))
     rows = db.execute(
-        "SELECT id, event_id, sequence, sink, job_id, kind, status, body, attempts, traceparent FROM deliveries d"  # noqa: S608
+        f"SELECT {rows_.CLAIMED_COLUMNS} FROM deliveries d"  # noqa: S608
         f" WHERE state = 'pending' AND sink IN ({marks}) AND next_attempt_at <= ?"
         " AND (lease_expires_at IS NULL OR lease_expires_at <= ?)"
         " AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.job_id = d.job_id AND e.sink = d.sink"
@@ -243,23 +210,7 @@ def _claim(
         "UPDATE deliveries SET lease_owner = ?, lease_expires_at = ?, attempts = attempts + 1 WHERE id = ?",
         [(owner, lease_until, row[0]) for row in rows],
     )
-    return [
-        Claimed(
-            row[3],
-            Delivery(
-                id=row[0],
-                event_id=row[1],
-                sequence=row[2],
-                job_id=row[4],
-                kind=row[5],
-                status=row[6],
-                body=bytes(row[7]),
-                attempt=row[8] + 1,
-                traceparent=row[9],
-            ),
-        )
-        for row in rows
-    ]
+    return [rows_.claimed(row, attempt=row[8] + 1) for row in rows]  # read before the claim counted it
 
 
 def _list(
@@ -272,31 +223,14 @@ def _list(
             params.append(value)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
     rows = db.execute(
-        f"SELECT {_RECORD_COLUMNS} FROM deliveries {where} ORDER BY id DESC LIMIT ?",  # noqa: S608
+        f"SELECT {rows_.DELIVERY_COLUMNS} FROM deliveries {where} ORDER BY id DESC LIMIT ?",  # noqa: S608
         (*params, limit + 1),
     ).fetchall()
     more = len(rows) > limit
     rows = rows[:limit]
-    return DeliveryPage(deliveries=[_record(row) for row in rows], next_cursor=str(rows[-1][0]) if more else None)
-
-
-def _record(row: Any) -> DeliveryRecord:
-    return DeliveryRecord(
-        id=row[0],
-        event_id=row[1],
-        sequence=row[2],
-        sink=row[3],
-        job_id=row[4],
-        kind=row[5],
-        status=row[6],
-        state=DeliveryState(row[7]),
-        attempts=row[8],
-        next_attempt_at=datetime.fromisoformat(row[9]),
-        last_error=row[10],
-        created_at=datetime.fromisoformat(row[11]),
-        updated_at=datetime.fromisoformat(row[12]),
-        delivered_at=datetime.fromisoformat(row[13]) if row[13] is not None else None,
-        body=msgspec.Raw(bytes(row[14])),
+    return DeliveryPage(
+        deliveries=[rows_.delivery_record(row, rows_.from_text) for row in rows],
+        next_cursor=str(rows[-1][0]) if more else None,
     )
 
 

@@ -1,0 +1,157 @@
+"""One PostgreSQL database's executor: the asyncpg pool every call of its job store and its outbox runs on.
+
+Every call is bounded by one timeout (waiting for a pooled connection included) and any failure of the
+driver, the network or the server is :class:`~gateway.model.StoreUnavailable` (store ``"job"``): the
+webhook gets 503, never half-applied. The pool replaces broken connections by itself, so the store heals
+when PostgreSQL comes back. Migrations run under an advisory lock, so replicas starting together migrate
+one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, TypeVar
+
+import asyncpg
+
+from gateway.model import EventRefused, StoreUnavailable
+from gateway.stores import migrations
+from gateway.stores.base import Outage
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from asyncpg.pool import PoolConnectionProxy
+
+    Connection = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+
+__all__ = ("PROBE", "PostgresExecutor", "migrate")
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_MIGRATION_LOCK = 0x6761746577617901  # pg_advisory_lock key: replicas starting together migrate one at a time
+
+PROBE = "probe"
+"""The readiness probe's operation: its failure is readiness's to report (/readyz), not an outage."""
+_READS = frozenset(
+    {"ping", "recorded", "get", "list", "events", "stats", "status_of", "in_progress", "outbox_list", "outbox_backlog"}
+    | {"outbox_disabled"}
+)
+"""The operations that only read; every other one (webhooks, registration, pruning, the outbox's) writes."""
+
+
+class PostgresExecutor:
+    """The pool of one database, ``pool_size`` connections at most per process."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, timeout: float = 2.0) -> None:
+        self._url = url
+        self._pool_size = pool_size
+        self.timeout = timeout
+        """Seconds any call may take, waiting for a connection included."""
+        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+        self._writes = Outage("job store writes", logger)
+        self._reads = Outage("job store reads", logger)
+        """Logged when they start failing and when they work again, not per call; apart, since a database
+        that refuses writes (full disk, read-only) may still answer reads."""
+
+    @property
+    def is_open(self) -> bool:
+        return self._pool is not None
+
+    async def open(self, *, apply_migrations: bool = True) -> None:
+        """Create the pool (connections are opened on demand) and bring the schema up to date if asked."""
+        try:
+            async with asyncio.timeout(self.timeout * 5):
+                self._pool = await asyncpg.create_pool(
+                    self._url,
+                    min_size=0,
+                    max_size=self._pool_size,
+                    timeout=self.timeout,  # connecting
+                    command_timeout=self.timeout,
+                    max_inactive_connection_lifetime=60,
+                    reset=_reset,
+                )
+                if apply_migrations:
+                    async with self._pool.acquire() as connection:
+                        await _migrate(connection)
+        except Exception as error:
+            raise StoreUnavailable("job", "open") from error
+
+    async def close(self) -> None:
+        """Close the pool (terminating its connections if the server does not answer within the timeout)."""
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), self.timeout)
+            except Exception:  # an unreachable server: drop the connections rather than wait on them
+                pool.terminate()
+
+    async def run(
+        self, operation: str, work: Callable[[Connection], Awaitable[T]], *, deadline: float | None = None
+    ) -> T:
+        """Run ``work`` on a pooled connection within the timeout (or by the loop time ``deadline``); any
+        failure but a :class:`~gateway.model.EventRefused` is StoreUnavailable."""
+        # A probe's failure is readiness's to report (/readyz), not an outage of the webhooks' writes.
+        outage = None if operation == PROBE else self._reads if operation in _READS else self._writes
+        if self._pool is None:
+            raise StoreUnavailable("job", operation)
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + self.timeout
+        try:
+            async with asyncio.timeout_at(deadline), self._pool.acquire() as connection:
+                result = await work(connection)
+        except EventRefused:
+            raise
+        except Exception as error:
+            # Refused connection, server restart, timeout, lost connection, full disk, read-only database:
+            # all mean "retry later". Only the error's type is logged: a message may quote a row's values.
+            if outage is not None:
+                outage.failed(operation, type(error).__name__)
+            raise StoreUnavailable("job", operation) from error
+        if outage is not None:
+            outage.worked()
+        return result
+
+
+async def _reset(connection: Connection) -> None:
+    """Roll back a transaction a cancelled call left open; otherwise nothing (the gateway keeps no session
+    state), which saves asyncpg's default reset, a round trip per release."""
+    if connection.is_in_transaction():
+        await connection.execute("ROLLBACK")
+
+
+async def _migrate(db: Connection) -> list[int]:
+    """Apply pending migrations, each in its own transaction, under an advisory lock held by one replica."""
+    applied: list[int] = []
+    await db.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for migration in migrations.load("postgresql"):
+            async with db.transaction():
+                done = await db.fetchval("SELECT 1 FROM schema_migrations WHERE version = $1", migration.version)
+                if done is None:
+                    await db.execute(migration.sql)  # several statements: the simple query protocol runs them all
+                    await db.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                        migration.version,
+                        migration.name,
+                    )
+                    applied.append(migration.version)
+    finally:
+        await db.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    return applied
+
+
+async def migrate(url: str) -> list[int]:
+    """Apply pending migrations to the PostgreSQL database at ``url``; return the versions applied."""
+    db = await asyncpg.connect(url, timeout=30)
+    try:
+        return await _migrate(db)
+    finally:
+        await db.close()

@@ -1,0 +1,384 @@
+"""One SQLite file's executor: the writer thread with its group commit and watchdog, and a reader thread.
+
+The job store and the outbox on the same file both receive it (:mod:`gateway.stores.sqlite`,
+:mod:`gateway.stores.sqlite_outbox`). One thread owns the writing connection, so the event loop never blocks
+on disk and writes are serialised without locks of our own. Writes that queue up while a transaction is
+being written share the next one (group commit): one ``COMMIT`` for the batch, and every waiting caller is
+answered only after that commit; if any write of the batch fails half-way, the whole batch is rolled back
+and refused. ``synchronous=NORMAL`` in WAL mode makes an acknowledged event survive a process crash; a power
+loss may lose the transactions since the last checkpoint (docs/durability.md).
+
+Every call raises :class:`~gateway.model.StoreUnavailable` (store ``"job"``) when the file does not answer
+within ``_CALL_TIMEOUT_SECONDS``; a :class:`~gateway.model.EventRefused` raised by ``work`` reaches the caller
+and leaves the rest of its batch to commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, NamedTuple, cast
+
+from gateway.model import EventRefused, StoreUnavailable
+from gateway.stores import migrations
+from gateway.stores.base import Outage
+from gateway.stores.sqlite_wal import RESET_FRAMES, Checkpointer
+
+__all__ = ("SqliteExecutor", "migrate")
+
+logger = logging.getLogger(__name__)
+
+_MAX_BATCH = 256
+_CALL_TIMEOUT_SECONDS = 15.0
+"""Longer than SQLite's busy timeout (5 s) plus a batch: past it the caller gets a 503, not a hang."""
+_WATCH_SECONDS = 1.0
+"""How often the writer thread's calls are checked against their deadline while any is waiting."""
+
+
+class _Op(NamedTuple):
+    operation: str
+    run: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+    write: bool
+    """A write may share a transaction with the writes queued next to it."""
+    deadline: float
+    """The event loop's time past which the caller is answered 503 (``_CALL_TIMEOUT_SECONDS``)."""
+
+
+class SqliteExecutor:
+    """Runs work on one SQLite file: writes on the writer thread, reads on a reader thread (WAL)."""
+
+    def __init__(self, path: str, *, wal_reset_frames: int = RESET_FRAMES) -> None:
+        self._path = path
+        self._wal_reset_frames = wal_reset_frames
+        """The WAL's bound under sustained writes, in frames (see :mod:`gateway.stores.sqlite_wal`)."""
+        self._queue: queue.SimpleQueue[list[_Op] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reader = _reader_thread()
+        self._reader_db: sqlite3.Connection | None = None
+        self._pending: list[_Op] = []
+        """Operations waiting for the thread; handed over together, as one batch."""
+        self._in_flight = False
+        """Whether the thread is working on a batch (at most one at a time, so batches grow under load)."""
+        self._batch: list[_Op] = []
+        """The operations the thread is working on."""
+        self._watchdog: asyncio.TimerHandle | None = None
+        """Checks deadlines while operations wait: one timer for all of them, not one per call."""
+        self._abandoned: dict[asyncio.Future[Any], asyncio.Future[Any]] = {}
+        """Writes whose caller was cancelled but still waits for the answer (see ``finish``): the
+        original future (cancelled) and the one the caller waits on now."""
+        self._writes = Outage("job store writes", logger)
+        self._reads = Outage("job store reads", logger)
+
+    async def open(self, *, apply_migrations: bool = True) -> None:
+        """Start the writer thread and connect (bringing the schema up to date unless told not to)."""
+        self._loop = asyncio.get_running_loop()
+        connected: asyncio.Future[sqlite3.Connection] = self._loop.create_future()
+        self._thread = threading.Thread(
+            target=self._serve, args=(apply_migrations, connected), name="gateway-sqlite", daemon=True
+        )
+        self._thread.start()
+        try:
+            await connected
+        except sqlite3.Error as error:
+            raise StoreUnavailable("job", "open") from error
+
+    async def close(self) -> None:
+        """Finish the batch being written, stop the thread, and refuse what was still waiting."""
+        if self._thread is not None:
+            thread, self._thread = self._thread, None
+            self._queue.put(None)
+            await asyncio.to_thread(thread.join)
+        waiting, self._pending = self._pending, []
+        _settle([(self._abandoned.get(op.future, op.future), None, StoreUnavailable("job", "close")) for op in waiting])
+        if self._watchdog is not None:  # nothing waits any more (and a reopened store may run on another loop)
+            self._watchdog.cancel()
+            self._watchdog = None
+        if self._reader_db is not None:
+            await asyncio.get_running_loop().run_in_executor(self._reader, self._reader_db.close)
+            self._reader_db = None
+        self._reader.shutdown(wait=False)
+        self._reader = _reader_thread()  # a fresh one (no thread until used), so the store can be reopened
+
+    async def run(self, operation: str, work: Callable[[sqlite3.Connection], Any], *, write: bool = True) -> Any:
+        """Run ``work``: a write joins the writer thread's next transaction, a read runs on the reader
+        thread. Answers what ``work`` answers; raises StoreUnavailable as :meth:`submit` does."""
+        if write:
+            return await self.submit(operation, work, write=True)
+        return await self.read(operation, work)
+
+    async def read(self, operation: str, run: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Reads run on a reader thread with its own connection (WAL lets it read while the writer
+        writes), so the read API never queues behind, or slows, the ingest path."""
+        if self._thread is None:
+            raise StoreUnavailable("job", operation)
+        if self._path == ":memory:":  # another connection would open another, empty, database
+            return await self.submit(operation, run)
+        loop = asyncio.get_running_loop()
+        return await _answer(
+            operation,
+            asyncio.wait_for(loop.run_in_executor(self._reader, self._with_reader, run), _CALL_TIMEOUT_SECONDS),
+            self._reads,
+        )
+
+    def _with_reader(self, run: Callable[[sqlite3.Connection], Any]) -> Any:
+        """On the reader thread: its connection, opened on first use."""
+        if self._reader_db is None:
+            self._reader_db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            self._reader_db.execute("PRAGMA busy_timeout=5000")
+        return run(self._reader_db)
+
+    async def submit(
+        self,
+        operation: str,
+        run: Callable[[sqlite3.Connection], Any],
+        *,
+        write: bool = False,
+        finish: bool = False,
+        own_transaction: bool = False,
+    ) -> Any:
+        """Queue ``run`` for the writer thread and await its answer. With ``finish``, a cancelled caller
+        still waits for it (the thread commits it anyway), as :func:`~gateway.stores.base.to_the_end`
+        does, but without a task or a shield on the way: either, once per webhook, measurably slowed
+        group commit (p99 at 10 connections 10 ms -> 40 ms). ``own_transaction``: ``run`` writes, in a
+        transaction it opens and ends itself."""
+        # A probe's failure is readiness's to report (/readyz), not an outage of the webhooks' writes.
+        outage = None if own_transaction else self._writes if write else self._reads
+        if self._loop is None or self._thread is None:
+            raise StoreUnavailable("job", operation)
+        future = self._loop.create_future()
+        self._pending.append(_Op(operation, run, future, write, self._loop.time() + _CALL_TIMEOUT_SECONDS))
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_later(_WATCH_SECONDS, self._watch)
+        if not self._in_flight and len(self._pending) == 1:
+            # Hand over at the end of this loop iteration, so requests arriving meanwhile join the batch.
+            self._loop.call_soon(self._hand_over)
+        interrupted = 0
+        waiter = future
+        try:
+            while True:
+                try:
+                    return await _answer(operation, waiter, outage)
+                except asyncio.CancelledError:
+                    if not finish:
+                        raise
+                    interrupted += 1
+                    if waiter.done() and not waiter.cancelled():
+                        return await _answer(operation, waiter, outage)  # answered in the same pass as the cancel
+                    # The thread commits the write whatever happens to this caller: wait for its answer
+                    # on a new future (the cancellation cancelled the last one), which _settle completes.
+                    waiter = self._abandoned[future] = self._loop.create_future()
+        finally:
+            if interrupted:
+                self._abandoned.pop(future, None)
+                task = asyncio.current_task()
+                for _ in range(interrupted if task is not None else 0):
+                    task.uncancel()  # type: ignore[union-attr]
+
+    def _hand_over(self) -> None:
+        if self._in_flight or not self._pending or self._thread is None:
+            return  # busy, idle, or closing (close() refuses what is left)
+        batch, self._pending = self._pending[:_MAX_BATCH], self._pending[_MAX_BATCH:]
+        self._in_flight = True
+        self._batch = batch
+        self._queue.put(batch)
+
+    def _settle(self, settled: list[Settled]) -> None:
+        """On the event loop: answer a finished batch, then hand over what queued up meanwhile."""
+        self._in_flight = False
+        self._batch = []
+        if self._abandoned:
+            settled = [(self._abandoned.get(future, future), result, error) for future, result, error in settled]
+        _settle(settled)
+        self._hand_over()
+
+    def _watch(self) -> None:
+        """Answer 503 to every caller whose deadline passed (the thread is stuck on a batch); look again
+        in a second while any caller still waits. The thread may still commit such a write later: the
+        sender's retry is then answered ``duplicate``."""
+        assert self._loop is not None
+        self._watchdog = None
+        now = self._loop.time()
+        waiting = [(op, self._abandoned.get(op.future, op.future)) for op in (*self._batch, *self._pending)]
+        waiting = [(op, waiter) for op, waiter in waiting if not waiter.done()]
+        late = [(op, waiter) for op, waiter in waiting if op.deadline <= now]
+        for op, waiter in late:
+            waiter.set_exception(StoreUnavailable("job", op.operation))
+        if late:
+            logger.error("job store: %d calls got no answer within %s s", len(late), _CALL_TIMEOUT_SECONDS)
+        if len(late) < len(waiting):
+            self._watchdog = self._loop.call_later(_WATCH_SECONDS, self._watch)
+
+    # Everything below runs on the writer thread.
+
+    def _serve(self, apply_migrations: bool, connected: asyncio.Future[sqlite3.Connection]) -> None:
+        assert self._loop is not None
+        # An in-memory database has no WAL to checkpoint.
+        checkpointer = (
+            None if self._path == ":memory:" else Checkpointer(self._path, reset_frames=self._wal_reset_frames)
+        )
+        db: sqlite3.Connection | None = None
+        try:
+            db = _connect(self._path, apply_migrations)
+            if checkpointer is not None:
+                checkpointer.configure(db)
+        except sqlite3.Error as error:
+            if db is not None:
+                db.close()
+            self._loop.call_soon_threadsafe(_settle, [cast("Settled", (connected, None, error))])
+            return
+        if checkpointer is not None:
+            checkpointer.start()
+        self._loop.call_soon_threadsafe(_settle, [cast("Settled", (connected, db, None))])
+        try:
+            while (batch := self._queue.get()) is not None:
+                if checkpointer is not None:
+                    checkpointer.before_write(db)
+                try:
+                    settled = _execute(db, batch)
+                except BaseException as error:  # whatever happens, every waiting caller gets an answer
+                    settled = [(op.future, None, error) for op in batch]
+                self._loop.call_soon_threadsafe(self._settle, settled)
+        finally:
+            if checkpointer is not None:
+                checkpointer.stop()
+            db.close()
+
+
+def _reader_thread() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-sqlite-reader")
+
+
+def _connect(path: str, apply_migrations: bool) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA foreign_keys=ON")
+    db.execute("PRAGMA busy_timeout=5000")
+    if apply_migrations:
+        _migrate(db)
+    return db
+
+
+Settled = tuple["asyncio.Future[Any]", Any, BaseException | None]
+
+
+def _execute(db: sqlite3.Connection, batch: list[_Op]) -> list[Settled]:
+    """Run a batch in order; consecutive writes share one transaction (group commit)."""
+    settled: list[Settled] = []
+    position = 0
+    while position < len(batch):
+        if not batch[position].write:
+            op = batch[position]
+            try:
+                settled.append((op.future, op.run(db), None))
+            except Exception as error:
+                settled.append((op.future, None, error))
+            position += 1
+            continue
+        end = position
+        while end < len(batch) and batch[end].write:
+            end += 1
+        settled += _transaction(db, batch[position:end])
+        position = end
+    return settled
+
+
+def _transaction(db: sqlite3.Connection, writes: list[_Op]) -> list[Settled]:
+    """One transaction for ``writes``; their answers stand only once it committed."""
+    answers: list[Settled] = []
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        for op in writes:
+            try:
+                answers.append((op.future, op.run(db), None))
+            except EventRefused as error:  # refused before it wrote anything; the others go on
+                answers.append((op.future, None, error))
+        db.execute("COMMIT")
+    except Exception as error:
+        # Disk, lock, corruption, or a write that failed half-way: nothing of the batch is recorded,
+        # and every writer hears so (its sender retries).
+        with contextlib.suppress(sqlite3.Error):
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+        return [(op.future, None, error) for op in writes]
+    return answers
+
+
+async def _answer(operation: str, pending: Awaitable[Any], outage: Outage | None) -> Any:
+    """Await a store call (bounded by its deadline: the watchdog, or ``wait_for``); every failure becomes
+    :class:`StoreUnavailable` (a 503). ``outage`` hears of the outcome (it logs a change of state)."""
+    try:
+        result = await pending
+    except (EventRefused, StoreUnavailable):
+        raise
+    except TimeoutError:
+        if outage is not None:
+            outage.failed(operation, f"no answer within {_CALL_TIMEOUT_SECONDS} s")
+        raise StoreUnavailable("job", operation) from None
+    except sqlite3.Error as error:
+        if outage is not None:
+            outage.failed(operation, str(error))
+        raise StoreUnavailable("job", operation) from error
+    except Exception as error:
+        # Not the database's doing: a bug. Still refused as unavailable (nothing was committed),
+        # never a 500, and logged with its traceback so it gets fixed.
+        logger.exception("job store %s failed unexpectedly", operation)
+        raise StoreUnavailable("job", operation) from error
+    if outage is not None:
+        outage.worked()
+    return result
+
+
+def _settle(settled: list[Settled]) -> None:
+    """On the event loop: hand every waiting caller its answer (unless it stopped waiting)."""
+    for future, result, error in settled:
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
+def _migrate(db: sqlite3.Connection) -> list[int]:
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+    )
+    applied: list[int] = []
+    for migration in migrations.load("sqlite"):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            done = db.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (migration.version,)).fetchone()
+            if done is None:
+                for statement in migrations.statements(migration.sql):
+                    db.execute(statement)
+                db.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, datetime.now(UTC).isoformat(timespec="microseconds")),
+                )
+                applied.append(migration.version)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    return applied
+
+
+def migrate(path: str) -> list[int]:
+    """Apply pending migrations to the SQLite file at ``path``; return the versions applied."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        return _migrate(db)
+    finally:
+        db.close()
