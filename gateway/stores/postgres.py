@@ -82,6 +82,10 @@ _MIGRATION_LOCK = 0x6761746577617901  # pg_advisory_lock key: replicas starting 
 class PostgresJobStore:
     """:class:`~gateway.stores.base.JobStore` on PostgreSQL; ``pool_size`` connections at most per process."""
 
+    decides_duplicates = True
+    """A batch decides every copy of a delivery against the keys committed, under the jobs' row locks, and
+    answers only after its commit; a copy another replica commits meanwhile makes it decide again."""
+
     def __init__(
         self,
         url: str,

@@ -95,6 +95,9 @@ class _Op(NamedTuple):
 class SqliteJobStore:
     """:class:`~gateway.stores.base.JobStore` on one SQLite file."""
 
+    decides_duplicates = False
+    """The pipeline claims in the process's memory first (no round trip)."""
+
     def __init__(
         self,
         path: str,
