@@ -278,6 +278,13 @@ locks, so it decides duplicates itself and the Redis claim in front of it went (
 recorded keys, once a second). A/B interleaved, three rounds of 5 s, medians, at 10 and 50 connections:
 359 -> 566 and 744 -> 1,157 webhooks a second; the gateway's CPU a webhook 711 -> 532 and 428 -> 288 µs,
 Redis's 88 -> 16 and 40 -> 9 µs (what remains is the shared server's other clients and the stream signal).
+Measured and left out, same method: two batches in flight per replica (the next reading while the
+previous commits) gave +18 % webhooks a second at 10 connections but cost 17 % more gateway CPU and 36 %
+more PostgreSQL CPU a webhook (smaller batches), and no gain at 50.
+
+**The GIL switch interval** (`sys.setswitchinterval`, 5 ms by default), which bounds how long the SQLite
+writer thread may wait for the event loop to let go: 1 ms and 0.5 ms against 5 ms, interleaved at 10
+connections, moved G's rate, p50 and CPU a webhook by less than the runs' own scatter (±10 %): unchanged.
 
 **granian** served G at 0.86-1.09 of uvicorn's rate at 10 connections and 1.25 at 50, but with a p99 at 50
 connections about twice uvicorn's (48-50 ms against 26), as for B: `gateway serve` stays on uvicorn, for
