@@ -2,9 +2,9 @@
 connections or blackholes them; SQLite locked by another process.
 
 Whatever the fault, the gateway answers every webhook within a bounded time: 200 once recorded, or 503
-with ``Retry-After`` and nothing recorded (a Redis fault refuses none: PostgreSQL decides duplicates); the event loop keeps turning (a ticker measures its lag); and
-once the store is back, resending the refused webhooks records each exactly once, as are the ones
-acknowledged before.
+with ``Retry-After`` and nothing recorded (a Redis fault refuses none: PostgreSQL decides duplicates);
+the event loop keeps turning (a ticker measures its lag); and once the store is back, resending the
+refused webhooks records each exactly once, as are the ones acknowledged before.
 """
 
 from __future__ import annotations
