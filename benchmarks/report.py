@@ -176,6 +176,17 @@ def benchmark_page(data: dict[str, Any]) -> str:
         )
         + "."
     )
+    by_cpu = [row for row in held if row["by_cpu"]]
+    cpu_holding = [
+        row for row in by_cpu if all(row["by_cpu"].get(str(c), 0.0) >= row["target"] for c in row["connections"])
+    ]
+    if by_cpu:
+        verdict += (
+            f" From CPU a webhook, which a disturbed run moves least, {len(cpu_holding)} of the {len(by_cpu)} "
+            "ratios of rates would hold"
+            + (" (" + ", ".join(row["ratio"] for row in cpu_holding) + ")" if cpu_holding else "")
+            + "; where the two columns disagree by much, trust the CPU one."
+        )
     return f"""{GENERATED}
 # Benchmark
 
