@@ -43,9 +43,10 @@ CONFIG_TEXT = {
     "G-otlp": "G exporting 10 % of traces over OTLP to a local sink (on wrk's core)",
     "G-routed": "G with every webhook routed by Litestar's router and middleware stack instead of taken "
     "before them (`WebhooksFirst`): what that seam buys (see seams.md)",
-    "G-dist": "the gateway in distributed mode: the Redis idempotency store and the PostgreSQL job store, "
-    "the machine's own servers on loopback (a schema and key prefix of the run's own). Not pinned: "
-    "PostgreSQL and Redis share the cores with wrk and the server",
+    "G-dist": "the gateway in distributed mode: the PostgreSQL job store (its batch decides duplicates) and "
+    "Redis (the idempotency count, the replicas' stream signal; rate limiting is off, as in G), the machine's "
+    "own servers on loopback (a schema and key prefix of the run's own). Not pinned: PostgreSQL and Redis "
+    "share the cores with wrk and the server",
     "G-fwd": "G forwarding every applied event, signed, to a local receiver answering 200 at once (a "
     "Python HTTP/1.1 server on wrk's core); the CPU readings wait for the receiver to stop receiving, so "
     "delivering what the run ingested is in the figure",
@@ -175,6 +176,17 @@ def benchmark_page(data: dict[str, Any]) -> str:
         )
         + "."
     )
+    by_cpu = [row for row in held if row["by_cpu"]]
+    cpu_holding = [
+        row for row in by_cpu if all(row["by_cpu"].get(str(c), 0.0) >= row["target"] for c in row["connections"])
+    ]
+    if by_cpu:
+        verdict += (
+            f" From CPU a webhook, which a disturbed run moves least, {len(cpu_holding)} of the {len(by_cpu)} "
+            "ratios of rates would hold"
+            + (" (" + ", ".join(row["ratio"] for row in cpu_holding) + ")" if cpu_holding else "")
+            + "; where the two columns disagree by much, trust the CPU one."
+        )
     return f"""{GENERATED}
 # Benchmark
 
@@ -245,7 +257,8 @@ These are the notes of earlier rounds, kept for what each change was worth; thei
 from other days of a noisy machine.
 
 **What moved G**, each measured A/B in the same run: webhook POSTs go straight to their receiver
-(`gateway/http/webhooks.py: WebhooksFirst`), before Litestar's router and middleware stack: +12 %; no
+(`gateway/http/webhooks.py: WebhooksFirst`), before Litestar's router and middleware stack: 197 against
+274 µs of CPU a webhook at 10 connections, -28 % (`G` beside `G-routed`, see [seams.md](seams.md)); no
 span is looked up when none can be recording, and one watchdog timer for the SQLite writer's callers
 instead of a `wait_for` per call: together -20 % CPU a webhook under the profiler, +17 % G; the
 per-webhook log line goes straight to the JSON handler under `gateway serve` (a record through
@@ -270,7 +283,19 @@ under the deployment's events lock, so every commit's WAL flush was serialised; 
 the events that arrived while its previous batch was written in one transaction of four round trips,
 planned once per connection and never as a sequential scan. The store alone, measured back to back with
 10 and 50 concurrent writers, went from 611 and 575 events a second to 1,705 and 4,171. One PUBLISH every
-20 ms at most for the replicas' stream signal (it was 5 % of the CPU at 800 webhooks a second).
+20 ms at most for the replicas' stream signal (it was 5 % of the CPU at 800 webhooks a second). Then
+**no Redis round trip a webhook**: PostgreSQL's batch already read the recorded keys under the jobs' row
+locks, so it decides duplicates itself and the Redis claim in front of it went (Redis only counts the
+recorded keys, once a second). A/B interleaved, three rounds of 5 s, medians, at 10 and 50 connections:
+359 -> 566 and 744 -> 1,157 webhooks a second; the gateway's CPU a webhook 711 -> 532 and 428 -> 288 µs,
+Redis's 88 -> 16 and 40 -> 9 µs (what remains is the shared server's other clients and the stream signal).
+Measured and left out, same method: two batches in flight per replica (the next reading while the
+previous commits) gave +18 % webhooks a second at 10 connections but cost 17 % more gateway CPU and 36 %
+more PostgreSQL CPU a webhook (smaller batches), and no gain at 50.
+
+**The GIL switch interval** (`sys.setswitchinterval`, 5 ms by default), which bounds how long the SQLite
+writer thread may wait for the event loop to let go: 1 ms and 0.5 ms against 5 ms, interleaved at 10
+connections, moved G's rate, p50 and CPU a webhook by less than the runs' own scatter (±10 %): unchanged.
 
 **granian** served G at 0.86-1.09 of uvicorn's rate at 10 connections and 1.25 at 50, but with a p99 at 50
 connections about twice uvicorn's (48-50 ms against 26), as for B: `gateway serve` stays on uvicorn, for
@@ -361,10 +386,10 @@ def sizing(data: dict[str, Any], rate: int) -> list[str]:
             "fsync is fast (each batch's commit waits for one). "
             f"Redis: {rate:,} x {redis:.0f} µs = **{_percent(redis_share)} of its one core**"
             + (
-                "."
+                " (an upper bound: the machine's Redis served other clients too)."
                 if redis_share <= HEADROOM
                 else f", past what one Redis thread gives with headroom (its ceiling is about "
-                f"{1e6 / redis:,.0f} claims a second): the idempotency claims are the limit (see the Redis ceiling)."
+                f"{1e6 / redis:,.0f} webhooks a second; see the Redis ceiling)."
             )
         )
     forwarding = costs.get("G-fwd", "gateway")
@@ -427,9 +452,18 @@ def capacity_page(data: dict[str, Any]) -> str:
         else ""
     )
     redis_ceiling = (
-        f" Measured here: {redis:.0f} µs of Redis a webhook, so one Redis sustains about {1e6 / redis:,.0f} "
-        "webhooks a second at 100 % of its thread."
+        f" Measured here without rate limiting: {redis:.0f} µs of Redis a webhook (an upper bound: the server "
+        f"served the machine's other clients too), about {1e6 / redis:,.0f} webhooks a second at 100 % of its "
+        "thread."
         if redis
+        else ""
+    )
+    dist_row = costs.best.get(("G-dist", min(costs.connections)))
+    dist_cpu = _cpu(dist_row, "gateway")
+    dist_busy = (
+        f" (at {min(costs.connections)} connections G-dist's server used "
+        f"{_percent(dist_row['requests_per_second'] * dist_cpu / 1e6)} of its core)"
+        if dist_row is not None and dist_cpu
         else ""
     )
     table = "\n".join(rows)
@@ -452,7 +486,7 @@ sizing below take the figure at {max(costs.connections)} connections: a deployme
 runs busy, as there, and more events share each batch. At 10 connections a webhook costs more: fewer
 events share a batch, and what a process does every second whatever the load (timers, the replicas'
 stream signal, pools) is divided among fewer webhooks; G-dist's server is then waiting on PostgreSQL
-and Redis rather than busy (compare its rate with its CPU figure), so that figure is no ceiling. The
+rather than busy{dist_busy}, so that figure is no ceiling. The
 rates in the benchmark's table are lower than the last column where the core also ran other work (wrk,
 the databases, other engineers' tests).
 
@@ -488,10 +522,13 @@ where other clients use the same servers (see the method in [benchmark.md](bench
   100,000 a second), so the lock does not cap the rates below; what it costs is latency, since with R
   replicas a batch may wait for up to R - 1 other holds. Fewer, larger replicas keep that tail shorter
   than many small ones, and a slow fsync (network disks) lengthens every hold.
-- **Redis: one thread.** Every new webhook on the distributed path is one claim (a Lua script setting
-  the delivery's keys if none exists); Redis runs commands on one thread (its optional I/O threads take
-  only the socket work off it), so one Redis caps the deployment at about 1,000,000 / (its µs a
-  webhook) webhooks a second, however many cores it has.{redis_ceiling}
+- **Redis: one thread, off the webhook's path.** PostgreSQL's batch decides duplicates, so a webhook
+  makes no Redis call unless rate limiting is on: each replica adds the keys it recorded to Redis's count
+  once a second and signals the other replicas' live streams at most every 20 ms. With
+  `GATEWAY_RATE_LIMIT`, every webhook is one GCRA script call; Redis runs commands on one thread (its
+  optional I/O threads take only the socket work off it), so one Redis then caps the deployment at about
+  1,000,000 / (its µs a webhook) webhooks a second, however many cores it has
+  (`benchmarks/ratelimit.py` measures a decision).{redis_ceiling}
 - **The gateway's Python.** Above the stores, every replica's core goes to the HTTP server's I/O
   (uvicorn and uvloop), the pipeline and telemetry; replicas scale it out linearly, each on its own
   core, behind a load balancer.

@@ -2,9 +2,9 @@
 connections or blackholes them; SQLite locked by another process.
 
 Whatever the fault, the gateway answers every webhook within a bounded time: 200 once recorded, or 503
-with ``Retry-After`` and nothing recorded; the event loop keeps turning (a ticker measures its lag); and
-once the store is back, resending the refused webhooks records each exactly once, as are the ones
-acknowledged before.
+with ``Retry-After`` and nothing recorded (a Redis fault refuses none: PostgreSQL decides duplicates);
+the event loop keeps turning (a ticker measures its lag); and once the store is back, resending the
+refused webhooks records each exactly once, as are the ones acknowledged before.
 """
 
 from __future__ import annotations
@@ -127,8 +127,13 @@ async def test_a_failing_shared_store_sheds_with_503_in_bounded_time_and_loses_n
             async with LoopLag().watching() as lag:
                 during = await send(client, [f"{fault}-down-{n}" for n in range(20)])
                 ready = await client.get("/readyz")
-            assert {code for code, _, _ in during.values()} == {503}, during
-            assert {retry for _, retry, _ in during.values()} == {"5"}
+            if target == "redis":
+                # PostgreSQL's batch decides duplicates: a webhook makes no round trip to Redis, so a Redis
+                # fault refuses none (readiness still names Redis: rate limits and live streams use it).
+                assert {code for code, _, _ in during.values()} == {200}, during
+            else:
+                assert {code for code, _, _ in during.values()} == {503}, during
+                assert {retry for _, retry, _ in during.values()} == {"5"}
             slowest = max(latency for _, _, latency in during.values())
             assert slowest < BOUND, f"a webhook waited {slowest:.2f} s for its 503"
             assert lag.worst < MAX_LAG, f"the event loop stalled for {lag.worst:.3f} s"

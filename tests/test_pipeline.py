@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +32,7 @@ from gateway.stores.redis import RedisIdempotencyStore
 from gateway.stores.sqlite import SqliteJobStore
 from gateway.telemetry.metrics import Metrics, ModelLabels
 from gateway.telemetry.recorder import Telemetry
-from tests.conftest import SECRET, completed_image, failed, progress
+from tests.conftest import SECRET, completed_image, failed, free_port, progress
 
 IMAGE = kind_named("image")
 assert IMAGE is not None
@@ -148,6 +149,31 @@ async def test_a_claim_left_behind_by_a_failed_write_does_not_hide_the_event(
     assert await jobs.status_of("stuck") is Status.COMPLETED
     again, _ = await pipeline.ingest(IMAGE, HEADERS, body(completed_image(job_id="stuck")), client=CLIENT)
     assert again.outcome is Outcome.DUPLICATE
+
+
+async def test_postgresql_decides_duplicates_without_asking_redis(database_url: str) -> None:
+    """PostgreSQL's batch decides every copy of a delivery itself: with Redis unreachable, webhooks are
+    still applied once and their copies, sent together or later, answered ``duplicate``."""
+    jobs = PostgresJobStore(database_url)
+    await jobs.open()
+    idempotency = RedisIdempotencyStore(f"redis://127.0.0.1:{free_port()}/0", ttl_seconds=60, timeout=0.25)
+    telemetry = Telemetry(Metrics(CollectorRegistry(), ["image", "blog"], ModelLabels()))
+    pipeline = Pipeline(Settings(webhook_secret=SECRET), jobs, idempotency, telemetry)
+    job_id = f"no-redis-{uuid.uuid4().hex}"
+    headers = {**HEADERS, "webhook-id": f"msg-{job_id}"}
+    try:
+        copies = await asyncio.gather(
+            *(pipeline.ingest(IMAGE, headers, body(completed_image(job_id=job_id)), client=CLIENT) for _ in range(5))
+        )
+        later, _ = await pipeline.ingest(IMAGE, headers, body(completed_image(job_id=job_id)), client=CLIENT)
+        job = await jobs.get(job_id)
+    finally:
+        await jobs.close()
+        await idempotency.close()
+    assert sorted(accepted.outcome for accepted, _ in copies) == [Outcome.APPLIED] + [Outcome.DUPLICATE] * 4
+    assert (later.outcome, later.status) == (Outcome.DUPLICATE, Status.COMPLETED)
+    assert job is not None
+    assert len(job.history) == 1
 
 
 async def test_database_catches_a_duplicate_the_memory_store_evicted(tmp_path: Path) -> None:

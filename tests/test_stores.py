@@ -248,6 +248,17 @@ async def test_count_reports_the_keys_claimed(idempotency: IdempotencyStore) -> 
     assert await idempotency.count() == 8
 
 
+async def test_count_includes_the_keys_noted_without_a_claim(idempotency: IdempotencyStore) -> None:
+    """With a job store that decides duplicates itself nothing is claimed: the deliveries it recorded are
+    noted, and counted beside the claims (Redis adds a second's notes in one round trip)."""
+    assert await idempotency.claim(["event:0", "delivery:0"])
+    for number in range(1, 4):
+        idempotency.note([f"event:{number}", f"delivery:{number}"])
+    async with asyncio.timeout(10):
+        while await idempotency.count() != 8:
+            await asyncio.sleep(0.1)
+
+
 async def test_redis_keys_expire_after_the_ttl(redis_url: str, redis_prefix: str) -> None:
     store = RedisIdempotencyStore(redis_url, ttl_seconds=1, prefix=redis_prefix)
     try:

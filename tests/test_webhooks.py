@@ -338,23 +338,21 @@ async def test_a_webhook_posted_with_a_trailing_slash_is_received_as_without(cli
 
 
 async def test_a_bug_behind_a_webhook_is_a_logged_500_and_the_gateway_goes_on(
-    client: AsyncTestClient[Any], settings: Settings, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    client: AsyncTestClient[Any], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An unexpected exception is ours, not the sender's: answered 500 in Litestar's shape (the sender
     retries), logged with its traceback, and the next webhook is received as usual."""
-    from gateway.stores.memory import MemoryIdempotencyStore
-    from gateway.stores.redis import RedisIdempotencyStore
+    from gateway.ingest import pipeline
 
     calls = 0
 
-    def fail_once(store: object, keys: object) -> object:
+    def fail_once(event: object) -> object:
         nonlocal calls
         calls += 1
         raise RuntimeError("a bug")
 
-    store_type = RedisIdempotencyStore if settings.redis_url else MemoryIdempotencyStore
-    original = store_type.claim
-    monkeypatch.setattr(store_type, "claim", fail_once)
+    original = pipeline.idempotency_keys
+    monkeypatch.setattr(pipeline, "idempotency_keys", fail_once)
     with caplog.at_level(logging.ERROR):
         response = await client.post(IMAGE, json=completed_image())
     assert response.status_code == 500
@@ -363,6 +361,6 @@ async def test_a_bug_behind_a_webhook_is_a_logged_500_and_the_gateway_goes_on(
     assert len(errors) == 1
     assert errors[0].exc_info is not None
     assert isinstance(errors[0].exc_info[1], RuntimeError)
-    monkeypatch.setattr(store_type, "claim", original)
+    monkeypatch.setattr(pipeline, "idempotency_keys", original)
     assert (await client.post(IMAGE, json=completed_image())).json()["outcome"] == "applied"
     assert calls == 1

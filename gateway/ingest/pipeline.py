@@ -7,7 +7,8 @@
    out of tolerance: 401 before the body is read, and the connection closed
 4. body       -- the body read, cut off past the size limit (413); then the signature over it (401)
 5. decode     -- msgspec validation into a normalised event (400 naming the field path)
-6. deduplicate -- a delivery seen before is acknowledged as ``duplicate`` and changes nothing
+6. deduplicate -- a delivery seen before is acknowledged as ``duplicate`` and changes nothing (claimed in
+   the idempotency store, or, with a job store that decides duplicates in its write, decided in stage 7)
 7. transition + persist -- one job-store transaction decides the status change and records the event
    (409 for a job of another kind; 404 for an unregistered job when registration is required; 503 with
    ``Retry-After`` when a store fails, never half-applied); live streams are told something new is stored
@@ -153,6 +154,17 @@ class Pipeline:
             event = decode_event(kind, body, delivery_id, datetime.fromtimestamp(now, UTC))
 
         keys = idempotency_keys(event)
+        if self._jobs.decides_duplicates:
+            # The job store's write decides duplicates itself (PostgreSQL's batch), answering only for what
+            # is committed: no claim, so no round trip to the idempotency store; it is told what was recorded.
+            with self._stage("persist"):
+                applied = await self._apply(event, ())
+            if applied.event_id is not None:
+                self._idempotency.note(keys)
+                if self._stored is not None:
+                    self._stored()
+            answer = Accepted(job_id=event.job_id, status=applied.status, outcome=applied.outcome)
+            return event, answer, applied, answer_headers
         with self._stage("deduplicate"):
             claimed = await self._claim(keys)
         if not claimed:

@@ -37,6 +37,11 @@ class IdempotencyStore(Protocol):
         """Forget a claim whose processing failed, so the sender's retry is not taken for a duplicate."""
         ...
 
+    def note(self, keys: Sequence[str]) -> None:
+        """Count ``keys`` of a delivery the job store recorded without a claim here (its own write decided
+        it was new, see :attr:`JobStore.decides_duplicates`), so :meth:`count` still covers every delivery."""
+        ...
+
     async def count(self) -> int:
         """How many keys are remembered now."""
         ...
@@ -50,6 +55,12 @@ class IdempotencyStore(Protocol):
 
 class JobStore(Protocol):
     """Jobs and their event history; the last guard of exactly-once (a unique constraint on event keys)."""
+
+    decides_duplicates: bool
+    """Whether :meth:`apply` alone decides every copy of a delivery, however many replicas receive copies at
+    once, and answers ``duplicate`` only for an event committed: then the pipeline claims nothing in the
+    idempotency store first (no round trip to it per webhook), it only tells it what was recorded
+    (:meth:`IdempotencyStore.note`). PostgreSQL: its batch reads the recorded keys under the jobs' row locks."""
 
     async def apply(self, event: JobEvent) -> EventResult:
         """Record ``event`` and apply its transition in one transaction.

@@ -140,13 +140,13 @@ class MemoryIdempotencyStore:
             for generation in self._frozen:
                 if value in generation:
                     return False
-        if len(self._current) >= self._capacity or now - self._opened >= self._span:
-            self._freeze(now)
-        self._current.update(hashes)
-        self._newest = now
-        while self._frozen and self._frozen_keys + len(self._current) > self._max_keys:
-            self._frozen_keys -= self._frozen.pop(0).count
+        self._remember(hashes, now)
         return True
+
+    def note(self, keys: Sequence[str]) -> None:
+        now = self._clock()
+        self._expire(now)
+        self._remember([hash(key) for key in keys], now)
 
     async def release(self, keys: Sequence[str]) -> None:
         for key in keys:
@@ -167,6 +167,14 @@ class MemoryIdempotencyStore:
         self._frozen.clear()
         self._frozen_keys = 0
         self._current.clear()
+
+    def _remember(self, hashes: list[int], now: float) -> None:
+        if len(self._current) >= self._capacity or now - self._opened >= self._span:
+            self._freeze(now)
+        self._current.update(hashes)
+        self._newest = now
+        while self._frozen and self._frozen_keys + len(self._current) > self._max_keys:
+            self._frozen_keys -= self._frozen.pop(0).count
 
     def _freeze(self, now: float) -> None:
         """Start a new generation; pack the one before on a worker thread (a million keys take seconds)."""

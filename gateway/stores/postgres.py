@@ -76,6 +76,10 @@ _MAX_BATCH = 256
 class PostgresJobStore:
     """:class:`~gateway.stores.base.JobStore` on PostgreSQL; ``pool_size`` connections at most per process."""
 
+    decides_duplicates = True
+    """A batch decides every copy of a delivery against the keys committed, under the jobs' row locks, and
+    answers only after its commit; a copy another replica commits meanwhile makes it decide again."""
+
     def __init__(
         self,
         url: str,

@@ -11,12 +11,15 @@ the limiter's ``GATEWAY_RATE_LIMIT_ON_ERROR`` policy then decides.
 
 Idempotency: every key of a claim is set with ``SET ... PX`` (the TTL) in one Lua script, only if none
 exists, so two replicas racing for one delivery cannot both win. A failed webhook's claim is deleted, so
-the sender's retry is processed. The keys hold BLAKE2b digests, not the payload's identifiers.
+the sender's retry is processed. The keys hold BLAKE2b digests, not the payload's identifiers. With a job
+store that decides duplicates itself (PostgreSQL) nothing is claimed: the deliveries it recorded are only
+counted, a second's worth in one round trip off the webhooks' path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -84,6 +87,8 @@ return total
 
 _BUCKETS = 24
 """Claims are counted in this many time buckets per TTL: ``count`` over-reports by at most one bucket."""
+_NOTE_SECONDS = 1.0
+"""Keys noted (recorded without a claim) are added to the count at most this often."""
 
 
 def _pool(url: str, timeout: float, max_connections: int, *, retries: int = 0) -> BlockingConnectionPool:
@@ -129,6 +134,9 @@ class RedisIdempotencyStore:
         self._claim = self._redis.register_script(_CLAIM)
         self._count = self._redis.register_script(_COUNT)
         self._failing = False
+        self._noted = 0
+        """Keys noted since the last flush."""
+        self._flushing: asyncio.Task[None] | None = None
 
     def _key(self, key: str) -> str:
         return self._prefix + hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
@@ -136,12 +144,40 @@ class RedisIdempotencyStore:
     def _bucket(self, offset: int = 0) -> str:
         return f"{self._prefix}count:{int(self._clock() // self._bucket_seconds) - offset}"
 
+    @property
+    def _bucket_ttl_ms(self) -> int:
+        return self._ttl_ms + int(2000 * self._bucket_seconds)
+
     async def claim(self, keys: Sequence[str]) -> bool:
-        bucket_ttl_ms = self._ttl_ms + int(2000 * self._bucket_seconds)
         claimed = await self._call(
-            "claim", self._claim(keys=[*map(self._key, keys), self._bucket()], args=[self._ttl_ms, bucket_ttl_ms])
+            "claim",
+            self._claim(keys=[*map(self._key, keys), self._bucket()], args=[self._ttl_ms, self._bucket_ttl_ms]),
         )
         return bool(claimed == 1)
+
+    def note(self, keys: Sequence[str]) -> None:
+        self._noted += len(keys)
+        if self._flushing is None:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush_noted())
+
+    async def _flush_noted(self) -> None:
+        """Add the keys noted to the current bucket, once a second while there are any. A failing Redis
+        loses that second's count (the gauge runs low), never a webhook."""
+        try:
+            while self._noted:
+                await asyncio.sleep(_NOTE_SECONDS)
+                await self._add_noted()
+        finally:
+            self._flushing = None
+
+    async def _add_noted(self) -> None:
+        noted, self._noted = self._noted, 0
+        bucket = self._bucket()
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.incrby(bucket, noted)
+        pipe.pexpire(bucket, self._bucket_ttl_ms)
+        with contextlib.suppress(StoreUnavailable):
+            await self._call("note", pipe.execute())
 
     async def release(self, keys: Sequence[str]) -> None:
         pipe = self._redis.pipeline(transaction=True)
@@ -157,6 +193,12 @@ class RedisIdempotencyStore:
         await self._call("ping", self._redis.ping())
 
     async def close(self) -> None:
+        if self._flushing is not None:
+            self._flushing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flushing
+        if self._noted:
+            await self._add_noted()
         await self._redis.aclose()
         await self._pool.aclose()
 

@@ -62,6 +62,9 @@ _PROBE_FILLER = "0" * 8192
 class SqliteJobStore:
     """:class:`~gateway.stores.base.JobStore` on one SQLite file."""
 
+    decides_duplicates = False
+    """The pipeline claims in the process's memory first (no round trip)."""
+
     def __init__(
         self,
         path: str,
