@@ -302,6 +302,13 @@ class Metrics:
             ["target"],
             registry=registry,
         )
+        self.jwks_state = Gauge(
+            "gateway_jwks_state",
+            "1 for the state of each jwks_url sender's key set: fresh, stale (its endpoint fails; the last good "
+            "set verifies), unavailable (none fetched yet; its webhooks are answered 503).",
+            ["sender", "state"],
+            registry=registry,
+        )
         build_info = Gauge(
             "gateway_build_info",
             "Always 1; the gateway's version as a label.",
