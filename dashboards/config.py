@@ -76,7 +76,8 @@ class BurnRate:
 
 @dataclass(frozen=True, slots=True)
 class Slo:
-    """The failed-generation SLO: ``objective`` of finished jobs succeed over ``period``."""
+    """The failed-generation SLO: ``objective`` of the jobs that complete or fail succeed over ``period``
+    (a canceled job is neither: it counts on neither side of the ratio)."""
 
     objective: float = 0.99
     period: str = "30d"
@@ -96,7 +97,7 @@ class Slo:
 
     @property
     def budget(self) -> float:
-        """The share of finished jobs allowed to fail (``1 - objective``), without float noise."""
+        """The share of completed and failed jobs allowed to fail (``1 - objective``), without float noise."""
         return round(1 - self.objective, 10)
 
     @property

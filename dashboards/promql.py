@@ -14,13 +14,16 @@ def matchers(*parts: str) -> str:
 
 
 def failed_ratio(selector: str, window: str, by: str = "job, kind") -> str:
-    """The failed-generation SLI: failed finished jobs over all finished jobs, per ``by``.
+    """The failed-generation SLI: failed jobs over jobs that completed or failed, per ``by``.
 
+    A canceled job (``result="canceled"``) is neither a success nor a failure of generation: it counts on
+    neither side, so cancellations never burn the error budget nor dilute real failures.
     A kind whose jobs all succeeded has no ``result="failed"`` series yet; ``or ... * 0`` makes its ratio 0
-    instead of missing, so dashboards show a flat line rather than "No data". No finished job at all gives
-    0/0: no ratio, and the alerts built on it stay silent when there is no traffic.
+    instead of missing, so dashboards show a flat line rather than "No data". No completed or failed job at
+    all gives 0/0: no ratio, and the alerts built on it stay silent when there is no such traffic.
     """
-    finished = f"rate(gateway_jobs_finished_total{{{selector}}}[{window}])"
+    generated_selector = matchers(selector, 'result=~"completed|failed"')
+    finished = f"rate(gateway_jobs_finished_total{{{generated_selector}}}[{window}])"
     failed_selector = matchers(selector, 'result="failed"')
     failed = f"rate(gateway_jobs_finished_total{{{failed_selector}}}[{window}])"
     total = f"sum by ({by}) ({finished})"

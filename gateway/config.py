@@ -46,7 +46,7 @@ _REDIS_SCHEMES = ("redis", "rediss", "unix")
 _NATS_SCHEMES = ("nats", "tls")
 _FORWARD_SCHEMES = ("http", "https")
 _POSTGRES_SCHEMES = ("postgresql", "postgres")
-_FORWARD_STATUSES = ("pending", "initializing", "generating", "saving", "completed", "failed")
+_FORWARD_STATUSES = ("pending", "initializing", "generating", "saving", "completed", "failed", "canceled")
 DEFAULT_RETRY_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000, 36000, 36000, 36000, 36000)
 """Standard Webhooks' example schedule (immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h), extended by
 10-hour steps to about three days in all, like a sender's retry horizon."""

@@ -44,7 +44,11 @@ _JsonObjectOrNull = Annotated[
 
 
 class Status(enum.StrEnum):
-    """A job's lifecycle, in order; ``completed`` and ``failed`` are terminal."""
+    """A job's lifecycle, in order; ``completed``, ``failed`` and ``canceled`` are terminal.
+
+    ``canceled`` is a user's or a provider's cancellation: the job ended, but its generation neither
+    succeeded nor failed (it counts on neither side of the failed-generation ratio).
+    """
 
     PENDING = "pending"
     INITIALIZING = "initializing"
@@ -52,15 +56,16 @@ class Status(enum.StrEnum):
     SAVING = "saving"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELED = "canceled"
 
     @property
     def rank(self) -> int:
-        """Position in the lifecycle; both terminal statuses share the last rank."""
+        """Position in the lifecycle; the terminal statuses share the last rank."""
         return _RANK[self]
 
     @property
     def terminal(self) -> bool:
-        return self is Status.COMPLETED or self is Status.FAILED
+        return self is Status.COMPLETED or self is Status.FAILED or self is Status.CANCELED
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -248,8 +253,10 @@ class JobStats(msgspec.Struct, frozen=True, kw_only=True):
     """Jobs that reached ``completed`` in the window."""
     failed: int
     """Jobs that reached ``failed`` in the window."""
+    canceled: int
+    """Jobs that reached ``canceled`` in the window: counted on neither side of ``failure_ratio``."""
     failure_ratio: float | None
-    """``failed / (completed + failed)``; ``None`` when no job finished in the window."""
+    """``failed / (completed + failed)``; ``None`` when no job completed or failed in the window."""
 
 
 class InProgress(msgspec.Struct, frozen=True, kw_only=True):

@@ -2,8 +2,9 @@
 
 Each kind's payload is a union tagged on ``status``: one Struct per status, so a ``completed`` event
 without its ``data`` or a ``failed`` one without ``error_message`` is rejected by the decoder itself,
-with the JSON path of the problem. Unknown fields are ignored on purpose: the backend may add fields
-before the gateway knows them, and that must not turn its webhooks into 400s.
+with the JSON path of the problem; a ``canceled`` one may carry ``error_message`` as its reason. Unknown
+fields are ignored on purpose: the backend may add fields before the gateway knows them, and that must not
+turn its webhooks into 400s.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ __all__ = (
     "BlogCompleted",
     "BlogData",
     "BlogPayload",
+    "Canceled",
     "Completed",
     "Details",
     "Failed",
@@ -121,8 +123,19 @@ class Saving(Payload, frozen=True, tag="saving"):
     data: Details | None = None
 
 
+ErrorMessage = Annotated[str, msgspec.Meta(min_length=1, max_length=10_000)]
+
+
 class Failed(Payload, frozen=True, tag="failed"):
-    error_message: Annotated[str, msgspec.Meta(min_length=1, max_length=10_000)]
+    error_message: ErrorMessage
+    data: Details | None = None
+
+
+class Canceled(Payload, frozen=True, tag="canceled"):
+    """A user's or a provider's cancellation: terminal, and not a failed generation."""
+
+    error_message: ErrorMessage | None = None
+    """Why it was canceled, when the sender says."""
     data: Details | None = None
 
 
@@ -135,5 +148,5 @@ class BlogCompleted(Payload, frozen=True, tag="completed"):
 
 
 Completed = ImageCompleted | BlogCompleted
-ImagePayload = Pending | Initializing | Generating | Saving | ImageCompleted | Failed
-BlogPayload = Pending | Initializing | Generating | Saving | BlogCompleted | Failed
+ImagePayload = Pending | Initializing | Generating | Saving | ImageCompleted | Failed | Canceled
+BlogPayload = Pending | Initializing | Generating | Saving | BlogCompleted | Failed | Canceled

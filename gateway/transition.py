@@ -1,7 +1,7 @@
 """Stage 7: the rule that decides what an event does to its job's status.
 
-A job only moves forward: ``pending < initializing < generating < saving < completed | failed``, and a
-terminal status is final. This is a pure function; the job store calls it inside the transaction that
+A job only moves forward: ``pending < initializing < generating < saving < completed | failed | canceled``,
+and a terminal status is final. This is a pure function; the job store calls it inside the transaction that
 records the event, so the decision and the write see the same state.
 """
 
@@ -26,8 +26,9 @@ class Transition(enum.Enum):
     STALE = "stale"
     """Behind the current status, or a repeat of the terminal one: recorded, status unchanged."""
     CONTRADICTED = "contradicted"
-    """A different terminal status after a terminal one (``failed`` after ``completed``): recorded as
-    stale and logged as a warning, since it usually means a backend bug."""
+    """``failed`` after ``completed`` or the reverse: recorded as stale and logged as a warning, since it
+    usually means a backend bug. A cancellation and a result crossing each other (``completed`` after
+    ``canceled``, ``canceled`` after ``failed``) is an ordinary race, plainly stale."""
 
     @property
     def outcome(self) -> Outcome:
@@ -44,7 +45,7 @@ def decide(current: Status | None, incoming: Status) -> Transition:
     if current is None:
         return Transition.CREATED
     if current.terminal:
-        if incoming.terminal and incoming is not current:
+        if incoming.terminal and incoming is not current and Status.CANCELED not in (current, incoming):
             return Transition.CONTRADICTED
         return Transition.STALE
     if incoming is current:

@@ -10,7 +10,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 WEBHOOK_ROUTES = ("/api/webhooks/image-completion", "/api/webhooks/blog-completion")
-STATUSES = {"pending", "initializing", "generating", "saving", "completed", "failed"}
+STATUSES = {"pending", "initializing", "generating", "saving", "completed", "failed", "canceled"}
 AUTH_HEADERS = {"X-Webhook-Secret", "webhook-id", "webhook-timestamp", "webhook-signature"}
 ERROR_CODES = {"400", "401", "404", "409", "413", "415", "503"}
 
@@ -119,6 +119,15 @@ def test_failed_body_requires_an_error_message(openapi: dict[str, Any]) -> None:
         failed = [v for v in variants(request_schema(openapi, route)) if documented_statuses(v) == {"failed"}]
         assert len(failed) == 1
         assert "error_message" in failed[0]["required"]
+
+
+def test_canceled_body_documents_an_optional_reason(openapi: dict[str, Any]) -> None:
+    """A ``canceled`` webhook may say why in ``error_message``; it is not required."""
+    for route in WEBHOOK_ROUTES:
+        canceled = [v for v in variants(request_schema(openapi, route)) if documented_statuses(v) == {"canceled"}]
+        assert len(canceled) == 1
+        assert "error_message" in canceled[0]["properties"]
+        assert "error_message" not in canceled[0]["required"]
 
 
 @pytest.mark.parametrize("route", WEBHOOK_ROUTES)

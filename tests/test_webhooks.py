@@ -98,7 +98,7 @@ async def test_malformed_json_is_400(client: AsyncTestClient[Any]) -> None:
             IMAGE,
             b'{"job_id": "j-1", "status": "exploded", "timestamp": "2025-10-21T16:45:00Z"}',
             "Invalid payload: Invalid value - at `$.status`: "
-            "expected one of pending, initializing, generating, saving, completed, failed",
+            "expected one of pending, initializing, generating, saving, completed, failed, canceled",
         ),
         (
             IMAGE,

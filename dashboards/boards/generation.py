@@ -27,8 +27,8 @@ def generation(config: Config) -> dict[str, Any]:
         config,
         "gateway-generation",
         "Gateway generation",
-        "Generation jobs as their webhooks report them: completed and failed per kind and model against the "
-        "SLO, generation time, images delivered and job duration.",
+        "Generation jobs as their webhooks report them: completed, failed and canceled per kind and model "
+        "against the SLO, generation time, images delivered and job duration.",
     ).variable(
         "model",
         "Model",
@@ -39,8 +39,8 @@ def generation(config: Config) -> dict[str, Any]:
         "Outcomes",
         timeseries(
             "Jobs finished by kind, model and result",
-            "Jobs reaching completed or failed per second. A failure without a model name takes the job's "
-            "model from its earlier events, else 'unknown'.",
+            "Jobs reaching completed, failed or canceled per second. A failure without a model name takes the "
+            "job's model from its earlier events, else 'unknown'.",
             "cps",
             [
                 query(
@@ -52,15 +52,17 @@ def generation(config: Config) -> dict[str, Any]:
         ),
         timeseries(
             "Failed ratio by kind against the SLO",
-            f"Failed jobs over finished jobs, per kind: the SLI. The dashed line is the failure budget of the "
-            f"{objective} SLO ({budget * 100:g}%); staying above it burns the error budget (see the SLO dashboard).",
+            "Failed jobs over completed and failed jobs (canceled ones count in neither), per kind: the SLI. "
+            f"The dashed line is the failure budget of the {objective} SLO ({budget * 100:g}%); staying above it "
+            "burns the error budget (see the SLO dashboard).",
             "percentunit",
             [query(failed_ratio(SEL, RI, by="kind"), "{{kind}}")],
             thresholds=slo_line,
         ),
         timeseries(
             "Failed ratio by model",
-            "Failed jobs over finished jobs per kind and model: which model is behind a failure spike.",
+            "Failed jobs over completed and failed jobs per kind and model (canceled ones count in neither): "
+            "which model is behind a failure spike.",
             "percentunit",
             [query(failed_ratio(SEL, RI, by="kind, model"), "{{kind}} {{model}}")],
             thresholds=slo_line,

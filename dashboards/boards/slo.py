@@ -31,15 +31,16 @@ def slo(config: Config) -> dict[str, Any]:
         config,
         "gateway-slo",
         "Gateway SLO",
-        f"Failed-generation SLO: {objective} of finished jobs succeed over {spec.period}. Error budget left and "
-        "burn rate per alert window, from the recording rules the alerts use.",
+        f"Failed-generation SLO: {objective} of the jobs that complete or fail succeed over {spec.period} "
+        "(canceled jobs count in neither). Error budget left and burn rate per alert window, from the recording "
+        "rules the alerts use.",
     )
     board.row(
         "Error budget",
         stat(
             f"Error budget remaining ({spec.period})",
-            f"Share of the {spec.period} failure budget ({spec.budget * 100:g}% of finished jobs) not yet spent, "
-            "per kind. Negative: the SLO is already missed for this period.",
+            f"Share of the {spec.period} failure budget ({spec.budget * 100:g}% of completed and failed jobs) not "
+            "yet spent, per kind. Negative: the SLO is already missed for this period.",
             "percentunit",
             [query(f"1 - {period_ratio} / {budget}", "{{kind}}")],
             thresholds=((0, "orange"), (0.25, "green")),
@@ -48,7 +49,8 @@ def slo(config: Config) -> dict[str, Any]:
         ),
         stat(
             f"Success ratio ({spec.period})",
-            f"Completed jobs over finished jobs over the SLO period, per kind; the objective is {objective}.",
+            "Completed jobs over completed and failed jobs over the SLO period, per kind; the objective is "
+            f"{objective}.",
             "percentunit",
             [query(f"1 - {period_ratio}", "{{kind}}")],
             thresholds=((spec.objective, "green"),),
@@ -89,7 +91,8 @@ def slo(config: Config) -> dict[str, Any]:
         "Traffic behind the SLI",
         timeseries(
             "Jobs finished by kind and result",
-            "Finished jobs per second: a burn rate over a handful of jobs is less alarming than over thousands.",
+            "Finished jobs per second: a burn rate over a handful of jobs is less alarming than over thousands. "
+            "Canceled jobs are shown but are not in the SLI.",
             "cps",
             [
                 query(

@@ -14,7 +14,7 @@ import msgspec
 from gateway.answers import Refusal, Rejection
 from gateway.kinds import KINDS, JobKind, a_job_of_kind
 from gateway.model import JobEvent, Status
-from gateway.payloads import BlogCompleted, Failed, ImageCompleted, Payload
+from gateway.payloads import BlogCompleted, Canceled, Failed, ImageCompleted, Payload
 
 __all__ = ("decode_event",)
 
@@ -51,9 +51,10 @@ def decode_event(kind: JobKind, body: bytes, delivery_id: str | None, received_a
         result = msgspec.Raw(_encode(msgspec.structs.replace(payload.data, metadata=None)))
         if isinstance(payload, ImageCompleted):
             images = len(payload.data.images)
-    elif isinstance(payload, Failed):
+    elif isinstance(payload, Failed | Canceled):
         error_message = payload.error_message
-        if "\x00" in error_message:  # stored as text, which PostgreSQL refuses to hold a NUL in
+        # Stored as text, which PostgreSQL refuses to hold a NUL in.
+        if error_message is not None and "\x00" in error_message:
             raise Rejection(400, Refusal.INVALID, "Invalid payload: NUL character (\\u0000) - at `$.error_message`")
     return JobEvent(
         kind=kind.name,

@@ -108,7 +108,7 @@ class JobStore(Protocol):
         ...
 
     async def prune_finished(self, before: datetime, limit: int) -> int:
-        """Delete at most ``limit`` jobs that finished (``completed`` or ``failed``) before ``before``, with
+        """Delete at most ``limit`` jobs that finished (any terminal status) before ``before``, with
         their history, in one transaction; return how many jobs were deleted (retention)."""
         ...
 

@@ -69,7 +69,8 @@ _JOB_COLUMNS = (
 )
 # Replicas pruning at once skip each other's rows (SKIP LOCKED), as do rows an event is updating right now.
 _PRUNE = (
-    "WITH doomed AS (SELECT job_id FROM jobs WHERE status IN ('completed', 'failed') AND completed_at < $1"
+    "WITH doomed AS (SELECT job_id FROM jobs"
+    " WHERE status IN ('completed', 'failed', 'canceled') AND completed_at < $1"
     " ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED),"
     " events AS (DELETE FROM job_events WHERE job_id IN (SELECT job_id FROM doomed)),"
     " gone AS (DELETE FROM jobs WHERE job_id IN (SELECT job_id FROM doomed) RETURNING 1)"

@@ -80,7 +80,10 @@ def decode_context(text: str | None) -> JobContext | None:
 
 
 def job_stats(since: datetime, until: datetime, created: dict[str, int], finished: dict[str, int]) -> JobStats:
-    """The stats answer from two counts by status: jobs created in the window, jobs finished in it."""
+    """The stats answer from two counts by status: jobs created in the window, jobs finished in it.
+
+    A canceled job is neither a success nor a failure of generation: it is left out of the ratio.
+    """
     completed = finished.get(Status.COMPLETED.value, 0)
     failed = finished.get(Status.FAILED.value, 0)
     return JobStats(
@@ -89,5 +92,6 @@ def job_stats(since: datetime, until: datetime, created: dict[str, int], finishe
         created=created,
         completed=completed,
         failed=failed,
+        canceled=finished.get(Status.CANCELED.value, 0),
         failure_ratio=failed / (completed + failed) if completed + failed else None,
     )

@@ -579,7 +579,8 @@ def _prune(db: sqlite3.Connection, before: str, limit: int) -> int:
     doomed = [
         row[0]
         for row in db.execute(
-            "SELECT job_id FROM jobs WHERE status IN ('completed', 'failed') AND completed_at < ? ORDER BY seq LIMIT ?",
+            "SELECT job_id FROM jobs WHERE status IN ('completed', 'failed', 'canceled') AND completed_at < ?"
+            " ORDER BY seq LIMIT ?",
             (before, limit),
         )
     ]
