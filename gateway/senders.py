@@ -92,6 +92,8 @@ def parse_senders(text: str, kinds: Iterable[str]) -> tuple[Sender, ...]:
 def _sender(name: str, table: object, kinds: tuple[str, ...]) -> Sender:
     if not _NAME.fullmatch(name):
         raise SendersError(f"sender {name!r}: a name is 1 to 64 of a-z, 0-9, _ and -")
+    if name == UNKNOWN_SENDER:
+        raise SendersError(f"sender {name!r}: the name is reserved for requests no sender's credentials verify")
     if not isinstance(table, dict):
         raise SendersError(f"sender {name!r}: must be a table ([senders.{name}])")
     for key in table:
