@@ -28,6 +28,7 @@ __all__ = (
     "JobSummary",
     "KindConflict",
     "Outcome",
+    "OwnerConflict",
     "Refused",
     "Status",
     "StreamEvent",
@@ -101,6 +102,9 @@ class JobEvent(msgspec.Struct, frozen=True, kw_only=True):
     error_message: str | None = None
     images: int = 0
     """How many images a ``completed`` image event delivered (for the images-per-minute metric)."""
+    sender: str | None = None
+    """The sender that posted it, when senders are declared: the job belongs to the first one that posts
+    for it (``None``: nobody claims the job, as without a senders file)."""
 
     @property
     def key(self) -> str:
@@ -138,6 +142,15 @@ class KindConflict(Refused):
         super().__init__(f"job {job_id!r} is of kind {kind!r}")
         self.job_id = job_id
         self.kind = kind
+
+
+class OwnerConflict(Refused):
+    """The job belongs to another sender (the first that posted for it): this one's webhook changes nothing."""
+
+    def __init__(self, job_id: str, owner: str) -> None:
+        super().__init__(f"job {job_id!r} belongs to sender {owner!r}")
+        self.job_id = job_id
+        self.owner = owner
 
 
 class DeliveryConflict(Refused):

@@ -90,7 +90,12 @@ def create_app(
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
     kinds = tuple(kind.name for kind in KINDS)
-    metrics = Metrics(registry, kinds, ModelLabels(settings.model_labels, settings.max_model_labels))
+    metrics = Metrics(
+        registry,
+        kinds,
+        ModelLabels(settings.model_labels, settings.max_model_labels),
+        senders=[sender.name for sender in settings.active_senders],
+    )
     owns_tracer_provider = tracer_provider is None
     provider = tracer_provider or tracer_provider_from_env(metrics.spans_dropped, spans_queued=metrics.spans_queued)
     tracer = provider.get_tracer("gateway", __version__)
@@ -166,6 +171,12 @@ def create_app(
                 logger.warning("REDIS_URL does not answer yet: rate limiting follows GATEWAY_RATE_LIMIT_ON_ERROR")
         if retention is not None:
             retention.start()
+        for name in settings.unnamed_credentials:
+            logger.warning(
+                "%s is set but no sender of GATEWAY_SENDERS_FILE names it: with a senders file it is ignored "
+                "(name it as a sender's secret_env or signing_keys_env, or unset it)",
+                name,
+            )
         if not settings.authenticates:
             logger.warning(
                 "NO AUTHENTICATION: neither WEBHOOK_SECRET nor WEBHOOK_SIGNING_KEYS is set, so webhooks "
@@ -339,7 +350,7 @@ def _idempotency_store(settings: Settings) -> IdempotencyStore:
 
 def _rate_limit_store(settings: Settings) -> RateLimitStore | None:
     """Where the senders' budgets live: Redis when ``REDIS_URL`` is set (shared by replicas), else memory."""
-    if settings.rate_limit is None:
+    if settings.rate_limit is None and all(sender.rate is None for sender in settings.active_senders):
         return None
     if settings.redis_url is not None:
         return RedisRateLimitStore(

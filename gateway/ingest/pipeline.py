@@ -6,11 +6,14 @@
 3. authenticate, from the headers -- a missing or wrong secret, or signature headers missing, malformed or
    out of tolerance: 401 before the body is read, and the connection closed
 4. body       -- the body read, cut off past the size limit (413); then the signature over it (401)
+   Once a credential verified, its sender is known (a secret's before the body is read): the sender's own
+   budget applies (429), and a kind it may not post is refused (403)
 5. decode     -- msgspec validation into a normalised event (400 naming the field path)
 6. deduplicate -- a delivery seen before is acknowledged as ``duplicate`` and changes nothing
 7. transition + persist -- one job-store transaction decides the status change and records the event
-   (409 for a job of another kind; 404 for an unregistered job when registration is required; 503 with
-   ``Retry-After`` when a store fails, never half-applied); live streams are told something new is stored
+   (409 for a job of another kind or another sender; 404 for an unregistered job when registration is
+   required; 503 with ``Retry-After`` when a store fails, never half-applied); live streams are told
+   something new is stored
 8. telemetry  -- metrics, span attributes and one log line for every answer, refusals included
 
 The transport (:mod:`gateway.http`) only turns a request into headers and body chunks and the result
@@ -22,23 +25,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+import msgspec
 from opentelemetry import trace
 
 from gateway.answers import Accepted, Refusal, Rejection, shutting_down, unavailable
 from gateway.ingest.admission import check_headers, read_body
-from gateway.ingest.authenticate import Authenticator
+from gateway.ingest.authenticate import Authenticator, Credentials
 from gateway.ingest.decode import decode_event
 from gateway.ingest.deduplicate import idempotency_keys
 from gateway.kinds import a_job_of_kind
-from gateway.model import DeliveryConflict, KindConflict, Outcome, Status, Unregistered
+from gateway.model import DeliveryConflict, KindConflict, Outcome, OwnerConflict, Status, Unregistered
+from gateway.senders import UNKNOWN_SENDER
 from gateway.stores.base import StoreUnavailable
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterable, Callable, Mapping
+    from collections.abc import AsyncIterable, Callable
 
     from gateway.config import Settings
     from gateway.ingest.ratelimit import RateLimiter
@@ -57,6 +63,18 @@ _UNAUTHORIZED = "Missing or invalid webhook credentials"
 _CLOSE: Mapping[str, str] = {"Connection": "close"}
 _NO_HEADERS: Mapping[str, str] = {}
 _UNTRACED = nullcontext()
+
+
+class _Request:
+    """What the stages learn about a request that its answer is counted by, whatever the answer."""
+
+    __slots__ = ("owed", "sender")
+
+    def __init__(self) -> None:
+        self.sender = UNKNOWN_SENDER
+        """Whose credentials verified; ``unknown`` until some do."""
+        self.owed = False
+        """The rate limiter allowed the request and waits for its sender to count the decision."""
 
 
 class Pipeline:
@@ -79,7 +97,15 @@ class Pipeline:
         self._stored = stored
         """Called after an event is committed (the live streams' wake-up); never awaited, never fails."""
         self._max_body_bytes = settings.max_body_bytes
-        self._authenticator = Authenticator(settings.webhook_secret, settings.signing_keys, settings.tolerance_seconds)
+        senders = settings.active_senders
+        self._authenticator = Authenticator.of_senders(
+            (Credentials(sender.name, sender.secret, sender.signing_keys) for sender in senders),
+            settings.tolerance_seconds,
+        )
+        self._kinds: Mapping[str, frozenset[str] | None] = {sender.name: sender.kinds for sender in senders}
+        """The kinds each sender may post (``None``: every kind)."""
+        self._owned = bool(settings.senders)
+        """Whether jobs belong to their first sender: only among the senders of a file."""
         self._jobs = jobs
         self._idempotency = idempotency
         self._telemetry = telemetry
@@ -97,9 +123,10 @@ class Pipeline:
         names another in ``X-Forwarded-For``.
         """
         started = time.perf_counter()
+        request = _Request()
         try:
             try:
-                event, answer, applied, answer_headers = await self._stages(kind, headers, chunks, client)
+                event, answer, applied, answer_headers = await self._stages(kind, headers, chunks, client, request)
             except asyncio.CancelledError:
                 # The server's shutdown deadline passed before this webhook's write began (the write itself
                 # is never cut off: a job store finishes an apply, see JobStore.apply): nothing was
@@ -110,15 +137,19 @@ class Pipeline:
                 task.uncancel()
                 raise shutting_down() from None
         except Rejection as rejection:
-            self._telemetry.refused(kind.name, rejection, time.perf_counter() - started)
+            if request.owed and self._limiter is not None:
+                self._limiter.unidentified()
+            self._telemetry.refused(kind.name, rejection, time.perf_counter() - started, request.sender)
             raise
-        self._telemetry.accepted(kind.name, event, answer, applied, time.perf_counter() - started)
+        self._telemetry.accepted(kind.name, event, answer, applied, time.perf_counter() - started, request.sender)
         return answer, answer_headers
 
     async def _stages(
-        self, kind: JobKind, headers: Mapping[str, str], chunks: AsyncIterable[bytes], client: str
+        self, kind: JobKind, headers: Mapping[str, str], chunks: AsyncIterable[bytes], client: str, request: _Request
     ) -> tuple[JobEvent, Accepted, Applied | None, Mapping[str, str]]:
-        answer_headers = _NO_HEADERS if self._limiter is None else await self._limiter.admit(client, headers)
+        answer_headers = _NO_HEADERS
+        if self._limiter is not None:
+            answer_headers, request.owed = await self._limiter.admit_address(client, headers)
         check_headers(headers, self._max_body_bytes)
         now = self._clock()
         # What the headers decide is decided before a byte of the body is held: a wrong or missing credential
@@ -128,6 +159,8 @@ class Pipeline:
         if early is not None and early.failure is not None:
             self._telemetry.auth_failed(early.failure)
             raise Rejection(401, Refusal.UNAUTHORIZED, _UNAUTHORIZED, _CLOSE)
+        if early is not None:  # a secret named the sender: its budget and kinds are checked before the body
+            answer_headers = await self._identified(kind, early.sender, answer_headers, request, _CLOSE)
         body = await read_body(chunks, self._max_body_bytes)
 
         if early is None:  # signature headers: the signature over the body decides (a second stage event)
@@ -136,8 +169,9 @@ class Pipeline:
             if verdict.clock_skew is not None:
                 self._telemetry.clock_skew(verdict.clock_skew)
             if verdict.failure is not None:
-                self._telemetry.auth_failed(verdict.failure)
+                self._telemetry.auth_failed(verdict.failure, verdict.sender or UNKNOWN_SENDER)
                 raise Rejection(401, Refusal.UNAUTHORIZED, _UNAUTHORIZED)
+            answer_headers = await self._identified(kind, verdict.sender, answer_headers, request, _NO_HEADERS)
 
         # An empty webhook-id identifies nothing: treated as absent, or every such delivery would
         # share one idempotency key and all but the first would be dropped as duplicates.
@@ -149,6 +183,8 @@ class Pipeline:
             raise Rejection(400, Refusal.INVALID, "webhook-id holds a control or other non-printable character")
         with self._stage("decode"):
             event = decode_event(kind, body, delivery_id, datetime.fromtimestamp(now, UTC))
+        if self._owned:
+            event = msgspec.structs.replace(event, sender=request.sender)
 
         keys = idempotency_keys(event)
         with self._stage("deduplicate"):
@@ -169,6 +205,37 @@ class Pipeline:
             self._stored()
         answer = Accepted(job_id=event.job_id, status=applied.status, outcome=applied.outcome)
         return event, answer, applied, answer_headers
+
+    async def _identified(
+        self,
+        kind: JobKind,
+        sender: str | None,
+        answer_headers: Mapping[str, str],
+        request: _Request,
+        unread: Mapping[str, str],
+    ) -> Mapping[str, str]:
+        """The request is ``sender``'s: count it against its own budget (429), and refuse a kind it may not
+        post (403). ``unread``: the headers that close the connection when the body is left unread."""
+        assert sender is not None  # an authentic request always has its sender
+        request.sender = sender
+        if self._limiter is not None:
+            owed, request.owed = request.owed, False
+            try:
+                answer_headers = await self._limiter.identified(sender, answer_headers, owed)
+            except Rejection as rejection:
+                raise Rejection(
+                    rejection.status_code, rejection.refusal, rejection.detail, {**rejection.headers, **unread}
+                ) from None
+        allowed = self._kinds.get(sender)
+        if allowed is not None and kind.name not in allowed:
+            raise Rejection(
+                403,
+                Refusal.UNAUTHORIZED,
+                f"Sender {sender!r} may not post {kind.name} jobs (kinds {', '.join(sorted(allowed)) or 'none'} "
+                "in GATEWAY_SENDERS_FILE); nothing was recorded",
+                {**answer_headers, **unread},
+            )
+        return answer_headers
 
     async def _claim(self, keys: tuple[str, ...]) -> bool:
         """Claim ``keys``, after any copy of this delivery already being processed here has finished.
@@ -213,6 +280,15 @@ class Pipeline:
                 Refusal.CONFLICT,
                 f"Job {conflict.job_id!r} is {a_job_of_kind(conflict.kind)}: post its webhooks to "
                 f"/api/webhooks/{conflict.kind}-completion",
+                job_id=conflict.job_id,
+            ) from None
+        except OwnerConflict as conflict:
+            await self._release_quietly(keys)
+            raise Rejection(
+                409,
+                Refusal.CONFLICT,
+                f"Job {conflict.job_id!r} belongs to another sender (the first that posted for it): only that "
+                "sender's webhooks change it. Nothing changed.",
                 job_id=conflict.job_id,
             ) from None
         except Unregistered as refused:
