@@ -26,13 +26,14 @@ from gateway.redact import scrub, shown_url
 
 __all__ = ("SCENARIOS", "add_send_parser", "run_send")
 
-Scenario = Literal["completed", "failed", "generating", "duplicate", "invalid"]
-SCENARIOS: tuple[Scenario, ...] = ("completed", "failed", "generating", "duplicate", "invalid")
+Scenario = Literal["completed", "failed", "canceled", "generating", "duplicate", "invalid"]
+SCENARIOS: tuple[Scenario, ...] = ("completed", "failed", "canceled", "generating", "duplicate", "invalid")
 
 _EXAMPLES = """\
 examples:
   gateway send                                   a completed image webhook to the local gateway
   gateway send --scenario failed --kind blog     a failed blog job
+  gateway send --scenario canceled               a job canceled by its user (not a failed generation)
   gateway send --scenario duplicate              the same delivery twice: the second is a duplicate
   gateway send --scenario invalid                a completed event without data: 400 naming `data`
   gateway send --url https://gw.example.com --job-id job-42 --scenario generating
@@ -136,7 +137,7 @@ def add_send_parser(commands: Any) -> None:
         "send",
         help="post a signed test webhook to a running gateway",
         description="Post a correctly authenticated webhook to a running gateway and print the status code, "
-        "the outcome and the time taken. Reproduces the seed's five test scenarios.",
+        "the outcome and the time taken. Reproduces the seed's five test scenarios, and a cancellation.",
         epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -241,6 +242,8 @@ def _payload(kind: str, scenario: str, job_id: str) -> dict[str, Any]:
     metadata = {"model_name": "gemini-2.0-flash-exp", "generation_time_seconds": 12.5}
     if scenario == "failed":
         return {**envelope, "status": "failed", "error_message": "Clé API Google invalide"}
+    if scenario == "canceled":
+        return {**envelope, "status": "canceled", "error_message": "Canceled by the user"}
     if scenario == "generating":
         return {**envelope, "status": "generating"}
     if scenario == "invalid":

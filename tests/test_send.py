@@ -45,7 +45,8 @@ def new_key() -> str:
 
 
 @pytest.mark.parametrize(
-    ("scenario", "status"), [("completed", "completed"), ("failed", "failed"), ("generating", "generating")]
+    ("scenario", "status"),
+    [("completed", "completed"), ("failed", "failed"), ("canceled", "canceled"), ("generating", "generating")],
 )
 def test_each_seed_scenario_is_applied(live_server: LiveServer, tmp_path: Path, scenario: str, status: str) -> None:
     code, report = send_json(live_server, tmp_path, "--scenario", scenario, env={"WEBHOOK_SECRET": SECRET})
@@ -60,6 +61,9 @@ def test_each_seed_scenario_is_applied(live_server: LiveServer, tmp_path: Path, 
     assert stored["kind"] == "image"
     if scenario == "failed":
         assert stored["error_message"] == "Clé API Google invalide"
+    if scenario == "canceled":
+        assert stored["error_message"] == "Canceled by the user"
+        assert stored["completed_at"] is not None
 
 
 def test_duplicate_sends_one_delivery_twice_and_the_second_is_a_duplicate(

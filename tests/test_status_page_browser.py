@@ -251,10 +251,11 @@ def test_a_screenshot_of_the_status_page_for_the_docs(page: Page, tmp_path: Path
     post(server, failed_with("img-20251021-7f1e", "Upstream model timed out after 120 s"))
     post(server, progress("saving", job_id="img-20251021-7f52"))
     post(server, completed_image(job_id="img-20251021-7f60"))
+    post(server, {**progress("canceled", job_id="img-20251021-7f71"), "error_message": "Canceled by the user"})
 
     page.goto(f"{server.url}/")
     expect(page.locator("#connection")).to_have_text("Live")
-    expect(page.locator("#job-rows tr")).to_have_count(5)
+    expect(page.locator("#job-rows tr")).to_have_count(6)
     expect(page.locator("#job-rows tr", has_text="img-20251021-7f3a")).to_contain_text("model gemini-2.0-flash-exp")
     expect(page.locator("#stat-completed")).to_have_text("3")
     target = SCREENSHOT if os.environ.get("UPDATE_SCREENSHOTS") == "1" else ARTIFACTS / SCREENSHOT.name

@@ -5,8 +5,8 @@
   "use strict";
 
   const LIMIT = 50;
-  const RANK = { pending: 0, initializing: 1, generating: 2, saving: 3, completed: 4, failed: 4 };
-  const TERMINAL = new Set(["completed", "failed"]);
+  const RANK = { pending: 0, initializing: 1, generating: 2, saving: 3, completed: 4, failed: 4, canceled: 4 };
+  const TERMINAL = new Set(["completed", "failed", "canceled"]);
   const LABELS = [...document.querySelectorAll("thead th")].map((header) => header.textContent);
   const RELOAD_MS = 1000; // at most one list reload a second, however many events arrive
   const REFRESH_MS = 15000;
@@ -102,7 +102,10 @@
     id.title = job.job_id;
     identity.append(id);
     if (who.some(Boolean)) identity.append(text("span", "who", who.filter(Boolean).join(" · ")));
-    if (job.error_message) identity.append(text("span", "job-error", job.error_message));
+    // A canceled job's message is its reason, not an error: shown, but not as a failure.
+    if (job.error_message) {
+      identity.append(text("span", status === "canceled" ? "job-reason" : "job-error", job.error_message));
+    }
 
     const badge = text("span", `badge status-${status}`, job.status);
     const statusCell = document.createElement("td");
@@ -210,6 +213,7 @@
     byId("stat-running").textContent = String(running);
     byId("stat-completed").textContent = String(stats.completed);
     byId("stat-failed").textContent = String(stats.failed);
+    byId("stat-canceled").textContent = String(stats.canceled);
     const ratio = stats.failure_ratio;
     byId("stat-ratio").textContent = ratio === null ? "–" : `${(ratio * 100).toFixed(1)} %`;
     byId("stat-ratio-box").dataset.tone = ratio === null ? "none" : ratio >= 0.05 ? "bad" : "good";
