@@ -13,15 +13,15 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from gateway.envvars import ConfigError, read, setting
 from gateway.kinds import KINDS
 from gateway.redact import shown_url
-from gateway.senders import DEFAULT_SENDER, SenderFormat, SendersError, parse_senders
-from gateway.signatures import InvalidKey, parse_key
+from gateway.senders import DEFAULT_SENDER, SenderFormat, SendersError, check_jwks_url, parse_senders
+from gateway.signatures import Ed25519PublicKey, InvalidKey, parse_key, parse_public_key
 
 __all__ = (
     "ConfigError",
@@ -107,10 +107,21 @@ class SenderSettings:
     rate: Rate | None = None
     """Its own budget, once it is identified; ``None``: only the per-address limit applies."""
     format: SenderFormat = "native"
+    kind: str | None = None
+    """A provider sender's one kind (its ``kinds`` is then that kind alone)."""
+    public_keys: tuple[Ed25519PublicKey, ...] = field(default=(), repr=False)
+    """Its ed25519 keys (``whpk_``): Standard Webhooks ``v1a``, or fal's signatures."""
+    jwks_url: str | None = None
+    """Where more of its ed25519 keys are published (fetched at start-up and kept fresh: :mod:`gateway.jwks`)."""
 
     @property
     def authenticates(self) -> bool:
-        return self.secret is not None or bool(self.signing_keys)
+        return self.secret is not None or bool(self.signing_keys) or bool(self.public_keys) or self.jwks_url is not None
+
+    @property
+    def provider(self) -> bool:
+        """Whether it is an AI provider, posting its own callbacks to its own route."""
+        return self.format != "native"
 
 
 # --- Conversions the generic reader cannot do: each is given the text of its variables. ---
@@ -660,6 +671,11 @@ def _senders_of(path: str, env: Mapping[str, str], *, production: bool) -> list[
             values[key] = value
         secret = values.get("secret_env")
         keys = values.get("signing_keys_env")
+        public_keys = _public_keys_of(f"{where}: public_keys_env {variables.get('public_keys_env')}", values)
+        if declared.jwks_url is not None:
+            problem = check_jwks_url(declared.jwks_url, allow_http=not production)
+            if problem is not None:
+                raise ConfigError(f"{where}: jwks_url {problem}")
         signing_keys = (
             _keys_of(f"{where}: signing_keys_env {variables['signing_keys_env']}", keys.replace(",", " ").split())
             if keys is not None
@@ -679,7 +695,12 @@ def _senders_of(path: str, env: Mapping[str, str], *, production: bool) -> list[
             signing_keys=signing_keys,
             rate=rate,
             format=declared.format,
+            kind=declared.kind,
+            public_keys=public_keys,
+            jwks_url=declared.jwks_url,
         )
+        if declared.kind is not None:
+            sender = replace(sender, kinds=frozenset((declared.kind,)))
         if production:
             _production_sender(where, sender, variables)
         resolved.append((sender, variables))
@@ -687,10 +708,24 @@ def _senders_of(path: str, env: Mapping[str, str], *, production: bool) -> list[
     return resolved
 
 
+def _public_keys_of(name: str, values: Mapping[str, str]) -> tuple[Ed25519PublicKey, ...]:
+    """The ``whpk_`` keys of ``public_keys_env`` (space- or comma-separated); errors name ``name`` and the
+    key's position, never the key."""
+    text = values.get("public_keys_env")
+    keys = []
+    for position, token in enumerate((text or "").replace(",", " ").split(), start=1):
+        try:
+            keys.append(parse_public_key(token))
+        except InvalidKey as error:
+            raise ConfigError(f"{name}: key #{position} {error}") from None
+    return tuple(keys)
+
+
 def _production_sender(where: str, sender: SenderSettings, variables: Mapping[str, str]) -> None:
     if not sender.authenticates:
         raise ConfigError(
-            f"{where}: GATEWAY_ENV=production needs secret_env or signing_keys_env: refusing a sender "
+            f"{where}: GATEWAY_ENV=production needs secret_env or signing_keys_env (or public_keys_env, "
+            "jwks_url): refusing a sender "
             "anyone could impersonate"
         )
     if sender.secret is not None and len(sender.secret) < _MIN_SECRET_CHARACTERS:

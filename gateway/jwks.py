@@ -20,7 +20,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import msgspec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -38,7 +37,6 @@ __all__ = (
     "InvalidKeySet",
     "JwksState",
     "KeySet",
-    "check_url",
     "fetch_url",
     "parse_key_set",
 )
@@ -114,18 +112,6 @@ def parse_key_set(body: bytes) -> tuple[Ed25519PublicKey, ...]:
     return tuple(found)
 
 
-def check_url(url: str, *, allow_http: bool) -> str | None:
-    """Why ``url`` cannot be a ``jwks_url`` (``None``: it can): ``https://`` with a host, or ``http://``
-    where ``allow_http`` (development and tests)."""
-    parts = urlsplit(url)
-    schemes = ("https", "http") if allow_http else ("https",)
-    if parts.scheme not in schemes:
-        return "must start with https://" + (" or http://" if allow_http else " in production")
-    if not parts.hostname:
-        return "has no host"
-    return None
-
-
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     """A redirect is an answer to refuse: it could lead from ``https`` to ``http``."""
 
@@ -175,7 +161,8 @@ class KeySet:
         self.state = JwksState.UNAVAILABLE
         self._fetch = fetch
         self._refresh_seconds = refresh_seconds
-        self._min_refetch_seconds = min_refetch_seconds
+        self.min_refetch_seconds = min_refetch_seconds
+        """The shortest time between two fetches (tests lower it to see a rotation at once)."""
         self._clock = clock
         self._last_attempt: float | None = None
         self._inflight: asyncio.Future[bool] | None = None
@@ -191,7 +178,7 @@ class KeySet:
         """Whole seconds until the next fetch may run (at least 1): the ``Retry-After`` of a 503."""
         if self._last_attempt is None:
             return 1
-        left = self._last_attempt + self._min_refetch_seconds - self._clock()
+        left = self._last_attempt + self.min_refetch_seconds - self._clock()
         return max(1, int(left) + (left % 1 > 0))
 
     async def refresh(self) -> bool:
@@ -215,7 +202,7 @@ class KeySet:
     async def refresh_unknown(self) -> bool:
         """A signature verified with none of the keys: refresh if the last fetch is at least
         :data:`MIN_REFETCH_SECONDS` old (or one is running); whether the keys changed."""
-        if self._inflight is None and not self._due(self._min_refetch_seconds):
+        if self._inflight is None and not self._due(self.min_refetch_seconds):
             return False
         return await self.refresh()
 
@@ -277,7 +264,7 @@ class KeySet:
 
     async def _run(self) -> None:
         while True:
-            wait = self._refresh_seconds if self.state is JwksState.FRESH else self._min_refetch_seconds
+            wait = self._refresh_seconds if self.state is JwksState.FRESH else MIN_REFETCH_SECONDS
             await asyncio.sleep(wait)
             await self.refresh()
 

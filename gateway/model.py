@@ -83,6 +83,9 @@ class Outcome(enum.StrEnum):
     """Seen before (same ``webhook-id``, or same job, status and timestamp): nothing changed."""
     STALE = "stale"
     """Recorded in history, but behind the job's status (or after a terminal one): the status stays."""
+    IGNORED = "ignored"
+    """A provider's callback of an event type or status the gateway does not map: acknowledged (so the
+    provider stops retrying), recorded nowhere."""
 
 
 class JobEvent(msgspec.Struct, frozen=True, kw_only=True):

@@ -6,65 +6,20 @@ The on-demand refresh's once-a-minute bound is checked with an injected clock, n
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import pytest
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from prometheus_client import CollectorRegistry
 
-from gateway.jwks import InvalidKeySet, JwksState, KeySet, check_url, parse_key_set
+from gateway.jwks import InvalidKeySet, JwksState, KeySet, parse_key_set
+from gateway.senders import check_jwks_url
 from gateway.signatures import Ed25519PrivateKey, sign_v1a, verify_v1a
 from gateway.telemetry.metrics import Metrics, ModelLabels
+from tests.jwks_server import JwksServer, jwk
 
 BODY = b'{"request_id": "req-1", "status": "OK"}'
-
-
-def _jwk(key: Ed25519PrivateKey, kid: str = "k1") -> dict[str, str]:
-    raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-    x = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-    return {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"}
-
-
-@dataclass
-class JwksServer:
-    """Serves a JWK Set over HTTP/1.1 on 127.0.0.1; ``down()`` closes the port, ``up()`` reopens it."""
-
-    body: bytes = b'{"keys": []}'
-    status: int = 200
-    headers: dict[str, str] = field(default_factory=dict)
-    requests: int = 0
-    port: int = 0
-    _server: asyncio.Server | None = None
-
-    def serve(self, *keys: Ed25519PrivateKey) -> None:
-        self.body = json.dumps({"keys": [_jwk(key, f"k{i}") for i, key in enumerate(keys)]}).encode()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/.well-known/jwks.json"
-
-    async def up(self) -> None:
-        self._server = await asyncio.start_server(self._answer, "127.0.0.1", self.port, reuse_address=True)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def down(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-        self._server = None
-
-    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        self.requests += 1
-        head = [f"HTTP/1.1 {self.status} X", f"content-length: {len(self.body)}", "connection: close"]
-        head += [f"{name}: {value}" for name, value in self.headers.items()]
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + self.body)
-        await writer.drain()
-        writer.close()
 
 
 @pytest.fixture
@@ -258,9 +213,9 @@ def test_only_ed25519_signing_keys_are_read_from_a_set() -> None:
         {
             "keys": [
                 {"kty": "RSA", "n": "AQAB", "e": "AQAB", "kid": "rsa"},
-                {"kty": "OKP", "crv": "X25519", "x": _jwk(theirs)["x"]},
-                {**_jwk(theirs), "use": "enc"},
-                _jwk(ours),
+                {"kty": "OKP", "crv": "X25519", "x": jwk(theirs)["x"]},
+                {**jwk(theirs), "use": "enc"},
+                jwk(ours),
             ]
         }
     ).encode()
@@ -294,4 +249,4 @@ def test_a_set_without_a_usable_key_is_refused(body: bytes, message: str) -> Non
     ],
 )
 def test_a_jwks_url_is_https_in_production(url: str, allow_http: bool, problem: str | None) -> None:
-    assert check_url(url, allow_http=allow_http) == problem
+    assert check_jwks_url(url, allow_http=allow_http) == problem

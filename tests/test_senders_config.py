@@ -98,7 +98,7 @@ def test_with_a_file_the_webhook_variables_count_only_where_a_sender_names_them(
         ('[senders."Back End"]\n', "sender 'Back End': a name is 1 to 64 of a-z"),
         (f"[senders.{'a' * 65}]\n", "a name is 1 to 64"),
         ('[senders.backend]\nsecret = "BACKEND_SECRET"\n', "sender 'backend': unknown key 'secret'"),
-        ('[senders.backend]\nformat = "replicate"\n', "sender 'backend': unknown format 'replicate'"),
+        ('[senders.backend]\nformat = "stripe"\n', "sender 'backend': unknown format 'stripe'"),
         ('[senders.backend]\nkinds = ["video"]\n', "sender 'backend': kinds: unknown kind 'video'"),
         ('[senders.backend]\nkinds = "image"\n', "sender 'backend': kinds: Expected `array"),
         ('[senders.backend]\nrate_limit = "fast"\n', "sender 'backend': rate_limit must look like <count>/"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -33,9 +34,19 @@ from gateway.http.openapi import api_docs, document_webhooks
 from gateway.http.responses import error_response
 from gateway.http.status_page import status_page_routes
 from gateway.http.tracing import server_spans
-from gateway.http.webhooks import WebhooksFirst, unknown_webhook_route, webhook_receiver, webhook_route
+from gateway.http.webhooks import (
+    WebhooksFirst,
+    provider_receiver,
+    provider_route,
+    sender_path,
+    unknown_sender_route,
+    unknown_webhook_route,
+    webhook_receiver,
+    webhook_route,
+)
 from gateway.ingest.pipeline import Pipeline
 from gateway.ingest.ratelimit import RateLimiter
+from gateway.jwks import KeySet
 from gateway.kinds import KINDS
 from gateway.redact import shown_url
 from gateway.retention import Retention
@@ -119,7 +130,22 @@ def create_app(
     limiter = RateLimiter.from_settings(settings, limits, MemoryRateLimitStore(max_keys=1), metrics=metrics)
     # Live streams are woken after each commit; with REDIS_URL (distributed mode) other replicas' too.
     wakeup = Wakeup(settings.redis_url, prefix=settings.redis_key_prefix, timeout=settings.store_timeout_seconds)
-    pipeline = Pipeline(settings, jobs, idempotency, telemetry, limiter=limiter, stored=wakeup.stored, traced=traced)
+    # The senders with a jwks_url: their keys fetched at start-up, then kept fresh (gateway.jwks).
+    key_sets = {
+        sender.name: KeySet(sender.name, sender.jwks_url, metrics.jwks_state)
+        for sender in settings.active_senders
+        if sender.jwks_url is not None
+    }
+    pipeline = Pipeline(
+        settings,
+        jobs,
+        idempotency,
+        telemetry,
+        limiter=limiter,
+        stored=wakeup.stored,
+        traced=traced,
+        key_sets=key_sets,
+    )
     streams = Streams(
         jobs,
         wakeup,
@@ -171,6 +197,8 @@ def create_app(
                 logger.warning("REDIS_URL does not answer yet: rate limiting follows GATEWAY_RATE_LIMIT_ON_ERROR")
         if retention is not None:
             retention.start()
+        # A first fetch that fails is not fatal: that sender is answered 503 until one succeeds.
+        await asyncio.gather(*(key_set.start() for key_set in key_sets.values()))
         for name in settings.unnamed_credentials:
             logger.warning(
                 "%s is set but no sender of GATEWAY_SENDERS_FILE names it: with a senders file it is ignored "
@@ -197,6 +225,8 @@ def create_app(
     async def stop() -> None:
         if retention is not None:
             await retention.stop()
+        for key_set in key_sets.values():
+            await key_set.stop()
         if dispatcher is not None:
             await dispatcher.stop()
         await wakeup.stop()
@@ -213,12 +243,17 @@ def create_app(
         return error_response(refusal.status_code, refusal.detail, refusal.headers)
 
     receivers = {kind: webhook_receiver(kind, pipeline) for kind in KINDS}
+    providers = {provider: provider_receiver(provider, pipeline) for provider in pipeline.providers.values()}
     spans = server_spans(tracer, recording=traced)
+    first = {kind.route: spans(receiver) for kind, receiver in receivers.items()}
+    first.update({sender_path(provider.name): spans(receiver) for provider, receiver in providers.items()})
     app = WebhooksFirst(
-        webhooks={kind.route: spans(receiver) for kind, receiver in receivers.items()} if webhooks_first else {},
+        webhooks=first if webhooks_first else {},
         route_handlers=[
             *(webhook_route(kind, receiver) for kind, receiver in receivers.items()),
             unknown_webhook_route(tuple(kind.route for kind in KINDS), telemetry),
+            *(provider_route(provider, receiver) for provider, receiver in providers.items()),
+            unknown_sender_route(tuple(pipeline.providers), telemetry),
             *job_routes(jobs, settings.max_body_bytes),
             *event_routes(streams, jobs),
             *session_routes(access),
@@ -246,7 +281,8 @@ def create_app(
         on_shutdown=[stop],
         # `gateway serve` ends the live streams when the server is told to stop (see gateway.cli), before
         # it waits for open connections: an open stream must not hold up a graceful shutdown.
-        state=State({"wakeup": wakeup, "jobs": jobs}),  # the job store: for tests that make it fail
+        # The job store: for tests that make it fail; the key sets: for tests that rotate or take down a JWKS.
+        state=State({"wakeup": wakeup, "jobs": jobs, "key_sets": key_sets}),
         # Litestar's records (unhandled exceptions included) go to the root logger, which the gateway
         # configures (JSON or console); Litestar must not install its own root handler.
         logging_config=LoggingConfig(

@@ -1,12 +1,13 @@
 """Stage 4: trust only authenticated senders.
 
 A request is authentic when it carries either a sender's secret in ``X-Webhook-Secret`` (as the seed's
-backend sends it) or a valid Standard Webhooks signature made with any of a sender's keys: that sender sent
-it. Every comparison with a secret is constant-time, and compares SHA-256 digests of equal length, so its
-running time says nothing about the secret's length either. What the headers alone decide (a secret, or
-signature headers that are missing, malformed or out of tolerance) is decided before the body is read
-(:meth:`Authenticator.verify_headers`). The sender only ever learns "401"; the precise reason is kept for
-the gateway's own telemetry.
+backend sends it) or a valid Standard Webhooks signature made with any of a sender's keys (``v1`` HMAC under
+its ``whsec_`` keys, ``v1a`` ed25519 under its ``whpk_`` keys or its JWK Set's): that sender sent it. fal
+signs in its own headers (:class:`FalAuthenticator`). Every comparison with a secret is constant-time, and
+compares SHA-256 digests of equal length, so its running time says nothing about the secret's length either.
+What the headers alone decide (a secret, or signature headers that are missing, malformed or out of
+tolerance) is decided before the body is read (:meth:`Authenticator.verify_headers`). The sender only ever
+learns "401"; the precise reason is kept for the gateway's own telemetry.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from typing import NamedTuple
 
 from gateway import signatures
 from gateway.answers import AuthFailure
+from gateway.jwks import JwksState, KeySet
 from gateway.senders import DEFAULT_SENDER
+from gateway.signatures import Ed25519PublicKey
 
-__all__ = ("AuthFailure", "Authenticator", "Credentials", "Verdict")
+__all__ = ("AuthFailure", "Authenticator", "Credentials", "FalAuthenticator", "Verdict")
 
 
 class Verdict(NamedTuple):
@@ -32,14 +35,26 @@ class Verdict(NamedTuple):
     """For a genuinely signed request (even an expired one): its timestamp minus our clock, in seconds."""
     sender: str | None = None
     """The sender whose credential verified (for an expired signature too); ``None`` when none did."""
+    unavailable: KeySet | None = None
+    """No key verified, and this sender's JWK Set has never been fetched: answer 503, not 401."""
 
 
 class Credentials(NamedTuple):
-    """One sender's credentials: its secret (``None``: none) and its signing keys."""
+    """One sender's credentials: its secret (``None``: none), its signing keys, its ed25519 keys and the
+    JWK Set it publishes more of them in."""
 
     sender: str
     secret: str | None
     signing_keys: tuple[bytes, ...]
+    public_keys: tuple[Ed25519PublicKey, ...] = ()
+    key_set: KeySet | None = None
+
+    @property
+    def signs(self) -> bool:
+        return bool(self.signing_keys) or bool(self.public_keys) or self.key_set is not None
+
+    def ed25519_keys(self) -> tuple[Ed25519PublicKey, ...]:
+        return self.public_keys + self.key_set.keys if self.key_set is not None else self.public_keys
 
 
 _MAX_TIMESTAMP_DIGITS = 12  # seconds since the epoch: 12 digits last until the year 33658
@@ -53,7 +68,7 @@ class Authenticator:
     taken as the first open sender's, as a gateway without credentials accepts every webhook.
     """
 
-    __slots__ = ("_open", "_secrets", "_signers", "_tolerance")
+    __slots__ = ("_key_sets", "_open", "_secrets", "_signers", "_tolerance")
 
     def __init__(
         self,
@@ -76,13 +91,10 @@ class Authenticator:
         self._secrets = tuple(
             (sender.sender, _digest(sender.secret.encode())) for sender in senders if sender.secret is not None
         )
-        self._signers = tuple((sender.sender, sender.signing_keys) for sender in senders if sender.signing_keys)
+        self._signers = tuple(sender for sender in senders if sender.signs)
+        self._key_sets = tuple(sender.key_set for sender in senders if sender.key_set is not None)
         self._open = next(
-            (
-                Verdict(None, sender=sender.sender)
-                for sender in senders
-                if sender.secret is None and not sender.signing_keys
-            ),
+            (Verdict(None, sender=sender.sender) for sender in senders if sender.secret is None and not sender.signs),
             None,
         )
         self._tolerance = tolerance_seconds
@@ -131,6 +143,14 @@ class Authenticator:
         verdict = self.verify(unsigned, b"", now)
         return verdict if verdict.failure is None else Verdict(failure)
 
+    async def refresh_unknown(self) -> bool:
+        """A signature verified with no key: refresh the JWK Sets that may have rotated (each at most once
+        a minute); whether any changed, so that verifying again may succeed."""
+        changed = False
+        for key_set in self._key_sets:
+            changed |= await key_set.refresh_unknown()
+        return changed
+
     def _secret_owner(self, provided: bytes) -> str | None:
         """The sender whose secret ``provided`` is: every secret is compared, in constant time, so timing
         says neither whether nor whose it matched."""
@@ -145,16 +165,92 @@ class Authenticator:
         if _malformed(headers):
             return Verdict(AuthFailure.MALFORMED)
         timestamp = headers["webhook-timestamp"]
+        message_id, header = headers["webhook-id"], headers["webhook-signature"]
         owner = None
-        for sender, keys in self._signers:  # every sender's keys, whoever matches: timing names nobody
-            if signatures.verify(keys, headers["webhook-id"], timestamp, body, headers["webhook-signature"]):
-                owner = sender
+        for signer in self._signers:  # every sender's keys, whoever matches: timing names nobody
+            if signatures.verify(signer.signing_keys, message_id, timestamp, body, header) or (
+                signatures.verify_v1a(signer.ed25519_keys(), message_id, timestamp, body, header)
+            ):
+                owner = signer.sender
         if owner is None:
-            return Verdict(AuthFailure.BAD_SIGNATURE)
+            return Verdict(AuthFailure.BAD_SIGNATURE, unavailable=self._unavailable(header))
         skew = int(timestamp) - now
         if abs(skew) > self._tolerance:
             return Verdict(AuthFailure.EXPIRED, skew, owner)
         return Verdict(None, skew, owner)
+
+    def _unavailable(self, header: str) -> KeySet | None:
+        """The first JWK Set never fetched, when the header holds an ed25519 signature it might verify."""
+        if not signatures.parse_header(header, "v1a"):
+            return None
+        return next((key_set for key_set in self._key_sets if key_set.state is JwksState.UNAVAILABLE), None)
+
+
+class FalAuthenticator:
+    """One fal sender's signatures: ed25519 over fal's own message, in ``X-Fal-Webhook-*`` headers
+    (https://docs.fal.ai/model-apis/model-endpoints/webhooks), under its ``whpk_`` keys and its JWK Set's.
+
+    Its ``verify_headers`` and ``verify`` answer as :class:`Authenticator`'s do.
+    """
+
+    __slots__ = ("_credentials", "_tolerance")
+
+    def __init__(self, credentials: Credentials, tolerance_seconds: int) -> None:
+        self._credentials = credentials
+        self._tolerance = tolerance_seconds
+
+    @property
+    def enabled(self) -> bool:
+        return self._credentials.signs
+
+    def verify_headers(self, headers: Mapping[str, str], now: float) -> Verdict | None:
+        if not self.enabled:
+            return Verdict(None, sender=self._credentials.sender)
+        if _fal_malformed(headers):
+            return Verdict(AuthFailure.MISSING if _FAL_SIGNATURE not in headers else AuthFailure.MALFORMED)
+        if abs(int(headers[_FAL_TIMESTAMP]) - now) > self._tolerance:
+            return Verdict(AuthFailure.EXPIRED)
+        return None
+
+    def verify(self, headers: Mapping[str, str], body: bytes, now: float) -> Verdict:
+        early = self.verify_headers(headers, now)
+        if early is not None:
+            return early
+        timestamp = headers[_FAL_TIMESTAMP]
+        credentials = self._credentials
+        if not signatures.verify_fal(
+            credentials.ed25519_keys(),
+            headers[_FAL_REQUEST_ID],
+            headers[_FAL_USER_ID],
+            timestamp,
+            body,
+            headers[_FAL_SIGNATURE],
+        ):
+            key_set = credentials.key_set
+            unavailable = key_set if key_set is not None and key_set.state is JwksState.UNAVAILABLE else None
+            return Verdict(AuthFailure.BAD_SIGNATURE, unavailable=unavailable)
+        return Verdict(None, int(timestamp) - now, credentials.sender)
+
+    async def refresh_unknown(self) -> bool:
+        key_set = self._credentials.key_set
+        return key_set is not None and await key_set.refresh_unknown()
+
+
+_FAL_REQUEST_ID = "x-fal-webhook-request-id"
+_FAL_USER_ID = "x-fal-webhook-user-id"
+_FAL_TIMESTAMP = "x-fal-webhook-timestamp"
+_FAL_SIGNATURE = "x-fal-webhook-signature"
+
+
+def _fal_malformed(headers: Mapping[str, str]) -> bool:
+    timestamp = headers.get(_FAL_TIMESTAMP, "")
+    return (
+        not headers.get(_FAL_REQUEST_ID)
+        or _FAL_USER_ID not in headers
+        or not headers.get(_FAL_SIGNATURE)
+        or len(timestamp) > _MAX_TIMESTAMP_DIGITS
+        or not (timestamp.isascii() and timestamp.isdigit())
+    )
 
 
 def _signature_headers_failure(headers: Mapping[str, str], now: float, tolerance: int) -> AuthFailure | None:
@@ -165,7 +261,8 @@ def _signature_headers_failure(headers: Mapping[str, str], now: float, tolerance
 
 
 def _malformed(headers: Mapping[str, str]) -> bool:
-    """Whether the signature headers are incomplete or unparseable (no ``v1`` signature counts as such)."""
+    """Whether the signature headers are incomplete or unparseable (no ``v1`` or ``v1a`` signature counts
+    as such)."""
     msg_id = headers.get("webhook-id")
     timestamp = headers.get("webhook-timestamp")
     return (
@@ -173,7 +270,10 @@ def _malformed(headers: Mapping[str, str]) -> bool:
         or not timestamp
         or len(timestamp) > _MAX_TIMESTAMP_DIGITS
         or not (timestamp.isascii() and timestamp.isdigit())
-        or not signatures.parse_header(headers.get("webhook-signature", ""))
+        or not (
+            signatures.parse_header(headers.get("webhook-signature", ""))
+            or signatures.parse_header(headers.get("webhook-signature", ""), "v1a")
+        )
     )
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN
 
+from gateway.model import Outcome
 from gateway.senders import DEFAULT_SENDER, UNKNOWN_SENDER
 from gateway.telemetry.logs import direct_info
 
@@ -62,6 +63,10 @@ class Telemetry:
         self._answered(kind, answer.outcome, seconds, event.job_id, answer.status, 200, sender)
         if applied is not None and applied.moved:
             self._moved(event, applied, sender)
+
+    def ignored(self, kind: str, seconds: float, sender: str) -> None:
+        """A provider's callback acknowledged and recorded nowhere (outcome ``ignored``)."""
+        self._answered(kind, Outcome.IGNORED, seconds, None, None, 200, sender)
 
     def _answered(
         self,
