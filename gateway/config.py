@@ -569,7 +569,9 @@ class Settings:
         env = os.environ if environ is None else environ
         path = env.get("GATEWAY_SENDERS_FILE", "").strip()
         # With a senders file, WEBHOOK_SECRET and WEBHOOK_SIGNING_KEYS count only where a sender names them.
-        values = read(cls, {name: value for name, value in env.items() if not path or name not in _DEFAULT_CREDENTIALS})
+        values = read(
+            cls, {name: value for name, value in env.items() if name not in _DEFAULT_CREDENTIALS} if path else env
+        )
         if "log_format" not in values and values.get("env") == "production":
             values["log_format"] = "json"
         if path:

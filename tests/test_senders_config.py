@@ -157,3 +157,23 @@ def test_the_cli_refuses_a_bad_file_in_one_line_without_a_traceback(tmp_path: Pa
         f"gateway: configuration error: GATEWAY_SENDERS_FILE ({path}): sender 'backend': secret_env names "
         "BACKEND_SECRET, which is unset or empty"
     ]
+
+
+def test_the_documented_example_file_is_valid(tmp_path: Path) -> None:
+    """docs/senders.md's example file declares what it says, once its variables are set."""
+    page = (Path(__file__).parent.parent / "docs" / "senders.md").read_text()
+    example = page.split("```toml\n", 1)[1].split("```", 1)[0]
+    loaded = settings(
+        tmp_path,
+        example,
+        BACKEND_WEBHOOK_SECRET=SECRET_A,
+        WRITER_SIGNING_KEYS=f"{KEY_A} {KEY_B}",
+        PARTNER_WEBHOOK_SECRET=SECRET_B,
+        PARTNER_SIGNING_KEYS="whsec_" + base64.b64encode(b"c" * 24).decode(),
+        GATEWAY_ENV="production",
+        GATEWAY_API_TOKEN="t" * 32,
+    )
+    backend, writer, partner = loaded.active_senders
+    assert backend.rate == Rate(count=200, window_seconds=1, burst=400)
+    assert (writer.kinds, len(writer.signing_keys), writer.rate) == (frozenset({"blog"}), 2, Rate(20, 1, 20))
+    assert (partner.kinds, partner.secret, partner.rate) == (frozenset({"image"}), SECRET_B, None)
