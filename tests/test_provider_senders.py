@@ -145,7 +145,7 @@ async def jwks() -> AsyncIterator[JwksServer]:
 SIGNER = Ed25519PrivateKey.generate()
 
 
-def _settings(tmp_path: Path, jwks_url: str) -> Settings:
+def _settings(tmp_path: Path, jwks_url: str, stores: dict[str, str] | None = None) -> Settings:
     path = tmp_path / "senders.toml"
     path.write_text(SENDERS.format(jwks_url=jwks_url))
     return Settings.from_env(
@@ -155,17 +155,25 @@ def _settings(tmp_path: Path, jwks_url: str) -> Settings:
             "REPLICATE_WEBHOOK_SECRET": whsec(REPLICATE_KEY),
             "OPENAI_WEBHOOK_SECRET": whsec(OPENAI_KEY),
             "SIGNER_PUBLIC_KEYS": whpk(SIGNER),
-            "DATABASE_URL": f"sqlite:///{tmp_path / 'providers.db'}",
+            **(stores or {"DATABASE_URL": f"sqlite:///{tmp_path / 'providers.db'}"}),
         }
     )
 
 
-@pytest.fixture
-async def gateway(tmp_path: Path, jwks: JwksServer) -> AsyncIterator[Gateway]:
+@pytest.fixture(params=["embedded", "distributed"])
+async def gateway(request: pytest.FixtureRequest, tmp_path: Path, jwks: JwksServer) -> AsyncIterator[Gateway]:
+    """SQLite + memory, and PostgreSQL + Redis (real servers): the providers' jobs and budgets hold on both."""
+    stores = None
+    if request.param == "distributed":
+        stores = {
+            "DATABASE_URL": request.getfixturevalue("database_url"),
+            "REDIS_URL": request.getfixturevalue("redis_url"),
+            "GATEWAY_REDIS_KEY_PREFIX": request.getfixturevalue("redis_prefix"),
+        }
     fal = Ed25519PrivateKey.generate()
     jwks.serve(fal)
     registry = CollectorRegistry()
-    async with AsyncTestClient(app=create_app(_settings(tmp_path, jwks.url), registry=registry)) as client:
+    async with AsyncTestClient(app=create_app(_settings(tmp_path, jwks.url, stores), registry=registry)) as client:
         yield Gateway(client, registry, fal)
 
 
