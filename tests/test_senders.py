@@ -12,14 +12,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 from prometheus_client import CollectorRegistry
 
 from gateway.config import Settings
 from gateway.http.app import create_app
-from tests.conftest import completed_blog, completed_image, progress
+from tests.conftest import LiveServer, completed_blog, completed_image, progress
 from tests.signing import sign
+from tests.test_cli import run_gateway
 
 IMAGE = "/api/webhooks/image-completion"
 BLOG = "/api/webhooks/blog-completion"
@@ -219,3 +221,25 @@ async def test_a_webhook_variable_no_sender_names_is_ignored_with_one_warning(
     warnings = [record.getMessage() for record in caplog.records if "WEBHOOK_SECRET" in record.getMessage()]
     assert len(warnings) == 1
     assert "no sender of GATEWAY_SENDERS_FILE names it" in warnings[0]
+
+
+def test_gateway_send_posts_as_the_first_sender_of_the_file(tmp_path: Path, stopping: list[LiveServer]) -> None:
+    """A real ``gateway serve`` with the file, and ``gateway send`` reading the same file: the first sender's
+    credentials, and its name in the report."""
+    path = tmp_path / "senders.toml"
+    path.write_text(SENDERS)
+    env = {
+        "GATEWAY_SENDERS_FILE": str(path),
+        "BACKEND_SECRET": BACKEND_SECRET,
+        "SECOND_SECRET": SECOND_SECRET,
+        "PARTNER_KEYS": whsec(PARTNER_KEY),
+    }
+    server = LiveServer(tmp_path, env)
+    stopping.append(server)
+    result = run_gateway(tmp_path, "send", "--url", server.url, "--json", "--job-id", "sent-1", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["authentication"] == "X-Webhook-Secret, as sender 'backend' of GATEWAY_SENDERS_FILE"
+    assert [answer["outcome"] for answer in report["requests"]] == ["applied"]
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'gateway_webhook_requests_total{kind="image",outcome="applied",sender="backend"} 1.0' in metrics
