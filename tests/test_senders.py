@@ -3,6 +3,7 @@ do not leak between senders, and the ``sender`` label (GATEWAY_SENDERS_FILE)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -51,9 +52,9 @@ def whsec(key: bytes) -> str:
     return "whsec_" + base64.b64encode(key).decode()
 
 
-def environment(tmp_path: Path, family: str, request: pytest.FixtureRequest) -> dict[str, str]:
+def environment(tmp_path: Path, family: str, request: pytest.FixtureRequest, senders: str = SENDERS) -> dict[str, str]:
     path = tmp_path / "senders.toml"
-    path.write_text(SENDERS)
+    path.write_text(senders)
     env = {
         "GATEWAY_SENDERS_FILE": str(path),
         "BACKEND_SECRET": BACKEND_SECRET,
@@ -243,3 +244,33 @@ def test_gateway_send_posts_as_the_first_sender_of_the_file(tmp_path: Path, stop
     assert [answer["outcome"] for answer in report["requests"]] == ["applied"]
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'gateway_webhook_requests_total{kind="image",outcome="applied",sender="backend"} 1.0' in metrics
+
+
+async def test_two_replicas_never_both_claim_a_job(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Two gateways on one PostgreSQL and Redis, each receiving a different sender's first event for the same
+    jobs at the same moment: every job has exactly one owner, and the other sender got a 409."""
+    unlimited = SENDERS.replace('rate_limit = "2/minute"\nrate_limit_burst = 2\n', "")
+    assert "rate_limit" not in unlimited
+    settings = Settings.from_env(environment(tmp_path, "distributed", request, unlimited))
+    first_app, second_app = create_app(settings, registry=CollectorRegistry()), create_app(settings)
+    async with AsyncTestClient(app=first_app) as first, AsyncTestClient(app=second_app) as second:
+        one, other = Gateway(first, CollectorRegistry()), Gateway(second, CollectorRegistry())
+        jobs = [f"race-{n}" for n in range(20)]
+        answers = await asyncio.gather(
+            *(
+                call
+                for job_id in jobs
+                for call in (
+                    one.as_secret(BACKEND_SECRET, IMAGE, progress("generating", job_id=job_id)),
+                    other.as_secret(SECOND_SECRET, IMAGE, progress("initializing", job_id=job_id)),
+                )
+            )
+        )
+        for number, job_id in enumerate(jobs):
+            backend, second_sender = answers[2 * number], answers[2 * number + 1]
+            assert sorted((backend.status_code, second_sender.status_code)) == [200, 409], job_id
+            assert len((await one.job(job_id))["history"]) == 1
+            winner = BACKEND_SECRET if backend.status_code == 200 else SECOND_SECRET
+            loser = SECOND_SECRET if winner == BACKEND_SECRET else BACKEND_SECRET
+            assert (await other.as_secret(winner, IMAGE, completed_image(job_id=job_id))).status_code == 200
+            assert (await one.as_secret(loser, IMAGE, completed_image(job_id=job_id))).status_code == 409
