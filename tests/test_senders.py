@@ -274,3 +274,14 @@ async def test_two_replicas_never_both_claim_a_job(tmp_path: Path, request: pyte
             loser = SECOND_SECRET if winner == BACKEND_SECRET else BACKEND_SECRET
             assert (await other.as_secret(winner, IMAGE, completed_image(job_id=job_id))).status_code == 200
             assert (await one.as_secret(loser, IMAGE, completed_image(job_id=job_id))).status_code == 409
+
+
+async def test_the_log_line_names_the_sender(gateway: Gateway, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="gateway.webhook"):
+        await gateway.as_partner(BLOG, completed_blog(job_id="logged-1"))
+        await gateway.as_secret("wrong-secret-0123456789", BLOG, completed_blog(job_id="logged-2"))
+    lines = [record for record in caplog.records if record.name == "gateway.webhook"]
+    assert [(getattr(line, "job_id", None), getattr(line, "sender", None)) for line in lines] == [
+        ("logged-1", "partner"),
+        (None, "unknown"),
+    ]
