@@ -3,6 +3,7 @@ do not leak between senders, and the ``sender`` label (GATEWAY_SENDERS_FILE)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -12,14 +13,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from litestar.testing import AsyncTestClient
 from prometheus_client import CollectorRegistry
 
 from gateway.config import Settings
 from gateway.http.app import create_app
-from tests.conftest import completed_blog, completed_image, progress
+from tests.conftest import LiveServer, completed_blog, completed_image, progress
 from tests.signing import sign
+from tests.test_cli import run_gateway
 
 IMAGE = "/api/webhooks/image-completion"
 BLOG = "/api/webhooks/blog-completion"
@@ -49,9 +52,9 @@ def whsec(key: bytes) -> str:
     return "whsec_" + base64.b64encode(key).decode()
 
 
-def environment(tmp_path: Path, family: str, request: pytest.FixtureRequest) -> dict[str, str]:
+def environment(tmp_path: Path, family: str, request: pytest.FixtureRequest, senders: str = SENDERS) -> dict[str, str]:
     path = tmp_path / "senders.toml"
-    path.write_text(SENDERS)
+    path.write_text(senders)
     env = {
         "GATEWAY_SENDERS_FILE": str(path),
         "BACKEND_SECRET": BACKEND_SECRET,
@@ -219,3 +222,66 @@ async def test_a_webhook_variable_no_sender_names_is_ignored_with_one_warning(
     warnings = [record.getMessage() for record in caplog.records if "WEBHOOK_SECRET" in record.getMessage()]
     assert len(warnings) == 1
     assert "no sender of GATEWAY_SENDERS_FILE names it" in warnings[0]
+
+
+def test_gateway_send_posts_as_the_first_sender_of_the_file(tmp_path: Path, stopping: list[LiveServer]) -> None:
+    """A real ``gateway serve`` with the file, and ``gateway send`` reading the same file: the first sender's
+    credentials, and its name in the report."""
+    path = tmp_path / "senders.toml"
+    path.write_text(SENDERS)
+    env = {
+        "GATEWAY_SENDERS_FILE": str(path),
+        "BACKEND_SECRET": BACKEND_SECRET,
+        "SECOND_SECRET": SECOND_SECRET,
+        "PARTNER_KEYS": whsec(PARTNER_KEY),
+    }
+    server = LiveServer(tmp_path, env)
+    stopping.append(server)
+    result = run_gateway(tmp_path, "send", "--url", server.url, "--json", "--job-id", "sent-1", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["authentication"] == "X-Webhook-Secret, as sender 'backend' of GATEWAY_SENDERS_FILE"
+    assert [answer["outcome"] for answer in report["requests"]] == ["applied"]
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'gateway_webhook_requests_total{kind="image",outcome="applied",sender="backend"} 1.0' in metrics
+
+
+async def test_two_replicas_never_both_claim_a_job(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Two gateways on one PostgreSQL and Redis, each receiving a different sender's first event for the same
+    jobs at the same moment: every job has exactly one owner, and the other sender got a 409."""
+    unlimited = SENDERS.replace('rate_limit = "2/minute"\nrate_limit_burst = 2\n', "")
+    assert "rate_limit" not in unlimited
+    settings = Settings.from_env(environment(tmp_path, "distributed", request, unlimited))
+    first_app, second_app = create_app(settings, registry=CollectorRegistry()), create_app(settings)
+    async with AsyncTestClient(app=first_app) as first, AsyncTestClient(app=second_app) as second:
+        one, other = Gateway(first, CollectorRegistry()), Gateway(second, CollectorRegistry())
+        jobs = [f"race-{n}" for n in range(20)]
+        answers = await asyncio.gather(
+            *(
+                call
+                for job_id in jobs
+                for call in (
+                    one.as_secret(BACKEND_SECRET, IMAGE, progress("generating", job_id=job_id)),
+                    other.as_secret(SECOND_SECRET, IMAGE, progress("initializing", job_id=job_id)),
+                )
+            )
+        )
+        for number, job_id in enumerate(jobs):
+            backend, second_sender = answers[2 * number], answers[2 * number + 1]
+            assert sorted((backend.status_code, second_sender.status_code)) == [200, 409], job_id
+            assert len((await one.job(job_id))["history"]) == 1
+            winner = BACKEND_SECRET if backend.status_code == 200 else SECOND_SECRET
+            loser = SECOND_SECRET if winner == BACKEND_SECRET else BACKEND_SECRET
+            assert (await other.as_secret(winner, IMAGE, completed_image(job_id=job_id))).status_code == 200
+            assert (await one.as_secret(loser, IMAGE, completed_image(job_id=job_id))).status_code == 409
+
+
+async def test_the_log_line_names_the_sender(gateway: Gateway, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="gateway.webhook"):
+        await gateway.as_partner(BLOG, completed_blog(job_id="logged-1"))
+        await gateway.as_secret("wrong-secret-0123456789", BLOG, completed_blog(job_id="logged-2"))
+    lines = [record for record in caplog.records if record.name == "gateway.webhook"]
+    assert [(getattr(line, "job_id", None), getattr(line, "sender", None)) for line in lines] == [
+        ("logged-1", "partner"),
+        (None, "unknown"),
+    ]

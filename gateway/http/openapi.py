@@ -55,7 +55,11 @@ _VIEWER_FILES = {
 _FAVICON = '<link rel="icon" type="image/svg+xml" href="/favicon.ico">'
 
 _HEADERS = (
-    ("X-Webhook-Secret", "The shared secret (`WEBHOOK_SECRET`), if the sender authenticates with it."),
+    (
+        "X-Webhook-Secret",
+        "The shared secret (`WEBHOOK_SECRET`, or the sender's `secret_env` in `GATEWAY_SENDERS_FILE`), if the "
+        "sender authenticates with it.",
+    ),
     ("webhook-id", "Standard Webhooks message id; also the delivery's idempotency key."),
     ("webhook-timestamp", "Standard Webhooks timestamp, integer seconds since the epoch."),
     ("webhook-signature", "Standard Webhooks signatures: space-separated `v1,<base64 HMAC-SHA256>`."),
@@ -63,9 +67,11 @@ _HEADERS = (
 _ERRORS = {
     400: "Malformed JSON or a payload that violates the schema; `detail` names the field path.",
     401: "Missing or invalid credentials (which part was wrong is not said).",
+    403: "The sender (of `GATEWAY_SENDERS_FILE`) may not post this kind; `detail` names it. Nothing was recorded.",
     404: "`GATEWAY_REQUIRE_REGISTERED_JOBS` is on and the app never registered the job (`POST /api/jobs`); "
     "`detail` names the job id. Nothing was recorded.",
-    409: "The job is known under another kind; `detail` names the route its webhooks belong to.",
+    409: "The job is known under another kind (`detail` names the route its webhooks belong to), or belongs to "
+    "another sender (`detail` names the job). Nothing changed.",
     413: "Body larger than `GATEWAY_MAX_BODY_BYTES`.",
     415: "Content-Type is not application/json.",
     429: "The sender (or the gateway as a whole) is over its rate limit; nothing was recorded. Retry after "
