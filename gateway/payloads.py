@@ -132,10 +132,10 @@ class Failed(Payload, frozen=True, tag="failed"):
 
 
 class Canceled(Payload, frozen=True, tag="canceled"):
-    """A user's or a provider's cancellation: terminal, and not a failed generation."""
+    """A user's or a provider's cancellation: terminal, and not a failed generation. ``error_message``,
+    optional, says why."""
 
     error_message: ErrorMessage | None = None
-    """Why it was canceled, when the sender says."""
     data: Details | None = None
 
 

@@ -133,12 +133,21 @@ async def test_bad_filters_are_400(client: AsyncTestClient[Any]) -> None:
 async def test_stats_count_by_status_and_failure_ratio(client: AsyncTestClient[Any]) -> None:
     empty = (await client.get("/api/jobs/stats")).json()
     assert empty["failure_ratio"] is None
-    assert set(empty["created"]) == {"pending", "initializing", "generating", "saving", "completed", "failed"}
+    assert set(empty["created"]) == {
+        "pending",
+        "initializing",
+        "generating",
+        "saving",
+        "completed",
+        "failed",
+        "canceled",
+    }
 
     for number in range(3):
         await client.post(IMAGE, json=completed_image(job_id=f"ok-{number}"))
     await client.post(IMAGE, json=failed(job_id="bad-1"))
     await client.post(IMAGE, json=progress("generating", job_id="busy-1"))
+    await client.post(IMAGE, json=progress("canceled", job_id="stopped-1"))
     await client.post("/api/jobs", json={"job_id": "queued-1", "kind": "image", "user_id": "u"})
 
     stats = (await client.get("/api/jobs/stats")).json()
@@ -149,9 +158,10 @@ async def test_stats_count_by_status_and_failure_ratio(client: AsyncTestClient[A
         "saving": 0,
         "completed": 3,
         "failed": 1,
+        "canceled": 1,
     }
-    assert (stats["completed"], stats["failed"]) == (3, 1)
-    assert stats["failure_ratio"] == pytest.approx(0.25)
+    assert (stats["completed"], stats["failed"], stats["canceled"]) == (3, 1, 1)
+    assert stats["failure_ratio"] == pytest.approx(0.25)  # the canceled job is on neither side
     since = datetime.fromisoformat(stats["since"])
     until = datetime.fromisoformat(stats["until"])
     assert until - since == timedelta(hours=1)
