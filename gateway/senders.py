@@ -152,15 +152,13 @@ def _format_keys(sender: Sender) -> None:
             raise SendersError(f"{where}: kind is for a provider's format; a native sender declares kinds")
     else:
         if sender.kinds is not None:
-            raise SendersError(f"{where}: a {sender.format} sender declares kind (one kind), not kinds")
+            raise SendersError(f"{where}: format {sender.format} declares kind (one kind), not kinds")
         if sender.kind is None:
-            raise SendersError(f"{where}: a {sender.format} sender needs kind (the kind of its jobs)")
+            raise SendersError(f"{where}: format {sender.format} needs kind (the kind of its jobs)")
     allowed = _ALLOWED_CREDENTIALS[sender.format]
     for key in ("secret_env", "signing_keys_env", "public_keys_env", "jwks_url"):
         if getattr(sender, key) is not None and key not in allowed:
-            raise SendersError(
-                f"{where}: {key} is not used by a {sender.format} sender (it takes {', '.join(allowed)})"
-            )
+            raise SendersError(f"{where}: {key} is not used by format {sender.format} (it takes {', '.join(allowed)})")
     if sender.jwks_url is not None and not sender.jwks_url:
         raise SendersError(f"{where}: jwks_url must be a URL")
 

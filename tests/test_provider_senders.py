@@ -433,3 +433,65 @@ async def test_a_native_sender_signs_v1a_with_its_whpk_keys(gateway: Gateway) ->
     assert gateway.sample(requests, kind="image", outcome="applied", sender="signer") == 1
     forged = {**headers, "webhook-id": "msg_v1a_2"}
     assert (await gateway.client.post(IMAGE, content=body, headers=forged)).status_code == 401
+
+
+NATIVE_JWKS = """
+[senders.backend]
+secret_env = "BACKEND_SECRET"
+
+[senders.keyed]
+kinds = ["image"]
+jwks_url = "{jwks_url}"
+"""
+
+
+def _keyed_app(tmp_path: Path, jwks: JwksServer) -> tuple[Settings, CollectorRegistry]:
+    path = tmp_path / "keyed.toml"
+    path.write_text(NATIVE_JWKS.format(jwks_url=jwks.url))
+    env = {
+        "GATEWAY_SENDERS_FILE": str(path),
+        "BACKEND_SECRET": BACKEND_SECRET,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'keyed.db'}",
+    }
+    return Settings.from_env(env), CollectorRegistry()
+
+
+def _v1a(key: Ed25519PrivateKey, payload: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+    body = json.dumps(payload).encode()
+    msg_id, timestamp = f"msg_{uuid.uuid4().hex}", str(int(time.time()))
+    signature = base64.b64encode(key.sign(f"{msg_id}.{timestamp}.".encode() + body)).decode()
+    headers = {
+        "content-type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": timestamp,
+        "webhook-signature": f"v1a,{signature}",
+    }
+    return body, headers
+
+
+async def test_a_native_senders_v1a_signatures_verify_with_its_jwks(tmp_path: Path, jwks: JwksServer) -> None:
+    key = Ed25519PrivateKey.generate()
+    jwks.serve(key)
+    settings, registry = _keyed_app(tmp_path, jwks)
+    async with AsyncTestClient(app=create_app(settings, registry=registry)) as client:
+        body, headers = _v1a(key, completed_image(job_id="keyed-0001"))
+        assert (await client.post(IMAGE, content=body, headers=headers)).status_code == 200
+        labels = {"kind": "image", "outcome": "applied", "sender": "keyed"}
+        assert registry.get_sample_value("gateway_webhook_requests_total", labels) == 1
+
+
+async def test_a_native_senders_jwks_down_at_start_up_is_a_503_for_it_alone(tmp_path: Path, jwks: JwksServer) -> None:
+    key = Ed25519PrivateKey.generate()
+    jwks.serve(key)
+    await jwks.down()
+    settings, registry = _keyed_app(tmp_path, jwks)
+    async with AsyncTestClient(app=create_app(settings, registry=registry)) as client:
+        body, headers = _v1a(key, completed_image(job_id="keyed-0002"))
+        refused = await client.post(IMAGE, content=body, headers=headers)
+        assert refused.status_code == 503
+        assert "'keyed'" in refused.json()["detail"]
+        assert int(refused.headers["retry-after"]) >= 1
+        backend = await client.post(
+            IMAGE, json=completed_image(job_id="backend-0002"), headers={"X-Webhook-Secret": BACKEND_SECRET}
+        )
+        assert backend.status_code == 200

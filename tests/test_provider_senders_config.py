@@ -70,19 +70,23 @@ def test_providers_declare_one_kind_and_their_providers_credentials(tmp_path: Pa
 @pytest.mark.parametrize(
     ("text", "env", "expected"),
     [
-        ('[senders.r]\nformat = "replicate"\n', {}, "sender 'r': a replicate sender needs kind"),
-        ('[senders.r]\nformat = "openai"\nkinds = ["blog"]\n', {}, "sender 'r': a openai sender declares kind"),
+        ('[senders.r]\nformat = "replicate"\n', {}, "sender 'r': format replicate needs kind"),
+        (
+            '[senders.r]\nformat = "openai"\nkinds = ["blog"]\n',
+            {},
+            "sender 'r': format openai declares kind (one kind), not kinds",
+        ),
         ('[senders.r]\nkind = "image"\n', {}, "sender 'r': kind is for a provider's format"),
         ('[senders.r]\nformat = "fal"\nkind = "video"\n', {}, "sender 'r': kind: unknown kind 'video'"),
         (
             '[senders.r]\nformat = "replicate"\nkind = "image"\nsecret_env = "S"\n',
             {"S": "secret-0123456789abcdef"},
-            "sender 'r': secret_env is not used by a replicate sender (it takes signing_keys_env)",
+            "sender 'r': secret_env is not used by format replicate (it takes signing_keys_env)",
         ),
         (
             '[senders.r]\nformat = "fal"\nkind = "image"\nsigning_keys_env = "K"\n',
             {"K": WHSEC},
-            "sender 'r': signing_keys_env is not used by a fal sender (it takes public_keys_env, jwks_url)",
+            "sender 'r': signing_keys_env is not used by format fal (it takes public_keys_env, jwks_url)",
         ),
         (
             '[senders.r]\npublic_keys_env = "K"\n',
