@@ -168,8 +168,9 @@ class Authenticator:
         message_id, header = headers["webhook-id"], headers["webhook-signature"]
         owner = None
         for signer in self._signers:  # every sender's keys, whoever matches: timing names nobody
+            ed25519 = signer.ed25519_keys()
             if signatures.verify(signer.signing_keys, message_id, timestamp, body, header) or (
-                signatures.verify_v1a(signer.ed25519_keys(), message_id, timestamp, body, header)
+                ed25519 and signatures.verify_v1a(ed25519, message_id, timestamp, body, header)
             ):
                 owner = signer.sender
         if owner is None:
