@@ -285,3 +285,21 @@ async def test_the_log_line_names_the_sender(gateway: Gateway, caplog: pytest.Lo
         ("logged-1", "partner"),
         (None, "unknown"),
     ]
+
+
+async def test_in_development_a_sender_without_credential_takes_what_no_credential_verifies(
+    tmp_path: Path, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    text = SENDERS + '\n[senders.local]\nkinds = ["image"]\n'
+    registry = CollectorRegistry()
+    with caplog.at_level(logging.WARNING, logger="gateway"):
+        app = create_app(Settings.from_env(environment(tmp_path, "embedded", request, text)), registry=registry)
+        async with AsyncTestClient(app=app) as client:
+            gateway = Gateway(client, registry)
+            anonymous = await client.post(IMAGE, json=completed_image(job_id="local-1"))
+            backend = await gateway.as_secret(SECOND_SECRET, IMAGE, completed_image(job_id="local-2"))
+            blog = await client.post(BLOG, json=completed_blog(job_id="local-3"))
+    assert (anonymous.status_code, backend.status_code, blog.status_code) == (200, 200, 403)
+    assert gateway.sample("gateway_webhook_requests_total", kind="image", outcome="applied", sender="local") == 1
+    assert gateway.sample("gateway_webhook_requests_total", kind="image", outcome="applied", sender="second") == 1
+    assert any("sender 'local' of GATEWAY_SENDERS_FILE has no credential" in r.getMessage() for r in caplog.records)

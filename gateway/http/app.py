@@ -205,10 +205,20 @@ def create_app(
                 "(name it as a sender's secret_env or signing_keys_env, or unset it)",
                 name,
             )
+        open_senders = [sender.name for sender in settings.senders if not sender.authenticates]
         if not settings.authenticates:
             logger.warning(
                 "NO AUTHENTICATION: neither WEBHOOK_SECRET nor WEBHOOK_SIGNING_KEYS is set, so webhooks "
                 "from anyone are accepted. Fine for development; GATEWAY_ENV=production refuses this."
+                if not settings.senders
+                else "NO AUTHENTICATION: no sender of GATEWAY_SENDERS_FILE names a credential, so webhooks from "
+                "anyone are accepted. Fine for development; GATEWAY_ENV=production refuses this."
+            )
+        elif open_senders:
+            logger.warning(
+                "sender %r of GATEWAY_SENDERS_FILE has no credential: webhooks no other sender's credentials "
+                "verify are accepted as its. Fine for development; GATEWAY_ENV=production refuses this.",
+                open_senders[0],
             )
         if access.writes_closed:
             logger.warning(
