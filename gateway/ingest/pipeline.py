@@ -16,6 +16,11 @@
    something new is stored
 8. telemetry  -- metrics, span attributes and one log line for every answer, refusals included
 
+An AI provider's callbacks (:meth:`Pipeline.ingest_provider`, :meth:`Pipeline._provider_stages`) take the
+same stages with that provider's credentials alone and its mapper (:mod:`gateway.providers`) as the decode;
+a callback it does not map is acknowledged (``ignored``) after the decode and goes no further. A signature
+no cached key verifies refreshes the JWK Sets before the 401; a set never fetched is a 503 instead.
+
 The transport (:mod:`gateway.http`) only turns a request into headers and body chunks and the result
 into a response, so the whole pipeline is testable without HTTP.
 """
