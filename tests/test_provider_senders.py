@@ -495,3 +495,16 @@ async def test_a_native_senders_jwks_down_at_start_up_is_a_503_for_it_alone(tmp_
             IMAGE, json=completed_image(job_id="backend-0002"), headers={"X-Webhook-Secret": BACKEND_SECRET}
         )
         assert backend.status_code == 200
+
+
+async def test_the_openapi_document_lists_each_provider_senders_route(gateway: Gateway) -> None:
+    document = (await gateway.client.get("/schema/openapi.json")).json()
+    for name, header in (
+        ("replicate", "webhook-signature"),
+        ("openai", "webhook-id"),
+        ("fal", "X-Fal-Webhook-Signature"),
+    ):
+        operation = document["paths"][f"/api/senders/{name}/webhooks"]["post"]
+        assert header in {parameter["name"] for parameter in operation["parameters"]}
+        assert "ignored" in operation["description"]
+    assert "/api/senders/backend/webhooks" not in document["paths"]

@@ -30,7 +30,7 @@ from gateway.http.events import Streams, event_routes
 from gateway.http.health import health_routes
 from gateway.http.jobs import job_routes
 from gateway.http.metrics import metrics_route
-from gateway.http.openapi import api_docs, document_webhooks
+from gateway.http.openapi import api_docs, document_provider_webhooks, document_webhooks
 from gateway.http.responses import error_response
 from gateway.http.status_page import status_page_routes
 from gateway.http.tracing import server_spans
@@ -313,6 +313,7 @@ def create_app(
         ),
     )
     document_webhooks(app.openapi_schema, KINDS)
+    document_provider_webhooks(app.openapi_schema, pipeline.providers.values())
     return app
 
 
