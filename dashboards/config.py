@@ -138,6 +138,8 @@ class Config:
     absent_for: str = "5m"
     no_webhooks_for: str = "1h"
     """How long without a single webhook before someone should look at the sender."""
+    jwks_not_fresh_for: str = "15m"
+    """How long a sender's JWK Set may go unrefreshed (stale, or never fetched) before someone looks."""
     delivery_backlog_min: float = 100
     """Pending deliveries below this are ordinary traffic in flight, whatever their trend."""
     delivery_backlog_window: str = "15m"

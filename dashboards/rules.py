@@ -96,6 +96,7 @@ def operations_group(config: Config, name: str = "gateway") -> Group:
     requests = f"sum by (job) (rate(gateway_webhook_requests_total{{{sel}}}[{window}]))"
     auth = f"sum by (job, reason) (rate(gateway_webhook_auth_failures_total{{{sel}}}[{window}]))"
     rejected_sel = matchers(sel, 'outcome=~"invalid|rate_limited|unregistered"')
+    jwks_sel = matchers(sel, 'state=~"stale|unavailable"')
     rejected = f"sum by (job, outcome) (rate(gateway_webhook_requests_total{{{rejected_sel}}}[{window}]))"
     latency = quantile(0.99, "gateway_webhook_request_duration_seconds", sel, window, by="job")
     spike_rate = f"{config.spike_min_rate:g}"
@@ -174,6 +175,18 @@ def operations_group(config: Config, name: str = "gateway") -> Group:
             "The gateway has received no webhook for a long time.",
             f"{_JOB} has received no webhook at all for {config.no_webhooks_for}: the backend may have stopped "
             "sending, or its traffic no longer reaches the gateway.",
+        ),
+        _alert(
+            config,
+            "JwksNotFresh",
+            f"max by (job, sender, state) (gateway_jwks_state{{{jwks_sel}}}) == 1",
+            config.jwks_not_fresh_for,
+            "warning",
+            "A sender's published signing keys cannot be fetched.",
+            "The JWK Set of sender {{ $labels.sender }} on "
+            f"{_JOB} has been {{{{ $labels.state }}}} for {config.jwks_not_fresh_for}: its jwks_url does not answer "
+            "with ed25519 keys. Stale: the last good set still verifies, but a key the sender rotates in will not. "
+            "Unavailable: none was ever fetched, and that sender's webhooks are answered 503.",
         ),
     ]
     return {"name": name, "rules": rules}

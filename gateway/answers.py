@@ -12,6 +12,7 @@ from gateway.model import Outcome, Status
 __all__ = (
     "STORE_RETRY_AFTER_SECONDS",
     "Accepted",
+    "Acknowledged",
     "AuthFailure",
     "RefusalReason",
     "WebhookRefused",
@@ -88,6 +89,16 @@ class Accepted(msgspec.Struct, frozen=True, kw_only=True):
     status: Status
     """The job's status after this webhook."""
     outcome: Outcome
+
+
+class Acknowledged(msgspec.Struct, frozen=True, kw_only=True):
+    """The 200 answer to a provider's callback the gateway does not map: acknowledged, so the provider
+    does not retry it, and recorded nowhere."""
+
+    received: bool = True
+    outcome: Outcome
+    """Always ``ignored``."""
+    detail: str
 
 
 class AuthFailure(enum.StrEnum):

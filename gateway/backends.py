@@ -109,7 +109,7 @@ def idempotency_store(settings: Settings) -> IdempotencyStore:
 def rate_limit_store(settings: Settings) -> RateLimitStore | None:
     """Where the senders' budgets live: Redis when ``REDIS_URL`` is set (shared by replicas), else memory;
     ``None`` when rate limiting is off."""
-    if settings.rate_limit is None:
+    if settings.rate_limit is None and all(sender.rate is None for sender in settings.active_senders):
         return None
     if settings.redis_url is not None:
         return RedisRateLimitStore(

@@ -13,13 +13,15 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from gateway.envvars import ConfigError, read, setting
+from gateway.kinds import KINDS
 from gateway.redact import shown_url
-from gateway.signatures import InvalidKey, parse_key
+from gateway.senders import DEFAULT_SENDER, SenderFormat, SendersError, check_jwks_url, parse_senders
+from gateway.signatures import Ed25519PublicKey, InvalidKey, parse_key, parse_public_key
 
 __all__ = (
     "ConfigError",
@@ -28,6 +30,7 @@ __all__ = (
     "OnError",
     "PostgresDatabase",
     "Rate",
+    "SenderSettings",
     "Settings",
     "SqliteDatabase",
     "configured_urls",
@@ -91,6 +94,36 @@ class Rate:
     burst: int
 
 
+@dataclass(frozen=True, slots=True)
+class SenderSettings:
+    """One sender, its credentials resolved: a ``[senders.<name>]`` table of ``GATEWAY_SENDERS_FILE``, or
+    the ``default`` sender of ``WEBHOOK_SECRET`` and ``WEBHOOK_SIGNING_KEYS`` without a file."""
+
+    name: str
+    kinds: frozenset[str] | None = None
+    """The kinds it may post; ``None``: every kind."""
+    secret: str | None = field(default=None, repr=False)
+    signing_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    rate: Rate | None = None
+    """Its own budget, once it is identified; ``None``: only the per-address limit applies."""
+    format: SenderFormat = "native"
+    kind: str | None = None
+    """A provider sender's one kind (its ``kinds`` is then that kind alone)."""
+    public_keys: tuple[Ed25519PublicKey, ...] = field(default=(), repr=False)
+    """Its ed25519 keys (``whpk_``): Standard Webhooks ``v1a``, or fal's signatures."""
+    jwks_url: str | None = None
+    """Where more of its ed25519 keys are published (fetched at start-up and kept fresh: :mod:`gateway.jwks`)."""
+
+    @property
+    def authenticates(self) -> bool:
+        return self.secret is not None or bool(self.signing_keys) or bool(self.public_keys) or self.jwks_url is not None
+
+    @property
+    def provider(self) -> bool:
+        """Whether it is an AI provider, posting its own callbacks to its own route."""
+        return self.format != "native"
+
+
 # --- Conversions the generic reader cannot do: each is given the text of its variables. ---
 
 
@@ -130,17 +163,22 @@ def _rate(name: str) -> Callable[[str | None, str | None], Rate]:
     def convert(value: str | None, burst: str | None) -> Rate:
         if value is None:
             raise ConfigError(f"{burst_name} is set but {name} is not: set the rate the burst belongs to")
-        count_text, sep, period = value.replace(" ", "").lower().partition("/")
-        if not sep or period not in _PERIOD_SECONDS or not (count_text.isascii() and count_text.isdigit()):
-            raise ConfigError(f"{name} must look like <count>/<second|minute|hour>, e.g. 100/second; got {value!r}")
-        count = int(count_text)
-        if count < 1:
-            raise ConfigError(f"{name} must allow at least 1 request, got {value!r}")
-        if count / _PERIOD_SECONDS[period] > _MAX_RATE_PER_SECOND:
-            raise ConfigError(f"{name} must be at most {_MAX_RATE_PER_SECOND}/second, got {value!r}")
-        return Rate(count, _PERIOD_SECONDS[period], count if burst is None else _burst(burst_name, burst))
+        return _rate_of(name, value, None if burst is None else _burst(burst_name, burst))
 
     return convert
+
+
+def _rate_of(name: str, value: str, burst: int | None) -> Rate:
+    """``value`` (``<count>/<second|minute|hour>``) with ``burst`` (default: the count); errors name ``name``."""
+    count_text, sep, period = value.replace(" ", "").lower().partition("/")
+    if not sep or period not in _PERIOD_SECONDS or not (count_text.isascii() and count_text.isdigit()):
+        raise ConfigError(f"{name} must look like <count>/<second|minute|hour>, e.g. 100/second; got {value!r}")
+    count = int(count_text)
+    if count < 1:
+        raise ConfigError(f"{name} must allow at least 1 request, got {value!r}")
+    if count / _PERIOD_SECONDS[period] > _MAX_RATE_PER_SECOND:
+        raise ConfigError(f"{name} must be at most {_MAX_RATE_PER_SECOND}/second, got {value!r}")
+    return Rate(count, _PERIOD_SECONDS[period], count if burst is None else burst)
 
 
 def _first_set(*values: str | None) -> str | None:
@@ -161,15 +199,20 @@ def _burst(name: str, value: str) -> int:
 def _signing_keys(value: str | None) -> tuple[bytes, ...]:
     if value is None:
         return ()
+    return _keys_of("WEBHOOK_SIGNING_KEYS", value.split(","))
+
+
+def _keys_of(name: str, tokens: list[str]) -> tuple[bytes, ...]:
+    """The keys of ``tokens`` (blank ones skipped); an error names ``name`` and the key's position."""
     keys = []
-    for position, token in enumerate((part.strip() for part in value.split(",")), start=1):
+    for position, token in enumerate((part.strip() for part in tokens), start=1):
         if not token:
             continue
         try:
             keys.append(parse_key(token, prefix_optional=True))
         except InvalidKey as error:
             # Never echo the key itself: this message ends up in logs.
-            raise ConfigError(f"WEBHOOK_SIGNING_KEYS: key #{position} {error}") from None
+            raise ConfigError(f"{name}: key #{position} {error}") from None
     return tuple(keys)
 
 
@@ -484,6 +527,18 @@ class Settings:
         expected="URL",
         parse=_first_set,
     )
+    senders_file: str | None = setting(
+        "GATEWAY_SENDERS_FILE",
+        None,
+        "A TOML file declaring the senders (``[senders.<name>]``: format, kinds, the variables holding their "
+        "credentials, their own rate limit; see Senders). Set, it is the only source of credentials. Unset: one "
+        "sender, ``default``, with ``WEBHOOK_SECRET`` and ``WEBHOOK_SIGNING_KEYS``.",
+        expected="path",
+    )
+    senders: tuple[SenderSettings, ...] = ()
+    """The senders of ``GATEWAY_SENDERS_FILE``, resolved by :meth:`from_env` (empty without a file)."""
+    unnamed_credentials: tuple[str, ...] = ()
+    """``WEBHOOK_SECRET``/``WEBHOOK_SIGNING_KEYS`` when set but named by no sender of the file (warned about)."""
     retention_days: int | None = setting(
         "GATEWAY_RETENTION_DAYS",
         None,
@@ -497,16 +552,35 @@ class Settings:
     @property
     def authenticates(self) -> bool:
         """Whether any sender credential is configured (otherwise webhooks are accepted unauthenticated)."""
-        return self.webhook_secret is not None or bool(self.signing_keys)
+        return any(sender.authenticates for sender in self.active_senders)
+
+    @property
+    def active_senders(self) -> tuple[SenderSettings, ...]:
+        """The senders of the file, or without one the ``default`` sender of ``WEBHOOK_SECRET`` and
+        ``WEBHOOK_SIGNING_KEYS``."""
+        if self.senders:
+            return self.senders
+        return (SenderSettings(DEFAULT_SENDER, secret=self.webhook_secret, signing_keys=self.signing_keys),)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read and validate every setting (``os.environ`` by default); raise :class:`ConfigError` naming
         the first bad variable, or the first rule between several that does not hold."""
         env = os.environ if environ is None else environ
-        values = read(cls, env)
+        path = env.get("GATEWAY_SENDERS_FILE", "").strip()
+        # With a senders file, WEBHOOK_SECRET and WEBHOOK_SIGNING_KEYS count only where a sender names them.
+        values = read(
+            cls, {name: value for name, value in env.items() if name not in _DEFAULT_CREDENTIALS} if path else env
+        )
         if "log_format" not in values and values.get("env") == "production":
             values["log_format"] = "json"
+        if path:
+            senders = _senders_of(path, env, production=values.get("env") == "production")
+            named = {variable for sender in senders for variable in _named(sender)}
+            values["senders"] = tuple(sender for sender, _ in senders)
+            values["unnamed_credentials"] = tuple(
+                name for name in _DEFAULT_CREDENTIALS if env.get(name, "").strip() and name not in named
+            )
         settings = cls(**values)  # type: ignore[arg-type]  # each value converted to its field's type
         _check_rules(settings)
         return settings
@@ -535,7 +609,7 @@ def _check_rules(settings: Settings) -> None:
             "GATEWAY_ENV=production with GATEWAY_FORWARD_URL needs GATEWAY_FORWARD_SIGNING_KEY: "
             "refusing to forward unsigned events in production"
         )
-    if settings.env == "production" and not settings.authenticates:
+    if settings.env == "production" and not settings.senders and not settings.authenticates:
         raise ConfigError(
             "GATEWAY_ENV=production needs WEBHOOK_SECRET or WEBHOOK_SIGNING_KEYS: "
             "refusing to accept unauthenticated webhooks in production"
@@ -562,6 +636,121 @@ def _production_secret(value: str) -> None:
             f"{len(value)}: a short secret can be guessed by trying. Make one with "
             '`python -c "import secrets; print(secrets.token_urlsafe(32))"` and give it to the sender too'
         )
+
+
+# --- Senders: GATEWAY_SENDERS_FILE, its variables resolved here (the one module reading the environment). ---
+
+_DEFAULT_CREDENTIALS = ("WEBHOOK_SECRET", "WEBHOOK_SIGNING_KEYS")
+_Declared = tuple[SenderSettings, dict[str, str]]
+"""A resolved sender, with the variable each of its credential keys named."""
+
+
+def _named(declared: _Declared) -> tuple[str, ...]:
+    return tuple(declared[1].values())
+
+
+def _senders_of(path: str, env: Mapping[str, str], *, production: bool) -> list[_Declared]:
+    """The senders ``path`` declares, their variables resolved from ``env``; refusals name the sender,
+    the key and the variable, never a value."""
+    prefix = f"GATEWAY_SENDERS_FILE ({path})"
+    try:
+        text = Path(path).expanduser().read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{prefix}: cannot be read ({getattr(error, 'strerror', None) or error})") from None
+    try:
+        declarations = parse_senders(text, (kind.name for kind in KINDS))
+    except SendersError as error:
+        raise ConfigError(f"{prefix}: {error}") from None
+    resolved: list[_Declared] = []
+    for declared in declarations:
+        where = f"{prefix}: sender {declared.name!r}"
+        variables = dict(declared.credential_variables)
+        values = {}
+        for key, variable in variables.items():
+            value = env.get(variable, "").strip()
+            if not value:
+                raise ConfigError(f"{where}: {key} names {variable}, which is unset or empty")
+            values[key] = value
+        secret = values.get("secret_env")
+        keys = values.get("signing_keys_env")
+        public_keys = _public_keys_of(f"{where}: public_keys_env {variables.get('public_keys_env')}", values)
+        if declared.jwks_url is not None:
+            problem = check_jwks_url(declared.jwks_url, allow_http=not production)
+            if problem is not None:
+                raise ConfigError(f"{where}: jwks_url {problem}")
+        signing_keys = (
+            _keys_of(f"{where}: signing_keys_env {variables['signing_keys_env']}", keys.replace(",", " ").split())
+            if keys is not None
+            else ()
+        )
+        rate = (
+            _rate_of(f"{where}: rate_limit", declared.rate_limit, declared.rate_limit_burst)
+            if declared.rate_limit is not None
+            else None
+        )
+        if rate is not None and rate.burst < 1:
+            raise ConfigError(f"{where}: rate_limit_burst must be >= 1, got {rate.burst}")
+        sender = SenderSettings(
+            declared.name,
+            kinds=frozenset(declared.kinds) if declared.kinds is not None else None,
+            secret=secret,
+            signing_keys=signing_keys,
+            rate=rate,
+            format=declared.format,
+            kind=declared.kind,
+            public_keys=public_keys,
+            jwks_url=declared.jwks_url,
+        )
+        if declared.kind is not None:
+            sender = replace(sender, kinds=frozenset((declared.kind,)))
+        if production:
+            _production_sender(where, sender, variables)
+        resolved.append((sender, variables))
+    _no_shared_credentials(prefix, resolved)
+    return resolved
+
+
+def _public_keys_of(name: str, values: Mapping[str, str]) -> tuple[Ed25519PublicKey, ...]:
+    """The ``whpk_`` keys of ``public_keys_env`` (space- or comma-separated); errors name ``name`` and the
+    key's position, never the key."""
+    text = values.get("public_keys_env")
+    keys = []
+    for position, token in enumerate((text or "").replace(",", " ").split(), start=1):
+        try:
+            keys.append(parse_public_key(token))
+        except InvalidKey as error:
+            raise ConfigError(f"{name}: key #{position} {error}") from None
+    return tuple(keys)
+
+
+def _production_sender(where: str, sender: SenderSettings, variables: Mapping[str, str]) -> None:
+    if not sender.authenticates:
+        raise ConfigError(
+            f"{where}: GATEWAY_ENV=production needs secret_env or signing_keys_env (or public_keys_env, "
+            "jwks_url): refusing a sender "
+            "anyone could impersonate"
+        )
+    if sender.secret is not None and len(sender.secret) < _MIN_SECRET_CHARACTERS:
+        raise ConfigError(
+            f"{where}: secret_env {variables['secret_env']} must hold at least {_MIN_SECRET_CHARACTERS} "
+            f"characters in production, got {len(sender.secret)}: a short secret can be guessed by trying"
+        )
+
+
+def _no_shared_credentials(prefix: str, resolved: list[_Declared]) -> None:
+    """Refuse two senders with one credential: the credential that verifies is what names the sender."""
+    seen: dict[tuple[str, str | bytes], tuple[str, str]] = {}
+    for sender, variables in resolved:
+        owned: list[tuple[str, str | bytes]] = [("secret_env", sender.secret)] if sender.secret is not None else []
+        owned.extend(("signing_keys_env", key) for key in sender.signing_keys)
+        for key, credential in owned:
+            where = f"{key} {variables[key]}"
+            other = seen.setdefault((key, credential), (sender.name, where))
+            if other[0] != sender.name:
+                raise ConfigError(
+                    f"{prefix}: sender {sender.name!r}: {where} holds a credential of sender {other[0]!r} "
+                    f"({other[1]}): each sender needs its own, since the credential names the sender"
+                )
 
 
 def configured_urls(settings: Settings) -> tuple[str, ...]:

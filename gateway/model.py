@@ -29,6 +29,7 @@ __all__ = (
     "JobSummary",
     "KindConflict",
     "Outcome",
+    "OwnerConflict",
     "Status",
     "StoreUnavailable",
     "StreamEvent",
@@ -83,6 +84,9 @@ class Outcome(enum.StrEnum):
     """Seen before (same ``webhook-id``, or same job, status and timestamp): nothing changed."""
     STALE = "stale"
     """Recorded in history, but behind the job's status (or after a terminal one): the status stays."""
+    IGNORED = "ignored"
+    """A provider's callback of an event type or status the gateway does not map: acknowledged (so the
+    provider stops retrying), recorded nowhere."""
 
 
 class JobEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -102,6 +106,9 @@ class JobEvent(msgspec.Struct, frozen=True, kw_only=True):
     error_message: str | None = None
     images: int = 0
     """How many images a ``completed`` image event delivered (for the images-per-minute metric)."""
+    sender: str | None = None
+    """The sender that posted it, when senders are declared: the job belongs to the first one that posts
+    for it (``None``: nobody claims the job, as without a senders file)."""
 
     @property
     def key(self) -> str:
@@ -139,6 +146,15 @@ class KindConflict(EventRefused):
         super().__init__(f"job {job_id!r} is of kind {kind!r}")
         self.job_id = job_id
         self.kind = kind
+
+
+class OwnerConflict(EventRefused):
+    """The job belongs to another sender (the first that posted for it): this one's webhook changes nothing."""
+
+    def __init__(self, job_id: str, owner: str) -> None:
+        super().__init__(f"job {job_id!r} belongs to sender {owner!r}")
+        self.job_id = job_id
+        self.owner = owner
 
 
 class DeliveryConflict(EventRefused):

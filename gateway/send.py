@@ -61,15 +61,23 @@ class Credentials:
 
     signing_key: bytes | None = field(default=None, repr=False)
     secret: str | None = field(default=None, repr=False)
+    sender: str | None = None
+    """The sender of ``GATEWAY_SENDERS_FILE`` whose credentials these are (``None``: no file)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Credentials:
-        if settings.signing_keys:
-            return cls(signing_key=settings.signing_keys[0])
-        return cls(secret=settings.webhook_secret)
+        """The credentials of the first sender: of the senders file, else ``WEBHOOK_*``."""
+        first = settings.active_senders[0]
+        sender = first.name if settings.senders else None
+        if first.signing_keys:
+            return cls(signing_key=first.signing_keys[0], sender=sender)
+        return cls(secret=first.secret, sender=sender)
 
     @property
     def described(self) -> str:
+        if self.sender is not None and (self.signing_key is not None or self.secret is not None):
+            what = "signed with its first key" if self.signing_key is not None else "X-Webhook-Secret"
+            return f"{what}, as sender {self.sender!r} of GATEWAY_SENDERS_FILE"
         if self.signing_key is not None:
             return "signed with the first key of WEBHOOK_SIGNING_KEYS"
         if self.secret is not None:

@@ -206,7 +206,8 @@ async def test_credentials_the_headers_refuse_are_401_before_the_body_is_read(
     assert (refused.value.status_code, refused.value.detail) == (401, "Missing or invalid webhook credentials")
     assert refused.value.headers == {"Connection": "close"}
     assert read == []
-    assert registry.get_sample_value("gateway_webhook_auth_failures_total", {"reason": reason}) == 1
+    labels = {"reason": reason, "sender": "unknown"}
+    assert registry.get_sample_value("gateway_webhook_auth_failures_total", labels) == 1
 
 
 async def test_a_right_secret_wins_over_malformed_signature_headers_before_the_body(tmp_path: Path) -> None:

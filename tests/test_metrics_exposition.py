@@ -56,23 +56,23 @@ def assert_same_exposition(update: Callable[[Metrics], None]) -> bytes:
 
 
 def every_hot_metric(metrics: Metrics) -> None:
-    count, duration = metrics.request_children[("image", "applied")]
+    count, duration = metrics.request_children[("image", "applied", "default")]
     for seconds in (0.0, 1e-9, 0.00025, 0.0049, 0.005, 0.0051, 9.99, 10.0, 11.0, math.inf, math.nan):
         count.inc()
         duration.observe(seconds)
     duration.observe(0.003, TRACE)  # an exemplar on the 0.005 bucket
-    metrics.request_children[("blog", "duplicate")][0].inc(2.5)
+    metrics.request_children[("blog", "duplicate", "unknown")][0].inc(2.5)
     metrics.transition_children[("image", module.Status.COMPLETED)].inc()
-    metrics.jobs_finished.labels("image", "gemini", "completed").inc()
-    metrics.jobs_finished.labels("image", "other", "failed").inc(3)
+    metrics.jobs_finished.labels("image", "gemini", "completed", "default").inc()
+    metrics.jobs_finished.labels("image", "other", "failed", "default").inc(3)
     metrics.job_duration.labels("image", "completed").observe(42.0)
     metrics.generation_duration.labels("image", "gemini").observe(12.5, TRACE)
     metrics.images.labels("gemini").inc(4)
     for skew in (-400.0, -300.0, -0.05, 0.0, 0.05, 301.0, -math.inf):
         metrics.clock_skew.observe(skew)
     for reason in module.AuthFailure:
-        metrics.auth_failure_children[reason].inc()
-    metrics.rate_limit_decisions.labels("allowed").inc()
+        metrics.auth_failure_children[reason, "unknown"].inc()
+    metrics.rate_limit_decisions.labels("allowed", "default").inc()
     metrics.deliveries.labels("http", "delivered").inc()
     metrics.deliveries.labels("http", "retried").inc(1, {"trace_id": "1"})
     metrics.delivery_duration.labels("http").observe(0.02, TRACE)
@@ -80,7 +80,7 @@ def every_hot_metric(metrics: Metrics) -> None:
 
 def test_every_webhook_and_delivery_metric_exposes_the_bytes_prometheus_client_would() -> None:
     text = assert_same_exposition(every_hot_metric)
-    assert b'gateway_webhook_requests_total{kind="image",outcome="applied"} 11.0' in text
+    assert b'gateway_webhook_requests_total{kind="image",outcome="applied",sender="default"} 11.0' in text
     assert b'gateway_webhook_request_duration_seconds_bucket{kind="image",le="0.005",outcome="applied"} 6.0' in text
 
 
@@ -94,7 +94,7 @@ def test_any_observations_land_in_the_buckets_prometheus_client_would_choose(val
     def update(metrics: Metrics) -> None:
         for value in values:
             metrics.clock_skew.observe(value)
-            metrics.request_children[("image", "applied")][1].observe(value)
+            metrics.request_children[("image", "applied", "default")][1].observe(value)
 
     assert_same_exposition(update)
 
@@ -105,4 +105,4 @@ def test_the_metrics_refuse_what_prometheus_client_refuses() -> None:
         with pytest.raises(ValueError, match="non-negative"):
             metrics.images.labels("gemini").inc(-1)
         with pytest.raises(ValueError, match="128"):
-            metrics.request_children[("image", "applied")][1].observe(0.1, {"trace_id": "x" * 200})
+            metrics.request_children[("image", "applied", "default")][1].observe(0.1, {"trace_id": "x" * 200})

@@ -225,7 +225,7 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
     return registry.get_sample_value(name, labels) or 0.0
 
 
-async def test_decisions_are_counted_without_a_sender_label() -> None:
+async def test_decisions_are_counted_without_an_address_label() -> None:
     registry = CollectorRegistry()
     metrics = Metrics(registry, kinds=["image"], models=ModelLabels())
     clock = Clock()
@@ -233,8 +233,8 @@ async def test_decisions_are_counted_without_a_sender_label() -> None:
     for _ in range(2):
         await limits.admit("192.0.2.1", {})
     await refusal(limits)
-    assert sample(registry, "gateway_rate_limit_decisions_total", result="allowed") == 2
-    assert sample(registry, "gateway_rate_limit_decisions_total", result="limited") == 1
+    assert sample(registry, "gateway_rate_limit_decisions_total", result="allowed", sender="unknown") == 2
+    assert sample(registry, "gateway_rate_limit_decisions_total", result="limited", sender="unknown") == 1
     assert b"192.0.2.1" not in generate_latest(registry)
 
 
@@ -258,7 +258,7 @@ async def test_on_error_allow_lets_webhooks_through_counted_and_logged_once(
             assert await limits.admit("192.0.2.1", {}) == {"RateLimit-Policy": '"sender";q=1;w=1'}
     assert len(caplog.records) == 1
     assert "GATEWAY_RATE_LIMIT_ON_ERROR=allow" in caplog.records[0].getMessage()
-    assert sample(registry, "gateway_rate_limit_decisions_total", result="error") == 5
+    assert sample(registry, "gateway_rate_limit_decisions_total", result="error", sender="unknown") == 5
     assert sample(registry, "gateway_store_errors_total", store="ratelimit", operation="acquire") == 5
 
 

@@ -170,7 +170,8 @@ async def test_malformed_registration_json_is_400(client: AsyncTestClient[Any]) 
 
 
 def _requests(registry: CollectorRegistry, outcome: str) -> float:
-    return registry.get_sample_value("gateway_webhook_requests_total", {"kind": "image", "outcome": outcome}) or 0.0
+    labels = {"kind": "image", "outcome": outcome, "sender": "default"}
+    return registry.get_sample_value("gateway_webhook_requests_total", labels) or 0.0
 
 
 async def test_strict_mode_refuses_an_unregistered_job_with_404(

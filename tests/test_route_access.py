@@ -24,8 +24,9 @@ TOKEN = "route-access-token-0123456789"
 _READS = {"GET", "HEAD", "OPTIONS"}
 _OWN_AUTHENTICATION = {("POST", "/api/session"), ("DELETE", "/api/session")} | {("POST", kind.route) for kind in KINDS}
 """The only writes the token does not guard: the webhooks (secret or signature) and signing in and out."""
-_HIDDEN_OWN_AUTHENTICATION = {("POST", "/api/webhooks/{name}")}
-"""Left out of the document: any other webhook path, answered 404 naming the real ones."""
+_HIDDEN_OWN_AUTHENTICATION = {("POST", "/api/webhooks/{name}"), ("POST", "/api/senders/{name}/webhooks")}
+"""Left out of the document: any other webhook path, and a sender route of no provider sender, answered 404
+naming the real ones."""
 _PARAMETER = re.compile(r"\{[^}]*\}")
 _STREAM_STOPPER = {"Last-Event-ID": "not-a-number"}
 """Makes a live stream answer 400 at once instead of streaming forever; the other routes ignore it."""

@@ -82,6 +82,7 @@ def test_alerts_follow_the_conventions() -> None:
         "GatewayDown",
         "GatewayAbsent",
         "GatewayNoWebhooks",
+        "GatewayJwksNotFresh",
         "GatewayDeliveryBacklogGrowing",
         "GatewayDeliveryPendingTooLong",
         "GatewayDeliveryDeadLetters",
@@ -160,4 +161,4 @@ def test_a_bad_objective_is_refused() -> None:
 def test_alert_names_lists_each_alert_once() -> None:
     names = alert_names(rule_file(CONFIG))
     assert names[0] == "GatewayJobFailureBudgetBurn"
-    assert len(names) == len(set(names)) == 11
+    assert len(names) == len(set(names)) == 12

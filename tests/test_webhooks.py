@@ -290,7 +290,7 @@ async def test_unknown_webhook_path_is_404_naming_the_routes(client: AsyncTestCl
     assert "/api/webhooks/image-completion" in response.json()["detail"]
     assert "/api/webhooks/blog-completion" in response.json()["detail"]
     metrics = (await client.get("/metrics")).text
-    assert 'gateway_webhook_requests_total{kind="unknown",outcome="invalid"} 1.0' in metrics
+    assert 'gateway_webhook_requests_total{kind="unknown",outcome="invalid",sender="unknown"} 1.0' in metrics
     assert (await client.post(IMAGE, json=completed_image())).status_code == 200
 
 

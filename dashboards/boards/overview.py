@@ -20,6 +20,7 @@ RI = "$__rate_interval"
 REQUESTS = f"sum(rate(gateway_webhook_requests_total{{{SEL}}}[{RI}]))"
 REFUSED = "invalid|conflict|unregistered|rate_limited|too_large|unsupported_media_type"
 DEAD = matchers(SEL, 'result="dead"')
+SENDER = 'sender=~"$sender"'
 
 
 def _rate(metric: str, *extra: str, by: str = "") -> str:
@@ -40,6 +41,12 @@ def overview(config: Config) -> dict[str, Any]:
         "Gateway overview",
         "Webhooks received by the gateway: answers by outcome and kind, latency, refusals, duplicates, "
         "store errors, deliveries onward and replicas.",
+    ).variable(
+        "sender",
+        "Sender",
+        f"label_values(gateway_webhook_requests_total{{{SEL}}}, sender)",
+        "Senders of GATEWAY_SENDERS_FILE (default without one), and unknown for webhooks no sender's "
+        "credentials verified; filters the Senders row.",
     )
     board.row(
         "Health",
@@ -90,6 +97,27 @@ def overview(config: Config) -> dict[str, Any]:
             "s",
             [query(quantile(q, latency, SEL, RI), f"p{round(q * 100)}", exemplar=True) for q in (0.5, 0.95, 0.99)],
             thresholds=((config.latency_p99_seconds, "red"),),
+        ),
+    )
+    board.row(
+        "Senders",
+        timeseries(
+            "Webhooks by sender and outcome",
+            "Webhooks per second by the sender whose credentials verified, and the gateway's answer; unknown: "
+            "refused before any sender's credentials verified (401, or a 429 of the per-address limit). A "
+            "sender's own budget refuses with rate_limited, a kind it may not post with unauthorized (403), a "
+            "job of another sender with conflict (409).",
+            "reqps",
+            [query(_rate("gateway_webhook_requests_total", SENDER, by="sender, outcome"), "{{sender}} {{outcome}}")],
+            stacked=True,
+        ),
+        timeseries(
+            "Jobs finished by sender and result",
+            "Jobs reaching a terminal status per second, by the sender that reported it and the result: which "
+            "backend or partner fails.",
+            "cps",
+            [query(_rate("gateway_jobs_finished_total", SENDER, by="sender, result"), "{{sender}} {{result}}")],
+            stacked=True,
         ),
     )
     board.row(

@@ -3,6 +3,7 @@ and closes the backends on the app's lifespan."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,13 +28,23 @@ from gateway.http.events import Streams, event_routes
 from gateway.http.health import health_routes
 from gateway.http.jobs import job_routes
 from gateway.http.metrics import metrics_route
-from gateway.http.openapi import api_docs, document_webhooks
+from gateway.http.openapi import api_docs, document_provider_webhooks, document_webhooks
 from gateway.http.responses import error_response
 from gateway.http.status_page import status_page_routes
 from gateway.http.tracing import server_spans
-from gateway.http.webhooks import WebhooksFirst, unknown_webhook_route, webhook_receiver, webhook_route
+from gateway.http.webhooks import (
+    WebhooksFirst,
+    provider_receiver,
+    provider_route,
+    sender_path,
+    unknown_sender_route,
+    unknown_webhook_route,
+    webhook_receiver,
+    webhook_route,
+)
 from gateway.ingest.pipeline import Pipeline
 from gateway.ingest.ratelimit import RateLimiter
+from gateway.jwks import KeySet
 from gateway.kinds import KINDS
 from gateway.outbox import Outbox, OutboxWriter
 from gateway.redact import shown_url
@@ -86,7 +97,12 @@ def create_app(
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
     kinds = tuple(kind.name for kind in KINDS)
-    metrics = Metrics(registry, kinds, ModelLabels(settings.model_labels, settings.max_model_labels))
+    metrics = Metrics(
+        registry,
+        kinds,
+        ModelLabels(settings.model_labels, settings.max_model_labels),
+        senders=[sender.name for sender in settings.active_senders],
+    )
     owns_tracer_provider = tracer_provider is None
     provider = tracer_provider or tracer_provider_from_env(metrics.spans_dropped, spans_queued=metrics.spans_queued)
     tracer = provider.get_tracer("gateway", __version__)
@@ -110,7 +126,22 @@ def create_app(
     limiter = RateLimiter.from_settings(settings, limits, MemoryRateLimitStore(max_keys=1), metrics=metrics)
     # Live streams are woken after each commit; with REDIS_URL (distributed mode) other replicas' too.
     wakeup = Wakeup(settings.redis_url, prefix=settings.redis_key_prefix, timeout=settings.store_timeout_seconds)
-    pipeline = Pipeline(settings, jobs, idempotency, telemetry, limiter=limiter, stored=wakeup.stored, traced=traced)
+    # The senders with a jwks_url: their keys fetched at start-up, then kept fresh (gateway.jwks).
+    key_sets = {
+        sender.name: KeySet(sender.name, sender.jwks_url, metrics.jwks_state)
+        for sender in settings.active_senders
+        if sender.jwks_url is not None
+    }
+    pipeline = Pipeline(
+        settings,
+        jobs,
+        idempotency,
+        telemetry,
+        limiter=limiter,
+        stored=wakeup.stored,
+        traced=traced,
+        key_sets=key_sets,
+    )
     streams = Streams(
         jobs,
         wakeup,
@@ -174,6 +205,10 @@ def create_app(
             if retention is not None:
                 retention.start()
                 opened.push_async_callback(_close, "retention", retention.stop)
+            # A first fetch that fails is not fatal: that sender is answered 503 until one succeeds.
+            await asyncio.gather(*(key_set.start() for key_set in key_sets.values()))
+            for key_set in key_sets.values():
+                opened.push_async_callback(_close, f"key set of sender {key_set.sender!r}", key_set.stop)
             _warn_open_access(settings, access)
             yield
 
@@ -183,12 +218,17 @@ def create_app(
         return error_response(refusal.status_code, refusal.detail, refusal.headers)
 
     receivers = {kind: webhook_receiver(kind, pipeline) for kind in KINDS}
+    providers = {provider: provider_receiver(provider, pipeline) for provider in pipeline.providers.values()}
     spans = server_spans(tracer, recording=traced)
+    first = {kind.route: spans(receiver) for kind, receiver in receivers.items()}
+    first.update({sender_path(provider.name): spans(receiver) for provider, receiver in providers.items()})
     app = WebhooksFirst(
-        webhooks={kind.route: spans(receiver) for kind, receiver in receivers.items()} if webhooks_first else {},
+        webhooks=first if webhooks_first else {},
         route_handlers=[
             *(webhook_route(kind, receiver) for kind, receiver in receivers.items()),
             unknown_webhook_route(tuple(kind.route for kind in KINDS), telemetry),
+            *(provider_route(provider, receiver) for provider, receiver in providers.items()),
+            unknown_sender_route(tuple(pipeline.providers), telemetry),
             *job_routes(jobs, settings.max_body_bytes),
             *event_routes(streams, jobs),
             *session_routes(access),
@@ -215,7 +255,8 @@ def create_app(
         lifespan=[lifespan],
         # `gateway serve` ends the live streams when the server is told to stop (see gateway.cli), before
         # it waits for open connections: an open stream must not hold up a graceful shutdown.
-        state=State({"wakeup": wakeup, "jobs": jobs}),  # the job store: for tests that make it fail
+        # The job store: for tests that make it fail; the key sets: for tests that rotate or take down a JWKS.
+        state=State({"wakeup": wakeup, "jobs": jobs, "key_sets": key_sets}),
         # Litestar's records (unhandled exceptions included) go to the root logger, which the gateway
         # configures (JSON or console); Litestar must not install its own root handler.
         logging_config=LoggingConfig(
@@ -236,6 +277,7 @@ def create_app(
         ),
     )
     document_webhooks(app.openapi_schema, KINDS)
+    document_provider_webhooks(app.openapi_schema, pipeline.providers.values())
     return app
 
 
@@ -295,11 +337,28 @@ def _flushing(provider: TracerProvider) -> Callable[[], Awaitable[None]]:
 
 
 def _warn_open_access(settings: Settings, access: ApiAccess) -> None:
-    """Say at start-up what is open to anyone: unauthenticated webhooks, an open API."""
+    """Say at start-up what is open to anyone (unauthenticated webhooks, an open API) and which credential
+    variables a senders file leaves unused."""
+    for name in settings.unnamed_credentials:
+        logger.warning(
+            "%s is set but no sender of GATEWAY_SENDERS_FILE names it: with a senders file it is ignored "
+            "(name it as a sender's secret_env or signing_keys_env, or unset it)",
+            name,
+        )
+    open_senders = [sender.name for sender in settings.senders if not sender.authenticates]
     if not settings.authenticates:
         logger.warning(
             "NO AUTHENTICATION: neither WEBHOOK_SECRET nor WEBHOOK_SIGNING_KEYS is set, so webhooks "
             "from anyone are accepted. Fine for development; GATEWAY_ENV=production refuses this."
+            if not settings.senders
+            else "NO AUTHENTICATION: no sender of GATEWAY_SENDERS_FILE names a credential, so webhooks from "
+            "anyone are accepted. Fine for development; GATEWAY_ENV=production refuses this."
+        )
+    elif open_senders:
+        logger.warning(
+            "sender %r of GATEWAY_SENDERS_FILE has no credential: webhooks no other sender's credentials "
+            "verify are accepted as its. Fine for development; GATEWAY_ENV=production refuses this.",
+            open_senders[0],
         )
     if access.writes_closed:
         logger.warning(

@@ -30,8 +30,9 @@ from litestar.openapi.spec import (
 from litestar.response import File
 from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
-from gateway.answers import Accepted
+from gateway.answers import Accepted, Acknowledged
 from gateway.http.responses import ErrorBody
+from gateway.http.webhooks import sender_path
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -40,9 +41,10 @@ if TYPE_CHECKING:
     from litestar.handlers import HTTPRouteHandler
     from litestar.openapi.spec import OpenAPI
 
+    from gateway.ingest.pipeline import ProviderSender
     from gateway.kinds import JobKind
 
-__all__ = ("api_docs", "document_webhooks")
+__all__ = ("api_docs", "document_provider_webhooks", "document_webhooks")
 
 _VIEWER = Path(swagger_ui_path)
 """Swagger UI's files, in a directory named after its version (``swagger-ui-<version>``)."""
@@ -55,17 +57,41 @@ _VIEWER_FILES = {
 _FAVICON = '<link rel="icon" type="image/svg+xml" href="/favicon.ico">'
 
 _HEADERS = (
-    ("X-Webhook-Secret", "The shared secret (`WEBHOOK_SECRET`), if the sender authenticates with it."),
+    (
+        "X-Webhook-Secret",
+        "The shared secret (`WEBHOOK_SECRET`, or the sender's `secret_env` in `GATEWAY_SENDERS_FILE`), if the "
+        "sender authenticates with it.",
+    ),
     ("webhook-id", "Standard Webhooks message id; also the delivery's idempotency key."),
     ("webhook-timestamp", "Standard Webhooks timestamp, integer seconds since the epoch."),
-    ("webhook-signature", "Standard Webhooks signatures: space-separated `v1,<base64 HMAC-SHA256>`."),
+    (
+        "webhook-signature",
+        "Standard Webhooks signatures, space-separated: `v1,<base64 HMAC-SHA256>` or `v1a,<base64 ed25519>`.",
+    ),
 )
+_PROVIDER_HEADERS = {
+    "replicate": _HEADERS[1:],
+    "openai": _HEADERS[1:],
+    "fal": (
+        ("X-Fal-Webhook-Request-Id", "fal's request id (the job id)."),
+        ("X-Fal-Webhook-User-Id", "fal's user id."),
+        ("X-Fal-Webhook-Timestamp", "Integer seconds since the epoch; the event's time."),
+        ("X-Fal-Webhook-Signature", "ed25519 signature, in hex, under a key of the sender's JWK Set."),
+    ),
+}
+_PROVIDER_DOCS = {
+    "replicate": "A Replicate prediction (https://replicate.com/docs/topics/webhooks/receive-webhook).",
+    "openai": "An OpenAI webhook event (https://developers.openai.com/api/docs/api-reference/webhook-events).",
+    "fal": "A fal queue webhook (https://docs.fal.ai/model-apis/model-endpoints/webhooks).",
+}
 _ERRORS = {
     400: "Malformed JSON or a payload that violates the schema; `detail` names the field path.",
     401: "Missing or invalid credentials (which part was wrong is not said).",
+    403: "The sender (of `GATEWAY_SENDERS_FILE`) may not post this kind; `detail` names it. Nothing was recorded.",
     404: "`GATEWAY_REQUIRE_REGISTERED_JOBS` is on and the app never registered the job (`POST /api/jobs`); "
     "`detail` names the job id. Nothing was recorded.",
-    409: "The job is known under another kind; `detail` names the route its webhooks belong to.",
+    409: "The job is known under another kind (`detail` names the route its webhooks belong to), or belongs to "
+    "another sender (`detail` names the job). Nothing changed.",
     413: "Body larger than `GATEWAY_MAX_BODY_BYTES`.",
     415: "Content-Type is not application/json.",
     429: "The sender (or the gateway as a whole) is over its rate limit; nothing was recorded. Retry after "
@@ -79,6 +105,55 @@ def document_webhooks(openapi: OpenAPI, kinds: Iterable[JobKind]) -> None:
     for the app. Litestar builds it anew if a route is registered afterwards, which would drop these: the
     gateway registers every route when it creates the app (``test_openapi`` checks the served document)."""
     openapi.paths = {**(openapi.paths or {}), **{kind.route: PathItem(post=_operation(kind)) for kind in kinds}}
+
+
+def document_provider_webhooks(openapi: OpenAPI, providers: Iterable[ProviderSender]) -> None:
+    """Add the ``POST /api/senders/<name>/webhooks`` operation of each provider sender to ``openapi``."""
+    openapi.paths = {
+        **(openapi.paths or {}),
+        **{sender_path(provider.name): PathItem(post=_provider_operation(provider)) for provider in providers},
+    }
+
+
+def _provider_operation(provider: ProviderSender) -> Operation:
+    body = _PROVIDER_DOCS[provider.format]
+    return Operation(
+        tags=["webhooks"],
+        summary=f"Receive {provider.name}'s callbacks ({provider.format}) as {provider.kind.name} jobs",
+        description=f"{body} A callback of an event type or status the gateway does not map is acknowledged "
+        "with outcome `ignored` and recorded nowhere.",
+        operation_id=f"receive{provider.name.title().replace('-', '').replace('_', '')}SenderWebhook",
+        parameters=[
+            Parameter(
+                name=name,
+                param_in="header",
+                required=False,
+                description=description,
+                schema=Schema(type=OpenAPIType.STRING),
+            )
+            for name, description in _PROVIDER_HEADERS[provider.format]
+        ],
+        request_body=RequestBody(
+            content={"application/json": OpenAPIMediaType(schema=Schema(type=OpenAPIType.OBJECT))},
+            required=True,
+            description=body,
+        ),
+        responses={
+            "200": OpenAPIResponse(
+                description="Recorded (or already recorded), or acknowledged and ignored: see `outcome`.",
+                content={
+                    "application/json": OpenAPIMediaType(
+                        schema=cast("Schema", {"oneOf": [_inline_schema(Accepted), _inline_schema(Acknowledged)]})
+                    )
+                },
+            ),
+            **{
+                str(code): OpenAPIResponse(description=text, content={"application/json": _json(ErrorBody)})
+                for code, text in _ERRORS.items()
+                if code != 403
+            },
+        },
+    )
 
 
 def _operation(kind: JobKind) -> Operation:

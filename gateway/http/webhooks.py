@@ -1,10 +1,11 @@
-"""``POST /api/webhooks/<kind>-completion``: one route per registered job kind."""
+"""``POST /api/webhooks/<kind>-completion``: one route per registered job kind; and
+``POST /api/senders/<name>/webhooks``: one route per AI provider sender."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from litestar import Litestar, Response, asgi, post
@@ -23,11 +24,20 @@ if TYPE_CHECKING:
     from litestar.handlers import ASGIRouteHandler, HTTPRouteHandler
     from litestar.types import ASGIApp, HTTPResponseStartEvent, HTTPScope, LifeSpanReceive, LifeSpanScope, LifeSpanSend
 
-    from gateway.ingest.pipeline import Pipeline
+    from gateway.ingest.pipeline import Pipeline, ProviderSender
     from gateway.kinds import JobKind
     from gateway.telemetry.recorder import Telemetry
 
-__all__ = ("WebhooksFirst", "unknown_webhook_route", "webhook_receiver", "webhook_route")
+__all__ = (
+    "WebhooksFirst",
+    "provider_receiver",
+    "provider_route",
+    "sender_path",
+    "unknown_sender_route",
+    "unknown_webhook_route",
+    "webhook_receiver",
+    "webhook_route",
+)
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +90,28 @@ def webhook_receiver(kind: JobKind, pipeline: Pipeline) -> ASGIApp:
     on its own routes (405 with ``Allow``, ``OPTIONS`` 204).
     """
 
+    async def ingest(headers: Mapping[str, str], receive: Receive, client: str) -> tuple[Any, Mapping[str, str]]:
+        return await pipeline.ingest(kind, headers, _body_chunks(receive), client=client)
+
+    return _receiver(kind.route, ingest)
+
+
+def provider_receiver(provider: ProviderSender, pipeline: Pipeline) -> ASGIApp:
+    """The raw ASGI app receiving ``provider``'s callbacks into ``pipeline`` (as :func:`webhook_receiver`)."""
+
+    async def ingest(headers: Mapping[str, str], receive: Receive, client: str) -> tuple[Any, Mapping[str, str]]:
+        return await pipeline.ingest_provider(provider, headers, _body_chunks(receive), client=client)
+
+    return _receiver(sender_path(provider.name), ingest)
+
+
+def sender_path(name: str) -> str:
+    return f"/api/senders/{name}/webhooks"
+
+
+def _receiver(
+    route: str, ingest: Callable[[Mapping[str, str], Receive, str], Awaitable[tuple[Any, Mapping[str, str]]]]
+) -> ASGIApp:
     async def receive_webhook(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             raise ClientException  # a websocket to a webhook path: refused as Litestar's router refuses one
@@ -89,16 +121,14 @@ def webhook_receiver(kind: JobKind, pipeline: Pipeline) -> ASGIApp:
             return
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
         try:
-            accepted, answer_headers = await pipeline.ingest(
-                kind, headers, _body_chunks(receive), client=client_address(scope)
-            )
+            accepted, answer_headers = await ingest(headers, receive, client_address(scope))
         except WebhookRefused as rejection:
             body = ErrorBody(status_code=rejection.status_code, detail=rejection.detail)
             await send_json(send, rejection.status_code, body, rejection.headers)
             return
         except Exception:
             # A bug of ours, never the sender's doing: logged with its traceback, answered as Litestar would.
-            logger.exception("webhook to %s failed unexpectedly", kind.route)
+            logger.exception("webhook to %s failed unexpectedly", route)
             await send_json(send, 500, _INTERNAL_ERROR)
             return
         await send_json(send, 200, accepted, answer_headers)
@@ -113,6 +143,13 @@ def webhook_route(kind: JobKind, receiver: ASGIApp) -> ASGIRouteHandler:
     :func:`gateway.http.openapi.document_webhooks` puts them in.
     """
     return asgi(kind.route, name=f"{kind.name}-webhook", copy_scope=False, opt=OWN_AUTHENTICATION)(receiver)
+
+
+def provider_route(provider: ProviderSender, receiver: ASGIApp) -> ASGIRouteHandler:
+    """``receiver`` as Litestar's route for ``provider`` (``POST /api/senders/<name>/webhooks``)."""
+    return asgi(
+        sender_path(provider.name), name=f"{provider.name}-sender-webhook", copy_scope=False, opt=OWN_AUTHENTICATION
+    )(receiver)
 
 
 async def _other_method(method: str, send: Send) -> None:
@@ -138,6 +175,33 @@ async def _body_chunks(receive: Receive) -> AsyncIterator[bytes]:
             yield chunk
         if not message.get("more_body", False):
             return
+
+
+def unknown_sender_route(providers: tuple[str, ...], telemetry: Telemetry) -> HTTPRouteHandler:
+    """``POST /api/senders/<name>/webhooks`` for a name that is no provider sender: a 404 naming the
+    provider senders (a native sender posts to the kind routes), counted as kind ``unknown``."""
+
+    @post(
+        "/api/senders/{name:str}/webhooks",
+        name="unknown-sender-webhook",
+        opt=OWN_AUTHENTICATION,
+        summary="A provider sender's callbacks; any other name: 404",
+        tags=["webhooks"],
+        include_in_schema=False,
+    )
+    async def unknown_sender_webhook(name: FromPath[str]) -> Response[bytes]:
+        started = time.perf_counter()
+        known = ", ".join(sender_path(provider) for provider in providers) or "none is declared"
+        rejection = WebhookRefused(
+            404,
+            RefusalReason.INVALID,
+            f"No provider sender {name!r}: a provider's callbacks go to its own route ({known}); a native "
+            "sender posts to /api/webhooks/<kind>-completion",
+        )
+        telemetry.webhook_refused(UNKNOWN_KIND, rejection, time.perf_counter() - started)
+        return error_response(rejection.status_code, rejection.detail)
+
+    return unknown_sender_webhook
 
 
 def unknown_webhook_route(routes: tuple[str, ...], telemetry: Telemetry) -> HTTPRouteHandler:

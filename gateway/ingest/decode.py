@@ -16,7 +16,7 @@ from gateway.kinds import KINDS, JobKind, a_job_of_kind
 from gateway.model import JobEvent, Status
 from gateway.payloads import BlogCompleted, Canceled, Failed, ImageCompleted, Payload
 
-__all__ = ("decode_event",)
+__all__ = ("decode_event", "without_value")
 
 _encode = msgspec.json.Encoder().encode
 _STATUS_OF: dict[type[Payload], Status] = {}
@@ -78,7 +78,7 @@ def _invalid(kind: JobKind, body: bytes, message: str) -> str:
     """The 400 detail for a payload that is valid JSON but not a webhook of ``kind`` (built on the error
     path only): msgspec's message without the offending value, the allowed statuses when ``status`` is
     unknown, and the right route when the payload is another kind's."""
-    detail = f"Invalid payload: {_without_value(message)}"
+    detail = f"Invalid payload: {without_value(message)}"
     if message.startswith("Invalid value '") and message.endswith(" - at `$.status`"):
         return f"{detail}: expected one of {', '.join(kind.statuses)}"
     for other in KINDS:
@@ -91,7 +91,7 @@ def _invalid(kind: JobKind, body: bytes, message: str) -> str:
     return detail
 
 
-def _without_value(message: str) -> str:
+def without_value(message: str) -> str:
     """msgspec quotes the offending value of a tag or enum (``Invalid value 'x' - at `$.status```): any
     length of the sender's payload echoed into the answer (and the span's status). Named by its path only."""
     head, separator, path = message.rpartition(" - at ")

@@ -16,7 +16,12 @@ __all__ = ("idempotency_keys",)
 
 
 def idempotency_keys(event: JobEvent) -> tuple[str, ...]:
-    """The keys under which ``event`` is remembered; seeing any of them again makes it a duplicate."""
+    """The keys under which ``event`` is remembered; seeing any of them again makes it a duplicate.
+
+    An event of a declared sender is remembered for that sender only: another sender's copy is no retry
+    of it, and goes on to the job store, which refuses it when the job is not that sender's (409).
+    """
+    scope = "" if event.sender is None else f"{event.sender}:"
     if event.delivery_id is None:
-        return (f"event:{event.key}",)
-    return (f"event:{event.key}", f"delivery:{event.delivery_id}")
+        return (f"event:{scope}{event.key}",)
+    return (f"event:{scope}{event.key}", f"delivery:{scope}{event.delivery_id}")

@@ -6,13 +6,21 @@
 3. authenticate, from the headers -- a missing or wrong secret, or signature headers missing, malformed or
    out of tolerance: 401 before the body is read, and the connection closed
 4. body       -- the body read, cut off past the size limit (413); then the signature over it (401)
+   Once a credential verified, its sender is known (a secret's before the body is read): the sender's own
+   budget applies (429), and a kind it may not post is refused (403)
 5. decode     -- msgspec validation into a normalised event (400 naming the field path)
 6. deduplicate -- a delivery seen before is acknowledged as ``duplicate`` and changes nothing (claimed in
    the idempotency store, or, with a job store that decides duplicates in its write, decided in stage 7)
 7. transition + persist -- one job-store transaction decides the status change and records the event
-   (409 for a job of another kind; 404 for an unregistered job when registration is required; 503 with
-   ``Retry-After`` when a store fails, never half-applied); live streams are told something new is stored
+   (409 for a job of another kind or another sender; 404 for an unregistered job when registration is
+   required; 503 with ``Retry-After`` when a store fails, never half-applied); live streams are told
+   something new is stored
 8. telemetry  -- metrics, span attributes and one log line for every answer, refusals included
+
+An AI provider's callbacks (:meth:`Pipeline.ingest_provider`, :meth:`Pipeline._provider_stages`) take the
+same stages with that provider's credentials alone and its mapper (:mod:`gateway.providers`) as the decode;
+a callback it does not map is acknowledged (``ignored``) after the decode and goes no further. A signature
+no cached key verifies refreshes the JWK Sets before the 401; a set never fetched is a 503 instead.
 
 The transport (:mod:`gateway.http`) only turns a request into headers and body chunks and the result
 into a response, so the whole pipeline is testable without HTTP.
@@ -23,32 +31,44 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import msgspec
 from opentelemetry import trace
 
-from gateway.answers import Accepted, RefusalReason, WebhookRefused, shutting_down, unavailable
+from gateway.answers import (
+    Accepted,
+    Acknowledged,
+    AuthFailure,
+    RefusalReason,
+    WebhookRefused,
+    shutting_down,
+    unavailable,
+)
 from gateway.ingest.admission import check_headers, read_body
-from gateway.ingest.authenticate import Authenticator
-from gateway.ingest.decode import decode_event
+from gateway.ingest.authenticate import Authenticator, Credentials, FalAuthenticator, Verdict
+from gateway.ingest.decode import decode_event, without_value
 from gateway.ingest.deduplicate import idempotency_keys
-from gateway.kinds import a_job_of_kind
-from gateway.model import DeliveryConflict, KindConflict, Outcome, Status, Unregistered
-from gateway.stores.base import StoreUnavailable
+from gateway.kinds import a_job_of_kind, kind_named
+from gateway.model import DeliveryConflict, KindConflict, Outcome, OwnerConflict, Status, StoreUnavailable, Unregistered
+from gateway.providers import FORMATS, Ignored, ToEvent
+from gateway.senders import UNKNOWN_SENDER
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterable, Callable, Mapping
+    from collections.abc import AsyncIterable, Callable
 
-    from gateway.config import Settings
+    from gateway.config import SenderSettings, Settings
     from gateway.ingest.ratelimit import RateLimiter
+    from gateway.jwks import KeySet
     from gateway.kinds import JobKind
     from gateway.model import EventResult, JobEvent
     from gateway.stores.base import IdempotencyStore, JobStore
     from gateway.telemetry.recorder import Telemetry
 
-__all__ = ("Accepted", "Pipeline")
+__all__ = ("Accepted", "Pipeline", "ProviderSender")
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +78,37 @@ _UNAUTHORIZED = "Missing or invalid webhook credentials"
 _CLOSE: Mapping[str, str] = {"Connection": "close"}
 _NO_HEADERS: Mapping[str, str] = {}
 _UNTRACED = nullcontext()
+
+
+class _Request:
+    """What the stages learn about a request that its answer is counted by, whatever the answer."""
+
+    __slots__ = ("owed", "sender")
+
+    def __init__(self) -> None:
+        self.sender = UNKNOWN_SENDER
+        """Whose credentials verified; ``unknown`` until some do."""
+        self.owed = False
+        """The rate limiter allowed the request and waits for its sender to count the decision."""
+
+
+class ProviderSender:
+    """An AI provider's sender: its one kind, its own authenticator and its callbacks' mapper."""
+
+    __slots__ = ("authenticator", "format", "kind", "name", "to_event")
+
+    def __init__(self, sender: SenderSettings, credentials: Credentials, tolerance_seconds: int) -> None:
+        kind = kind_named(sender.kind or "")
+        assert kind is not None  # the settings refuse an unknown kind
+        self.name = sender.name
+        self.format = sender.format
+        self.kind = kind
+        self.to_event: ToEvent = FORMATS[sender.format]
+        self.authenticator: Authenticator | FalAuthenticator = (
+            FalAuthenticator(credentials, tolerance_seconds)
+            if sender.format == "fal"
+            else Authenticator.of_senders((credentials,), tolerance_seconds)
+        )
 
 
 class Pipeline:
@@ -73,14 +124,37 @@ class Pipeline:
         limiter: RateLimiter | None = None,
         stored: Callable[[], None] | None = None,
         traced: bool = True,
+        key_sets: Mapping[str, KeySet] | None = None,
     ) -> None:
+        """``key_sets``: the JWK Sets of the senders with a ``jwks_url``, by sender (started by the caller)."""
         self._limiter = limiter
         self._traced = traced
         """Whether any request can have a recording span; when none can (no exporter), stages skip looking."""
         self._stored = stored
         """Called after an event is committed (the live streams' wake-up); never awaited, never fails."""
         self._max_body_bytes = settings.max_body_bytes
-        self._authenticator = Authenticator(settings.webhook_secret, settings.signing_keys, settings.tolerance_seconds)
+        senders = settings.active_senders
+        sets = key_sets or {}
+
+        def credentials(sender: SenderSettings) -> Credentials:
+            return Credentials(
+                sender.name, sender.secret, sender.signing_keys, sender.public_keys, sets.get(sender.name)
+            )
+
+        # The kind routes know only the native senders: a provider's credentials verify on its own route alone.
+        self._authenticator = Authenticator.of_senders(
+            (credentials(sender) for sender in senders if not sender.provider), settings.tolerance_seconds
+        )
+        self.providers: Mapping[str, ProviderSender] = {
+            sender.name: ProviderSender(sender, credentials(sender), settings.tolerance_seconds)
+            for sender in senders
+            if sender.provider
+        }
+        """The provider senders by name, each posting to ``/api/senders/<name>/webhooks``."""
+        self._kinds: Mapping[str, frozenset[str] | None] = {sender.name: sender.kinds for sender in senders}
+        """The kinds each sender may post (``None``: every kind)."""
+        self._owned = bool(settings.senders)
+        """Whether jobs belong to their first sender: only among the senders of a file."""
         self._jobs = jobs
         self._idempotency = idempotency
         self._telemetry = telemetry
@@ -97,10 +171,33 @@ class Pipeline:
         ASGI servers deliver them); ``client`` is the peer's address, the sender unless a trusted proxy
         names another in ``X-Forwarded-For``.
         """
+        return await self._ingest(kind, None, headers, chunks, client)
+
+    async def ingest_provider(
+        self, provider: ProviderSender, headers: Mapping[str, str], chunks: AsyncIterable[bytes], *, client: str
+    ) -> tuple[Accepted | Acknowledged, Mapping[str, str]]:
+        """As :meth:`ingest`, for a callback of ``provider`` posted to its own route: only its credentials
+        verify, its budget applies, and a callback it does not map is acknowledged (``ignored``)."""
+        return await self._ingest(provider.kind, provider, headers, chunks, client)
+
+    async def _ingest(
+        self,
+        kind: JobKind,
+        provider: ProviderSender | None,
+        headers: Mapping[str, str],
+        chunks: AsyncIterable[bytes],
+        client: str,
+    ) -> tuple[Any, Mapping[str, str]]:
         started = time.perf_counter()
+        request = _Request()
         try:
             try:
-                event, answer, applied, answer_headers = await self._stages(kind, headers, chunks, client)
+                if provider is None:
+                    event, answer, applied, answer_headers = await self._stages(kind, headers, chunks, client, request)
+                else:
+                    event, answer, applied, answer_headers = await self._provider_stages(
+                        provider, headers, chunks, client, request
+                    )
             except asyncio.CancelledError:
                 # The server's shutdown deadline passed before this webhook's write began (the write itself
                 # is never cut off: a job store finishes an apply, see JobStore.apply): nothing was
@@ -111,15 +208,22 @@ class Pipeline:
                 task.uncancel()
                 raise shutting_down() from None
         except WebhookRefused as rejection:
-            self._telemetry.webhook_refused(kind.name, rejection, time.perf_counter() - started)
+            if request.owed and self._limiter is not None:
+                self._limiter.unidentified()
+            self._telemetry.webhook_refused(kind.name, rejection, time.perf_counter() - started, request.sender)
             raise
-        self._telemetry.accepted(kind.name, event, answer, applied, time.perf_counter() - started)
+        if isinstance(answer, Acknowledged) or event is None:
+            self._telemetry.ignored(kind.name, time.perf_counter() - started, request.sender)
+        else:
+            self._telemetry.accepted(kind.name, event, answer, applied, time.perf_counter() - started, request.sender)
         return answer, answer_headers
 
     async def _stages(
-        self, kind: JobKind, headers: Mapping[str, str], chunks: AsyncIterable[bytes], client: str
-    ) -> tuple[JobEvent, Accepted, EventResult | None, Mapping[str, str]]:
-        answer_headers = _NO_HEADERS if self._limiter is None else await self._limiter.admit(client, headers)
+        self, kind: JobKind, headers: Mapping[str, str], chunks: AsyncIterable[bytes], client: str, request: _Request
+    ) -> tuple[JobEvent | None, Accepted | Acknowledged, EventResult | None, Mapping[str, str]]:
+        answer_headers = _NO_HEADERS
+        if self._limiter is not None:
+            answer_headers, request.owed = await self._limiter.admit_address(client, headers)
         check_headers(headers, self._max_body_bytes)
         now = self._clock()
         # What the headers decide is decided before a byte of the body is held: a wrong or missing credential
@@ -129,29 +233,105 @@ class Pipeline:
         if early is not None and early.failure is not None:
             self._telemetry.auth_failed(early.failure)
             raise WebhookRefused(401, RefusalReason.UNAUTHORIZED, _UNAUTHORIZED, _CLOSE)
+        if early is not None:  # a secret named the sender: its budget and kinds are checked before the body
+            answer_headers = await self._identified(kind, early.sender, answer_headers, request, _CLOSE)
         body = await read_body(chunks, self._max_body_bytes)
 
         if early is None:  # signature headers: the signature over the body decides (a second stage event)
-            with self._stage("authenticate"):
-                verdict = self._authenticator.verify(headers, body, now)
-            if verdict.clock_skew is not None:
-                self._telemetry.clock_skew(verdict.clock_skew)
-            if verdict.failure is not None:
-                self._telemetry.auth_failed(verdict.failure)
-                raise WebhookRefused(401, RefusalReason.UNAUTHORIZED, _UNAUTHORIZED)
+            verdict = await self._verify_body(self._authenticator, headers, body, now)
+            answer_headers = await self._identified(kind, verdict.sender, answer_headers, request, _NO_HEADERS)
 
-        # An empty webhook-id identifies nothing: treated as absent, or every such delivery would
-        # share one idempotency key and all but the first would be dropped as duplicates.
-        delivery_id = headers.get("webhook-id", "").strip() or None
-        if delivery_id is not None and len(delivery_id) > _MAX_DELIVERY_ID:
-            raise WebhookRefused(400, RefusalReason.INVALID, f"webhook-id is longer than {_MAX_DELIVERY_ID} characters")
-        if delivery_id is not None and not delivery_id.isprintable():
-            # Stored and compared as text: a control character (a NUL PostgreSQL cannot hold) is refused here.
-            raise WebhookRefused(
-                400, RefusalReason.INVALID, "webhook-id holds a control or other non-printable character"
-            )
+        delivery_id = _delivery_id(headers)
         with self._stage("decode"):
             event = decode_event(kind, body, delivery_id, datetime.fromtimestamp(now, UTC))
+        return await self._record(event, request, answer_headers)
+
+    async def _provider_stages(
+        self,
+        provider: ProviderSender,
+        headers: Mapping[str, str],
+        chunks: AsyncIterable[bytes],
+        client: str,
+        request: _Request,
+    ) -> tuple[JobEvent | None, Accepted | Acknowledged, EventResult | None, Mapping[str, str]]:
+        """The stages of :meth:`_stages` for a provider's callback: authenticated by its credentials alone,
+        decoded by its mapper; an unmapped callback is acknowledged and goes no further."""
+        kind = provider.kind
+        answer_headers = _NO_HEADERS
+        if self._limiter is not None:
+            answer_headers, request.owed = await self._limiter.admit_address(client, headers)
+        check_headers(headers, self._max_body_bytes)
+        now = self._clock()
+        with self._stage("authenticate"):
+            early = provider.authenticator.verify_headers(headers, now)
+        if early is not None and early.failure is not None:
+            self._telemetry.auth_failed(early.failure)
+            raise WebhookRefused(401, RefusalReason.UNAUTHORIZED, _UNAUTHORIZED, _CLOSE)
+        if early is not None:
+            answer_headers = await self._identified(kind, early.sender, answer_headers, request, _CLOSE)
+        body = await read_body(chunks, self._max_body_bytes)
+        if early is None:
+            verdict = await self._verify_body(provider.authenticator, headers, body, now)
+            answer_headers = await self._identified(kind, verdict.sender, answer_headers, request, _NO_HEADERS)
+
+        delivery_id = _delivery_id(headers)
+        signed = headers.get("webhook-timestamp") or headers.get("x-fal-webhook-timestamp") or ""
+        moment = int(signed) if signed.isascii() and signed.isdigit() and len(signed) <= 12 else now
+        with self._stage("decode"):
+            try:
+                mapped = provider.to_event(
+                    body,
+                    kind=kind.name,
+                    with_images=kind.name == "image",
+                    received_at=datetime.fromtimestamp(now, UTC),
+                    delivery_id=delivery_id,
+                    timestamp=datetime.fromtimestamp(moment, UTC),
+                )
+            except msgspec.ValidationError as error:
+                raise WebhookRefused(
+                    400, RefusalReason.INVALID, f"Invalid {provider.format} callback: {without_value(str(error))}"
+                ) from None
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+                raise WebhookRefused(
+                    400, RefusalReason.INVALID, f"Malformed JSON: not a {provider.format} callback"
+                ) from None
+        if isinstance(mapped, Ignored):
+            return None, Acknowledged(outcome=Outcome.IGNORED, detail=mapped.detail), None, answer_headers
+        return await self._record(mapped, request, answer_headers)
+
+    async def _verify_body(
+        self, authenticator: Authenticator | FalAuthenticator, headers: Mapping[str, str], body: bytes, now: float
+    ) -> Verdict:
+        """The signature over the body decides (a second stage event). A signature no cached key verifies
+        refreshes the JWK Sets that may have rotated, then is checked again; a JWK Set never fetched yet
+        is a 503 with ``Retry-After`` (the sender's retry will find the keys), not a 401."""
+        with self._stage("authenticate"):
+            verdict = authenticator.verify(headers, body, now)
+        if verdict.failure is AuthFailure.BAD_SIGNATURE and await authenticator.refresh_unknown():
+            with self._stage("authenticate"):
+                verdict = authenticator.verify(headers, body, now)
+        if verdict.clock_skew is not None:
+            self._telemetry.clock_skew(verdict.clock_skew)
+        if verdict.failure is not None:
+            if verdict.unavailable is not None:
+                key_set = verdict.unavailable
+                raise WebhookRefused(
+                    503,
+                    RefusalReason.UNAVAILABLE,
+                    f"The keys of sender {key_set.sender!r} have not been fetched from its jwks_url yet; nothing "
+                    "was changed. Retry after Retry-After seconds, same request.",
+                    {"Retry-After": str(key_set.retry_after())},
+                )
+            self._telemetry.auth_failed(verdict.failure, verdict.sender or UNKNOWN_SENDER)
+            raise WebhookRefused(401, RefusalReason.UNAUTHORIZED, _UNAUTHORIZED)
+        return verdict
+
+    async def _record(
+        self, event: JobEvent, request: _Request, answer_headers: Mapping[str, str]
+    ) -> tuple[JobEvent, Accepted, EventResult | None, Mapping[str, str]]:
+        """Deduplicate, then transition and persist: the stages every sender's events share."""
+        if self._owned:
+            event = msgspec.structs.replace(event, sender=request.sender)
 
         keys = idempotency_keys(event)
         if self._jobs.decides_duplicates:
@@ -183,6 +363,37 @@ class Pipeline:
             self._stored()
         answer = Accepted(job_id=event.job_id, status=applied.status, outcome=applied.outcome)
         return event, answer, applied, answer_headers
+
+    async def _identified(
+        self,
+        kind: JobKind,
+        sender: str | None,
+        answer_headers: Mapping[str, str],
+        request: _Request,
+        unread: Mapping[str, str],
+    ) -> Mapping[str, str]:
+        """The request is ``sender``'s: count it against its own budget (429), and refuse a kind it may not
+        post (403). ``unread``: the headers that close the connection when the body is left unread."""
+        assert sender is not None  # an authentic request always has its sender
+        request.sender = sender
+        if self._limiter is not None:
+            owed, request.owed = request.owed, False
+            try:
+                answer_headers = await self._limiter.identified(sender, answer_headers, owed)
+            except WebhookRefused as rejection:
+                raise WebhookRefused(
+                    rejection.status_code, rejection.refusal, rejection.detail, {**rejection.headers, **unread}
+                ) from None
+        allowed = self._kinds.get(sender)
+        if allowed is not None and kind.name not in allowed:
+            raise WebhookRefused(
+                403,
+                RefusalReason.UNAUTHORIZED,
+                f"Sender {sender!r} may not post {kind.name} jobs (kinds {', '.join(sorted(allowed)) or 'none'} "
+                "in GATEWAY_SENDERS_FILE); nothing was recorded",
+                {**answer_headers, **unread},
+            )
+        return answer_headers
 
     async def _claim(self, keys: tuple[str, ...]) -> bool:
         """Claim ``keys``, after any copy of this delivery already being processed here has finished.
@@ -227,6 +438,15 @@ class Pipeline:
                 RefusalReason.CONFLICT,
                 f"Job {conflict.job_id!r} is {a_job_of_kind(conflict.kind)}: post its webhooks to "
                 f"/api/webhooks/{conflict.kind}-completion",
+                job_id=conflict.job_id,
+            ) from None
+        except OwnerConflict as conflict:
+            await self._release_quietly(keys)
+            raise WebhookRefused(
+                409,
+                RefusalReason.CONFLICT,
+                f"Job {conflict.job_id!r} belongs to another sender (the first that posted for it): only that "
+                "sender's webhooks change it. Nothing changed.",
                 job_id=conflict.job_id,
             ) from None
         except Unregistered as refused:
@@ -274,6 +494,19 @@ class Pipeline:
             return _UNTRACED
         span = trace.get_current_span()
         return _Stage(span, name) if span.is_recording() else _UNTRACED
+
+
+def _delivery_id(headers: Mapping[str, str]) -> str | None:
+    """The ``webhook-id``: 400 when too long or holding a control character (it is stored as text)."""
+    # An empty webhook-id identifies nothing: treated as absent, or every such delivery would
+    # share one idempotency key and all but the first would be dropped as duplicates.
+    delivery_id = headers.get("webhook-id", "").strip() or None
+    if delivery_id is not None and len(delivery_id) > _MAX_DELIVERY_ID:
+        raise WebhookRefused(400, RefusalReason.INVALID, f"webhook-id is longer than {_MAX_DELIVERY_ID} characters")
+    if delivery_id is not None and not delivery_id.isprintable():
+        # Stored and compared as text: a control character (a NUL PostgreSQL cannot hold) is refused here.
+        raise WebhookRefused(400, RefusalReason.INVALID, "webhook-id holds a control or other non-printable character")
+    return delivery_id
 
 
 def _reused(conflict: DeliveryConflict, job_id: str) -> WebhookRefused:

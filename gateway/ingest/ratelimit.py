@@ -1,8 +1,10 @@
 """Stage 1: rate limiting, before a byte of the body is read, so a refused request costs almost nothing.
 
-Every request counts against its sender's budget, authenticated or not (guessing secrets is throttled
-too); an optional global budget protects the process as a whole. A sender is its client address, or the
-``X-Forwarded-For`` client when the peer is one of ``GATEWAY_TRUSTED_PROXIES``.
+Every request counts against its address's budget, authenticated or not (guessing secrets is throttled
+too); an optional global budget protects the process as a whole. The address is the client's, or the
+``X-Forwarded-For`` client when the peer is one of ``GATEWAY_TRUSTED_PROXIES``. Once its credentials
+name a sender of ``GATEWAY_SENDERS_FILE``, a request also counts against that sender's own budget, if it
+declares one (:meth:`RateLimiter.identified`), kept under a key of its own so senders never share one.
 
 The algorithm is GCRA (the generic cell rate algorithm: a token bucket kept as one timestamp per key).
 A key's theoretical arrival time (TAT) is when its budget would be whole again. A request at ``now``
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.answers import RefusalReason, WebhookRefused, unavailable
 from gateway.gcra import RateDecision, gcra
+from gateway.senders import DEFAULT_SENDER, UNKNOWN_SENDER
 from gateway.stores.base import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -37,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 MICROSECONDS = 1_000_000
 GLOBAL_KEY = "global"
+SENDER_KEY_PREFIX = "sender:"
+"""Keys of the senders' own budgets: no address is written so, so they never share one with an address."""
+_RESULTS = ("allowed", "limited", "error")
 
 
 def client_address(scope: Mapping[str, Any]) -> str:
@@ -95,6 +101,9 @@ def _parse_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address |
     return address
 
 
+_NO_HEADERS: Mapping[str, str] = {}
+
+
 class _Policy:
     """One named budget: its GCRA parameters and the header items it produces."""
 
@@ -148,9 +157,19 @@ class RateLimiter:
         on_error: OnError = "allow",
         trusted_proxies: Sequence[IPNetwork] = (),
         metrics: Metrics | None = None,
+        sender_rates: Mapping[str, Rate | None] | None = None,
     ) -> None:
-        if (rate is not None and store is None) or (global_rate is not None and local_store is None):
+        """``sender_rates``: every sender by name, with its own budget (``None``: none); default, the one
+        ``default`` sender without a budget."""
+        sender_rates = {DEFAULT_SENDER: None} if sender_rates is None else sender_rates
+        budgets = {name: rate for name, rate in sender_rates.items() if rate is not None}
+        if (
+            (rate is not None and store is None)
+            or (global_rate is not None and local_store is None)
+            or (budgets and store is None)
+        ):
             raise ValueError("every configured rate needs a store")
+        self._budgets = {name: _Policy(f"{SENDER_KEY_PREFIX}{name}", budget) for name, budget in budgets.items()}
         self._sender = _Policy("sender", rate) if rate is not None else None
         self._global = _Policy("global", global_rate) if global_rate is not None else None
         self._store = store
@@ -160,15 +179,18 @@ class RateLimiter:
         self._policy_header = ", ".join(policy.item for policy in (self._sender, self._global) if policy)
         self._failures = 0
         # Label children resolved once: the hot path only calls .inc().
-        self._allowed: _Count = _Uncounted()
-        self._limited: _Count = _Uncounted()
-        self._errors: _Count = _Uncounted()
+        names = (*sender_rates, UNKNOWN_SENDER)
+        self._decisions: dict[tuple[str, str], _Count] = dict.fromkeys(
+            ((name, result) for name in names for result in _RESULTS), _Uncounted()
+        )
         self._store_errors: _Count = _Uncounted()
         if metrics is not None:
-            self._allowed = metrics.rate_limit_decisions.labels("allowed")
-            self._limited = metrics.rate_limit_decisions.labels("limited")
-            self._errors = metrics.rate_limit_decisions.labels("error")
+            for name, result in self._decisions:
+                self._decisions[name, result] = metrics.rate_limit_decisions.labels(result, name)
             self._store_errors = metrics.store_errors.labels("ratelimit", "acquire")
+        self._allowed = self._decisions[UNKNOWN_SENDER, "allowed"]
+        self._limited = self._decisions[UNKNOWN_SENDER, "limited"]
+        self._errors = self._decisions[UNKNOWN_SENDER, "error"]
 
     @classmethod
     def from_settings(
@@ -179,7 +201,12 @@ class RateLimiter:
         metrics: Metrics | None = None,
     ) -> RateLimiter | None:
         """The limiter ``settings`` ask for, or ``None`` when no limit is configured."""
-        if settings.rate_limit is None and settings.global_rate_limit is None:
+        senders = settings.active_senders
+        if (
+            settings.rate_limit is None
+            and settings.global_rate_limit is None
+            and all(sender.rate is None for sender in senders)
+        ):
             return None
         return cls(
             rate=settings.rate_limit,
@@ -189,25 +216,35 @@ class RateLimiter:
             on_error=settings.rate_limit_on_error,
             trusted_proxies=settings.trusted_proxies,
             metrics=metrics,
+            sender_rates={sender.name: sender.rate for sender in senders},
         )
 
     async def admit(self, peer: str, headers: Mapping[str, str]) -> Mapping[str, str]:
         """Count one request from ``peer``; return the headers of its answer or raise :class:`WebhookRefused`.
 
         ``headers`` must be keyed by lower-case names; only ``X-Forwarded-For`` is read, and only when
-        ``peer`` is a trusted proxy.
+        ``peer`` is a trusted proxy. The decision is counted for sender ``unknown``.
         """
+        answer, owed = await self.admit_address(peer, headers)
+        if owed:
+            self._allowed.inc()
+        return answer
+
+    async def admit_address(self, peer: str, headers: Mapping[str, str]) -> tuple[Mapping[str, str], bool]:
+        """As :meth:`admit`, except that an allowed request is not counted yet: the second item says so,
+        and the caller then counts it once its sender is known (:meth:`identified`, :meth:`unidentified`).
+        A refusal (or a failure of the store) is counted at once, for sender ``unknown``."""
         items: list[str] = []
-        result = self._allowed
+        failed = False
         if self._sender is not None and self._store is not None:
-            sender = self._senders(peer, headers)
+            address = self._senders(peer, headers)
             try:
-                decision = await self._store.acquire(sender, self._sender.interval, self._sender.tolerance)
+                decision = await self._store.acquire(address, self._sender.interval, self._sender.tolerance)
             except StoreUnavailable as failure:
                 self._store_failed(failure)
-                result = self._errors
+                failed = True
                 if self._on_error == "deny":
-                    result.inc()
+                    self._errors.inc()
                     raise unavailable("ratelimit") from None
             else:
                 if self._failures:
@@ -223,12 +260,53 @@ class RateLimiter:
             items.append(item)
             if not decision.allowed:
                 # One count per request: a failure of the senders' store outranks this refusal.
-                (self._limited if result is self._allowed else result).inc()
+                (self._errors if failed else self._limited).inc()
                 raise self._refuse(items, wait)
-        result.inc()
+        if failed:
+            self._errors.inc()
+        if not self._policy_header:
+            return _NO_HEADERS, not failed
         if not items:
-            return {"RateLimit-Policy": self._policy_header}
-        return {"RateLimit-Policy": self._policy_header, "RateLimit": ", ".join(items)}
+            return {"RateLimit-Policy": self._policy_header}, not failed
+        return {"RateLimit-Policy": self._policy_header, "RateLimit": ", ".join(items)}, not failed
+
+    async def identified(self, sender: str, answer: Mapping[str, str], owed: bool) -> Mapping[str, str]:
+        """Count a request of ``sender`` against its own budget, if it has one; return ``answer`` (the
+        headers :meth:`admit_address` gave) with that budget's items, or raise :class:`WebhookRefused` (429
+        naming the budget). ``owed``: the request is not counted yet (as :meth:`admit_address` said)."""
+        policy = self._budgets.get(sender)
+        if policy is None or self._store is None:
+            if owed:
+                self._decisions[sender, "allowed"].inc()
+            return answer
+        try:
+            decision = await self._store.acquire(policy.name, policy.interval, policy.tolerance)
+        except StoreUnavailable as failure:
+            self._store_failed(failure)
+            self._decisions[sender, "error"].inc()
+            if self._on_error == "deny":
+                raise unavailable("ratelimit") from None
+            return answer
+        if self._failures:
+            self._store_recovered()
+        item, wait = policy.state(decision)
+        policies = ", ".join(filter(None, (answer.get("RateLimit-Policy"), policy.item)))
+        state = ", ".join(filter(None, (answer.get("RateLimit"), item)))
+        if not decision.allowed:
+            self._decisions[sender, "limited"].inc()
+            raise WebhookRefused(
+                429,
+                RefusalReason.RATE_LIMITED,
+                f"Rate limit of sender {sender!r} exceeded; nothing was recorded. Retry after {wait} s with the "
+                "same request.",
+                headers={"Retry-After": str(wait), "RateLimit-Policy": policies, "RateLimit": state},
+            )
+        self._decisions[sender, "allowed"].inc()
+        return {"RateLimit-Policy": policies, "RateLimit": state}
+
+    def unidentified(self) -> None:
+        """Count an allowed request refused before any sender was identified (sender ``unknown``)."""
+        self._allowed.inc()
 
     def _refuse(self, items: list[str], wait: int) -> WebhookRefused:
         return WebhookRefused(

@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from gateway.model import EventRefused, EventResult, KindConflict, Outcome, Status, Unregistered
 from gateway.stores import postgres_outbox
-from gateway.stores.records import answer, decode_metadata, delivery_conflict, merge_metadata, to_json
+from gateway.stores.records import (
+    answer,
+    decode_metadata,
+    delivery_conflict,
+    merge_metadata,
+    owner_conflict,
+    to_json,
+)
 from gateway.transition import decide
 
 if TYPE_CHECKING:
@@ -62,7 +69,7 @@ WITH known AS (
     SELECT array(SELECT event_key FROM job_events WHERE event_key = ANY($2::text[])) AS keys,
            array(SELECT delivery_id FROM job_events WHERE delivery_id = ANY($3::text[])) AS delivery_ids
 ), locked AS MATERIALIZED (
-    SELECT job_id, kind, status, metadata, created_at, registered_at FROM jobs
+    SELECT job_id, kind, status, metadata, created_at, registered_at, sender FROM jobs
     WHERE job_id = ANY($1::text[]) ORDER BY job_id FOR UPDATE
 )
 SELECT known.keys, known.delivery_ids, locked.* FROM known LEFT JOIN locked ON true
@@ -74,16 +81,18 @@ _DELIVERY_JOBS = "SELECT delivery_id, job_id FROM job_events WHERE delivery_id =
 # to the lock's one row); the events' ids ascend in the batch's order.
 _WRITE = """
 WITH created AS (
-    INSERT INTO jobs (job_id, kind, status, result, metadata, error_message, created_at, updated_at, completed_at)
+    INSERT INTO jobs (job_id, kind, status, result, metadata, error_message, created_at, updated_at, completed_at,
+                      sender)
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                         $7::timestamptz[], $8::timestamptz[], $9::timestamptz[])
+                         $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $27::text[])
     ON CONFLICT (job_id) DO NOTHING RETURNING 1
 ), updated AS (
-    UPDATE jobs SET status = v.status, updated_at = v.updated_at, metadata = v.metadata,
+    UPDATE jobs SET status = v.status, updated_at = coalesce(v.updated_at, jobs.updated_at), metadata = v.metadata,
         result = coalesce(v.result, jobs.result), error_message = coalesce(v.error_message, jobs.error_message),
-        completed_at = coalesce(v.completed_at, jobs.completed_at)
+        completed_at = coalesce(v.completed_at, jobs.completed_at), sender = coalesce(jobs.sender, v.sender)
     FROM unnest($10::text[], $11::text[], $12::timestamptz[], $13::text[], $14::text[], $15::text[],
-                $16::timestamptz[]) AS v (job_id, status, updated_at, metadata, result, error_message, completed_at)
+                $16::timestamptz[], $28::text[])
+         AS v (job_id, status, updated_at, metadata, result, error_message, completed_at, sender)
     WHERE jobs.job_id = v.job_id
 ), recorded AS (
     INSERT INTO job_events (job_id, status, timestamp, received_at, outcome, event_key, delivery_id, metadata,
@@ -123,6 +132,8 @@ class _Job:
     metadata: Metadata | None
     created_at: datetime
     registered_at: datetime | None
+    sender: str | None = None
+    """The sender the job belongs to (``None``: nobody yet)."""
     new: bool = False
     changed: bool = False
     updated_at: datetime | None = None
@@ -190,6 +201,7 @@ async def _write(
             metadata=decode_metadata(row["metadata"]),
             created_at=row["created_at"],
             registered_at=row["registered_at"],
+            sender=row["sender"],
         )
         for row in rows
         if row["job_id"] is not None
@@ -210,7 +222,10 @@ async def _write(
         return decided, {}  # nothing to write: every event was refused or is recorded already
     new = sorted((job_id, job) for job_id, job in jobs.items() if job.new)
     changed = sorted((job_id, job) for job_id, job in jobs.items() if job.changed and not job.new)
-    written = await db.fetch(_WRITE, *_created(new), *_changed(changed), *_recorded(decided), EVENTS_LOCK)
+    created, updated = _created(new), _changed(changed)
+    written = await db.fetch(
+        _WRITE, *created[:-1], *updated[:-1], *_recorded(decided), EVENTS_LOCK, created[-1], updated[-1]
+    )
     ids = {row["event_key"]: row["id"] for row in written if row["event_key"] is not None}
     if written[0]["created"] != len(new) or len(ids) != len(decided):
         raise _Raced
@@ -240,6 +255,10 @@ def _decide(
     if require_registered and (job is None or job.registered_at is None):
         answers.append(Unregistered(event.job_id))
         return None
+    owned = owner_conflict(event, job.sender) if job is not None else None
+    if owned is not None:
+        answers.append(owned)
+        return None
     delivery_job = delivery_jobs.get(event.delivery_id) if event.delivery_id is not None else None
     conflict = delivery_conflict(event, event.key in keys, delivery_job)
     if conflict is not None:
@@ -262,6 +281,7 @@ def _decide(
             metadata=event.metadata,
             created_at=received,
             registered_at=None,
+            sender=event.sender,
             new=True,
             updated_at=received,
             result=result,
@@ -271,6 +291,9 @@ def _decide(
         return _Decided(index, event, decide(None, event.status), None, event.metadata, received)
     previous = job.status
     transition = decide(previous, event.status)
+    if job.sender is None and event.sender is not None:  # a job nobody claimed yet: this sender's now
+        job.sender = event.sender
+        job.changed = True
     if transition.outcome is Outcome.APPLIED:
         job.metadata = merge_metadata(job.metadata, event.metadata)
         job.status = event.status
@@ -296,10 +319,11 @@ def _created(new: list[tuple[str, _Job]]) -> list[list[Any]]:
                 job.created_at,
                 job.updated_at,
                 job.completed_at,
+                job.sender,
             )
             for job_id, job in new
         ],
-        9,
+        10,
     )
 
 
@@ -314,10 +338,11 @@ def _changed(changed: list[tuple[str, _Job]]) -> list[list[Any]]:
                 job.result,
                 job.error_message,
                 job.completed_at,
+                job.sender,
             )
             for job_id, job in changed
         ],
-        7,
+        8,
     )
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from gateway.model import DeliveryConflict, EventResult, Outcome, Status
+from gateway.model import DeliveryConflict, EventResult, Outcome, OwnerConflict, Status
 from gateway.payloads import Metadata
 from gateway.transition import Transition
 
@@ -16,7 +16,15 @@ if TYPE_CHECKING:
 
     from gateway.model import JobEvent
 
-__all__ = ("answer", "decode_metadata", "delivery_conflict", "merge_metadata", "recorded_status", "to_json")
+__all__ = (
+    "answer",
+    "decode_metadata",
+    "delivery_conflict",
+    "merge_metadata",
+    "owner_conflict",
+    "recorded_status",
+    "to_json",
+)
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +96,13 @@ def answer(
         model=metadata.model_name if metadata is not None else None,
         first_seen_at=first_seen_at,
     )
+
+
+def owner_conflict(event: JobEvent, owner: str | None) -> OwnerConflict | None:
+    """The refusal of ``event`` when its job belongs to another sender (``owner``, ``None``: nobody yet)."""
+    if event.sender is None or owner is None or owner == event.sender:
+        return None
+    return OwnerConflict(event.job_id, owner)
 
 
 def delivery_conflict(event: JobEvent, key_known: bool, delivery_job: str | None) -> DeliveryConflict | None:

@@ -38,6 +38,7 @@ from gateway.stores.records import (
     decode_metadata,
     delivery_conflict,
     merge_metadata,
+    owner_conflict,
     recorded_status,
     to_json,
 )
@@ -174,12 +175,16 @@ class SqliteJobStore:
         constraint refuses it before anything else was written, so the batch's transaction goes on.
         """
         row = db.execute(
-            "SELECT kind, status, metadata, created_at, registered_at FROM jobs WHERE job_id = ?", (event.job_id,)
+            "SELECT kind, status, metadata, created_at, registered_at, sender FROM jobs WHERE job_id = ?",
+            (event.job_id,),
         ).fetchone()
         if row is not None and row[0] != event.kind:
             raise KindConflict(event.job_id, row[0])
         if self._require_registered and (row is None or row[4] is None):
             raise Unregistered(event.job_id)
+        owned = owner_conflict(event, row[5]) if row is not None else None
+        if owned is not None:
+            raise owned
         previous = Status(row[1]) if row is not None else None
         transition = decide(previous, event.status)
         received = _iso(event.received_at)
@@ -218,7 +223,7 @@ class SqliteJobStore:
             metadata, first_seen = event.metadata, received
             db.execute(
                 "INSERT INTO jobs (job_id, kind, status, result, metadata, error_message,"
-                " created_at, updated_at, completed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " created_at, updated_at, completed_at, sender) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     event.job_id,
                     event.kind,
@@ -229,10 +234,13 @@ class SqliteJobStore:
                     received,
                     received,
                     completed,
+                    event.sender,
                 ),
             )
         else:
             first_seen = row[3]
+            if row[5] is None and event.sender is not None:  # a job nobody claimed yet: this sender's now
+                db.execute("UPDATE jobs SET sender = ? WHERE job_id = ?", (event.sender, event.job_id))
             metadata = decode_metadata(row[2])
             if transition.outcome is Outcome.APPLIED:
                 metadata = merge_metadata(metadata, event.metadata)

@@ -2,7 +2,8 @@
 
 Names and labels are a contract with the dashboards and alert rules in ``dashboards/``: change them
 there too. Every label comes from a closed set (kinds, outcomes, statuses, reasons, a bounded set of
-model names); a job id or a sender is never a label.
+model names, the senders declared in ``GATEWAY_SENDERS_FILE`` plus ``unknown``); a job id or a client
+address is never a label.
 
 The metrics a webhook or a delivery updates are :class:`LoopCounter` and :class:`LoopHistogram`, exposed
 exactly as ``Counter`` and ``Histogram`` are but without a lock: update them from the event loop's
@@ -23,6 +24,7 @@ from prometheus_client.samples import Exemplar
 from gateway import __version__
 from gateway.answers import AuthFailure, RefusalReason
 from gateway.model import Outcome, Status
+from gateway.senders import DEFAULT_SENDER, UNKNOWN_SENDER
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -160,13 +162,21 @@ class ModelLabels:
 class Metrics:
     """The gateway's metrics, registered on ``registry``."""
 
-    def __init__(self, registry: CollectorRegistry, kinds: Iterable[str], models: ModelLabels) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        kinds: Iterable[str],
+        models: ModelLabels,
+        senders: Iterable[str] = (DEFAULT_SENDER,),
+    ) -> None:
+        """``senders``: the declared senders' names (``unknown`` is added, for requests none of them sent)."""
         self.models = models
         kinds = (*kinds, UNKNOWN_KIND)
+        self.senders = senders = (*senders, UNKNOWN_SENDER)
         self.webhook_requests = LoopCounter(
             "gateway_webhook_requests",
-            "Webhooks received, by job kind and what the gateway answered.",
-            ["kind", "outcome"],
+            "Webhooks received, by job kind, what the gateway answered, and sender (unknown: no credential verified).",
+            ["kind", "outcome", "sender"],
             registry=registry,
         )
         self.webhook_request_duration = LoopHistogram(
@@ -185,7 +195,7 @@ class Metrics:
         self.jobs_finished = LoopCounter(
             "gateway_jobs_finished",
             "Jobs that reached a terminal status: the SLI of the failed-generation alerts.",
-            ["kind", "model", "result"],
+            ["kind", "model", "result", "sender"],
             registry=registry,
         )
         self.generation_duration = LoopHistogram(
@@ -204,8 +214,9 @@ class Metrics:
         )
         self.auth_failures = LoopCounter(
             "gateway_webhook_auth_failures",
-            "Webhooks refused with 401, by reason (the sender is only ever told 401).",
-            ["reason"],
+            "Webhooks refused with 401, by reason (the sender is only ever told 401) and sender (unknown unless "
+            "a signature verified but expired).",
+            ["reason", "sender"],
             registry=registry,
         )
         self.clock_skew = LoopHistogram(
@@ -250,8 +261,9 @@ class Metrics:
         )
         self.rate_limit_decisions = LoopCounter(
             "gateway_rate_limit_decisions",
-            "Rate limiter decisions: allowed, limited, or error (its store failed).",
-            ["result"],
+            "Rate limiter decisions: allowed, limited, or error (its store failed), by sender (unknown: refused "
+            "before a sender was identified, or never identified).",
+            ["result", "sender"],
             registry=registry,
         )
         self.deliveries = LoopCounter(
@@ -302,6 +314,13 @@ class Metrics:
             ["target"],
             registry=registry,
         )
+        self.jwks_state = Gauge(
+            "gateway_jwks_state",
+            "1 for the state of each jwks_url sender's key set: fresh, stale (its endpoint fails; the last good "
+            "set verifies), unavailable (none fetched yet; its webhooks are answered 503).",
+            ["sender", "state"],
+            registry=registry,
+        )
         build_info = Gauge(
             "gateway_build_info",
             "Always 1; the gateway's version as a label.",
@@ -311,18 +330,23 @@ class Metrics:
         build_info.labels(__version__).set(1)
 
         # Children of closed label sets, resolved once (the hot path then skips .labels()).
-        self.request_children = {
-            (kind, outcome): (
-                self.webhook_requests.labels(kind, outcome),
-                self.webhook_request_duration.labels(kind, outcome),
-            )
+        durations = {
+            (kind, outcome): self.webhook_request_duration.labels(kind, outcome)
             for kind in kinds
             for outcome in OUTCOMES
+        }
+        self.request_children = {
+            (kind, outcome, sender): (self.webhook_requests.labels(kind, outcome, sender), durations[kind, outcome])
+            for kind in kinds
+            for outcome in OUTCOMES
+            for sender in senders
         }
         self.transition_children = {
             (kind, status): self.job_transitions.labels(kind, status) for kind in kinds for status in Status
         }
-        self.auth_failure_children = {reason: self.auth_failures.labels(reason) for reason in AuthFailure}
+        self.auth_failure_children = {
+            (reason, sender): self.auth_failures.labels(reason, sender) for reason in AuthFailure for sender in senders
+        }
         for kind in kinds:
             for status in Status:
                 if not status.terminal:

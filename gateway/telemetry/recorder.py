@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN
 
+from gateway.model import Outcome
+from gateway.senders import DEFAULT_SENDER, UNKNOWN_SENDER
 from gateway.telemetry.logs import direct_info
 
 if TYPE_CHECKING:
@@ -32,12 +34,12 @@ class Telemetry:
         self._traced = traced
         """Whether any request can have a recording span (for attributes and exemplars); none without an
         exporter, and then the current span is not looked up."""
-        self._finished: dict[tuple[str, str, str], _FinishedChildren] = {}
+        self._finished: dict[tuple[str, str, str, str], _FinishedChildren] = {}
         self._write_line = direct_info(logger)
         """The webhook's log line straight to the JSON handler, when logging is set up that way."""
 
-    def auth_failed(self, reason: AuthFailure) -> None:
-        self._metrics.auth_failure_children[reason].inc()
+    def auth_failed(self, reason: AuthFailure, sender: str = UNKNOWN_SENDER) -> None:
+        self._metrics.auth_failure_children[reason, sender].inc()
 
     def clock_skew(self, seconds: float) -> None:
         self._metrics.clock_skew.observe(seconds)
@@ -45,18 +47,37 @@ class Telemetry:
     def store_failed(self, error: StoreUnavailable) -> None:
         self._metrics.store_errors.labels(error.store, error.operation).inc()
 
-    def webhook_refused(self, kind: str, rejection: WebhookRefused, seconds: float) -> None:
-        self._answered(kind, rejection.refusal, seconds, rejection.job_id, None, rejection.status_code)
+    def webhook_refused(
+        self, kind: str, rejection: WebhookRefused, seconds: float, sender: str = UNKNOWN_SENDER
+    ) -> None:
+        self._answered(kind, rejection.refusal, seconds, rejection.job_id, None, rejection.status_code, sender)
 
     def accepted(
-        self, kind: str, event: JobEvent, answer: Accepted, applied: EventResult | None, seconds: float
+        self,
+        kind: str,
+        event: JobEvent,
+        answer: Accepted,
+        applied: EventResult | None,
+        seconds: float,
+        sender: str = DEFAULT_SENDER,
     ) -> None:
-        self._answered(kind, answer.outcome, seconds, event.job_id, answer.status, 200)
+        self._answered(kind, answer.outcome, seconds, event.job_id, answer.status, 200, sender)
         if applied is not None and applied.moved:
-            self._moved(event, applied)
+            self._moved(event, applied, sender)
+
+    def ignored(self, kind: str, seconds: float, sender: str) -> None:
+        """A provider's callback acknowledged and recorded nowhere (outcome ``ignored``)."""
+        self._answered(kind, Outcome.IGNORED, seconds, None, None, 200, sender)
 
     def _answered(
-        self, kind: str, outcome: str, seconds: float, job_id: str | None, status: Status | None, http_status: int
+        self,
+        kind: str,
+        outcome: str,
+        seconds: float,
+        job_id: str | None,
+        status: Status | None,
+        http_status: int,
+        sender: str,
     ) -> None:
         span = trace.get_current_span() if self._traced else INVALID_SPAN
         exemplar = None
@@ -65,11 +86,12 @@ class Telemetry:
             exemplar = {"trace_id": format(context.trace_id, "032x")}
             span.set_attribute("gateway.kind", kind)
             span.set_attribute("gateway.outcome", outcome)
+            span.set_attribute("gateway.sender", sender)
             if job_id is not None:
                 span.set_attribute("gateway.job_id", job_id)
             if status is not None:
                 span.set_attribute("gateway.status", status)
-        count, duration = self._metrics.request_children[(kind, outcome)]
+        count, duration = self._metrics.request_children[kind, outcome, sender]
         count.inc()
         duration.observe(seconds, exemplar)
         if not logger.isEnabledFor(logging.INFO):
@@ -79,6 +101,7 @@ class Telemetry:
             "job_id": job_id,
             "status": status,
             "outcome": outcome,
+            "sender": sender,
             "http_status": http_status,
             "duration_ms": round(seconds * 1000, 3),
         }
@@ -87,13 +110,13 @@ class Telemetry:
         else:
             logger.info("webhook %s", outcome, extra=fields)
 
-    def _moved(self, event: JobEvent, applied: EventResult) -> None:
+    def _moved(self, event: JobEvent, applied: EventResult, sender: str) -> None:
         metrics = self._metrics
         metrics.transition_children[(event.kind, applied.status)].inc()
         if not applied.status.terminal:
             return
         model = metrics.models(applied.model)
-        finished, job_duration, generation = self._finished_children(event.kind, model, applied.status)
+        finished, job_duration, generation = self._finished_children(event.kind, model, applied.status, sender)
         finished.inc()
         if applied.first_seen_at is not None:
             job_duration.observe((event.received_at - applied.first_seen_at).total_seconds())
@@ -105,14 +128,14 @@ class Telemetry:
         if event.images:
             metrics.images.labels(model).inc(event.images)
 
-    def _finished_children(self, kind: str, model: str, result: str) -> _FinishedChildren:
-        """Label children for finished jobs, resolved once per (kind, model, result): a bounded set."""
-        key = (kind, model, result)
+    def _finished_children(self, kind: str, model: str, result: str, sender: str) -> _FinishedChildren:
+        """Label children for finished jobs, resolved once per (kind, model, result, sender): a bounded set."""
+        key = (kind, model, result, sender)
         children = self._finished.get(key)
         if children is None:
             metrics = self._metrics
             children = self._finished[key] = (
-                metrics.jobs_finished.labels(kind, model, result),
+                metrics.jobs_finished.labels(kind, model, result, sender),
                 metrics.job_duration.labels(kind, result),
                 metrics.generation_duration.labels(kind, model),
             )
