@@ -24,9 +24,14 @@ def collected(expression: str, *files: str) -> list[str]:
 
 
 def test_the_fast_subset_keeps_in_process_tests_and_drops_services_processes_and_browsers() -> None:
-    files = ("tests/test_stores.py", "tests/test_jetstream.py", "tests/test_delivery.py", "tests/test_fuzz.py")
+    files = (
+        "tests/test_job_store_contract.py",
+        "tests/test_jetstream.py",
+        "tests/test_delivery.py",
+        "tests/test_fuzz.py",
+    )
     fast = collected(FAST, *files)
-    assert "tests/test_stores.py::test_recorded_confirms_only_events_the_store_holds[sqlite]" in fast
+    assert "tests/test_job_store_contract.py::test_recorded_confirms_only_events_the_store_holds[sqlite]" in fast
     assert "tests/test_jetstream.py::test_subject_tokens_never_split_or_wildcard" in fast
     parameters = [test.partition("[")[2] for test in fast]
     assert not [ids for ids in parameters if "postgresql" in ids or "redis" in ids or "distributed" in ids]
