@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import tracemalloc
 
+import pytest
+
 from gateway.stores.memory import MemoryIdempotencyStore
 
 
@@ -83,6 +85,7 @@ async def test_a_key_released_while_its_generation_is_packed_is_forgotten() -> N
     assert await store.claim(["event:a", "delivery:1"])
 
 
+@pytest.mark.load  # 100,000 claims under tracemalloc: the fast subset's slowest test by far, in CPU
 async def test_keys_cost_about_24_bytes_each() -> None:
     """The bound is in keys; what that costs in bytes is what operators size memory by (docs/reference)."""
     store = MemoryIdempotencyStore(ttl_seconds=3600, max_keys=100_000)

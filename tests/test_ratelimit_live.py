@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -19,7 +20,9 @@ pytestmark = pytest.mark.load
 
 IMAGE = "/api/webhooks/image-completion"
 RATE = 100  # per second, burst = the count
-DURATION = 10.0
+DURATION = float(os.environ.get("GATEWAY_LOAD_SECONDS", "4"))
+"""How long the accuracy test drives twice the rate: 4 s (400 admitted of 800) tells a broken limiter
+from a working one within its 5 % bound; ``GATEWAY_LOAD_SECONDS=60`` for a longer run on demand."""
 job_numbers = itertools.count()
 
 
@@ -81,7 +84,7 @@ def serve(tmp_path: Path, name: str, env: dict[str, str]) -> LiveServer:
 
 
 @pytest.mark.parametrize("processes", [1, 2])
-async def test_ten_seconds_at_twice_the_rate_admit_rate_times_time_plus_burst(
+async def test_twice_the_rate_admits_rate_times_time_plus_burst(
     tmp_path: Path, redis_url: str, redis_prefix: str, stopping: list[LiveServer], processes: int
 ) -> None:
     """With two processes each sees half the traffic; Redis keeps the one budget of the one sender."""
@@ -96,7 +99,7 @@ async def test_ten_seconds_at_twice_the_rate_admit_rate_times_time_plus_burst(
         f"(decisions spread over {shortest:.2f}-{longest:.2f} s)"
     )
     assert set(load.codes) == {200, 429}, load.codes
-    # GCRA's promise, rate x time + burst, over the time the decisions actually took: the nominal 10 s
+    # GCRA's promise, rate x time + burst, over the time the decisions actually took: the nominal duration
     # on an idle machine (CI), longer when other work delays the servers.
     assert 0.95 * (RATE * min(shortest, DURATION) + RATE) <= accepted <= 1.05 * (RATE * longest + RATE), load
     assert longest < 2 * DURATION, "the servers fell far behind the load: this run says nothing"

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
+import pytest
 
 from tests.conftest import JOB_ID, SECRET, LiveServer, completed_image, failed, progress
 
 ROUTE = "/api/webhooks/image-completion"
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One gateway for the module: only the first test writes (the seed's jobs), the others are refused."""
+    server = LiveServer(tmp_path_factory.mktemp("seed"), {"WEBHOOK_SECRET": SECRET})
+    yield server
+    server.stop()
 
 
 def post(server: LiveServer, payload: object) -> httpx.Response:
