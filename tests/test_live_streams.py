@@ -132,13 +132,12 @@ async def test_streams_beyond_the_cap_are_refused_and_a_slot_comes_back_however_
 async def test_a_client_that_stops_reading_is_sent_an_overflow_with_where_to_resume(
     job_store: JobStore, wakeup: Wakeup
 ) -> None:
+    for number in range(10):
+        await job_store.apply(event(f"flood-{number}", Status.PENDING, 0))
     streams = Streams(job_store, wakeup, max_streams=4, heartbeat=0.1, buffer=3)
     stream = streams.take(0, job_id=None, user_id=None)
     assert stream is not None
-    await next_message(stream)  # retry: the stream runs, and then its client stops reading
-    for number in range(10):
-        await job_store.apply(event(f"flood-{number}", Status.PENDING, 0))
-    wakeup.stored()
+    await next_message(stream)  # retry: the stream runs, reads the ten events, and its client stops reading
     await asyncio.sleep(0.5)  # the buffer stays full beyond a heartbeat: the client is dropped
     received = [await next_message(stream) for _ in range(4)]
     sent = [data(message)["id"] for message in received[:3]]
@@ -146,3 +145,4 @@ async def test_a_client_that_stops_reading_is_sent_an_overflow_with_where_to_res
     assert b'"resume_after":%d' % sent[-1] in received[3]
     with pytest.raises(StopAsyncIteration):
         await next_message(stream)
+    assert streams.open == 0
