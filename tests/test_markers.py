@@ -12,8 +12,17 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FAST = "not services and not browser and not server and not fuzz and not load and not soak"
 MARKERS = ("services", "browser", "server", "fuzz", "load", "soak")
-FILES = ("tests/test_job_store_contract.py", "tests/test_jetstream.py", "tests/test_delivery.py", "tests/test_fuzz.py")
-MARKED_BY_HAND = ("tests/test_status_page_browser.py", "tests/test_soak.py", "tests/test_benchmarks.py")
+FILES = (
+    "tests/stores/test_job_store_contract.py",
+    "tests/delivery/test_jetstream.py",
+    "tests/delivery/test_delivery.py",
+    "tests/http/test_fuzz.py",
+)
+MARKED_BY_HAND = (
+    "tests/http/test_status_page_browser.py",
+    "tests/benchmarks/test_soak.py",
+    "tests/benchmarks/test_benchmarks.py",
+)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -53,15 +62,15 @@ def fast() -> list[str]:
 def test_the_fast_subset_keeps_in_process_tests_and_drops_services_processes_and_browsers(
     markers: dict[str, set[str]], fast: list[str]
 ) -> None:
-    assert "tests/test_job_store_contract.py::test_recorded_confirms_only_events_the_store_holds[sqlite]" in fast
-    assert "tests/test_jetstream.py::test_subject_tokens_never_split_or_wildcard" in fast
+    assert "tests/stores/test_job_store_contract.py::test_recorded_confirms_only_events_the_store_holds[sqlite]" in fast
+    assert "tests/delivery/test_jetstream.py::test_subject_tokens_never_split_or_wildcard" in fast
     parameters = [test.partition("[")[2] for test in fast]
     assert not [ids for ids in parameters if "postgresql" in ids or "redis" in ids or "distributed" in ids]
     assert not [test for test in fast if "test_jetstream.py::test_each_event_is_stored_once" in test]  # nats_url
     assert not [test for test in fast if "nats_down" in test]  # a private nats-server
     assert not [test for test in fast if "sigkill" in test or "sigterm" in test]  # gateway serve processes
     assert not [test for test in fast if "test_arbitrary_bytes_are_answered_cleanly" in test]  # hypothesis
-    assert "tests/test_fuzz.py::test_valid_webhooks_are_accepted[secret]" in fast  # examples, no hypothesis
+    assert "tests/http/test_fuzz.py::test_valid_webhooks_are_accepted[secret]" in fast  # examples, no hypothesis
     assert sorted(fast) == sorted(test for test, marks in markers.items() if not marks)
 
 

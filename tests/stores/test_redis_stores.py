@@ -13,7 +13,7 @@ import redis.asyncio as redis
 from gateway.stores.base import StoreUnavailable
 from tests.backends import redis_idempotency_store, redis_rate_limit_store
 from tests.conftest import free_port
-from tests.test_ratelimit_store_contract import BURST, INTERVAL, MS
+from tests.stores.test_ratelimit_store_contract import BURST, INTERVAL, MS
 
 
 async def test_redis_keys_expire_after_the_ttl(redis_url: str, redis_prefix: str) -> None:

@@ -4,7 +4,7 @@ Every operation gets schema-valid and schema-violating requests (bodies, query s
 headers), authenticated with the shared secret so webhooks reach the decoder and the store. Every
 answer must be documented (status code, content type, body schema, headers) and none may be a 5xx;
 schema-violating requests must be refused with a 4xx. The budget is small in the default suite;
-``GATEWAY_FUZZ_EXAMPLES=2000 python -m pytest tests/test_schemathesis.py tests/test_fuzz.py`` runs
+``GATEWAY_FUZZ_EXAMPLES=2000 python -m pytest tests/http/test_schemathesis.py tests/http/test_fuzz.py`` runs
 a long campaign on demand (docs/hardening.md).
 """
 

@@ -34,8 +34,8 @@ from standardwebhooks import Webhook
 from gateway.config import Settings, SqliteDatabase
 from gateway.http.app import create_app
 from tests.conftest import SECRET, completed_blog, completed_image, failed, progress
+from tests.http.test_client_input import READ_REQUESTS, store_errors
 from tests.signing import sign
-from tests.test_client_input import READ_REQUESTS, store_errors
 
 IMAGE = "/api/webhooks/image-completion"
 BLOG = "/api/webhooks/blog-completion"
@@ -900,7 +900,7 @@ def test_read_api_parameters_are_answered_cleanly(
     gateways: dict[str, Gateway], read: tuple[str, dict[str, str], dict[str, str]]
 ) -> None:
     """Any value of any read API parameter (ids, times, cursors, limits) is a 2xx or a 4xx in the documented
-    shape, never a 5xx, and never counts as a store error (tests/test_client_input.py runs it on PostgreSQL)."""
+    shape, never a 5xx, and never counts as a store error (tests/http/test_client_input.py runs it on PostgreSQL)."""
     client = gateways["secret"].client
     before = store_errors(client.get("/metrics").text)
     path, params, headers = read

@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks import report
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def committed() -> dict[str, object]:

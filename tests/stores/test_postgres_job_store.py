@@ -14,7 +14,7 @@ from gateway.model import Outcome, Status
 from gateway.stores.base import StoreUnavailable
 from tests.backends import postgres_job_store
 from tests.conftest import free_port
-from tests.test_job_store_contract import T0, event
+from tests.stores.test_job_store_contract import T0, event
 
 
 async def test_postgresql_replicas_racing_on_the_same_new_jobs_record_each_event_once(database_url: str) -> None:

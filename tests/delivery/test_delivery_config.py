@@ -17,9 +17,9 @@ from gateway.delivery.http_sink import retry_after
 from gateway.delivery.schedule import MAX_RETRY_AFTER_SECONDS, RetrySchedule
 from gateway.http.app import create_app
 from tests.conftest import SECRET, free_port
+from tests.delivery.test_delivery import post_lifecycle, until_settled
 from tests.receiver import FORWARD_KEY
 from tests.test_cli import run_gateway
-from tests.test_delivery import post_lifecycle, until_settled
 
 
 def test_forwarding_settings_are_read() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = pytest.mark.load
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_quick_benchmark_measures_every_configuration_without_errors(tmp_path: Path) -> None:

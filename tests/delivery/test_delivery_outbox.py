@@ -17,8 +17,8 @@ from gateway.config import PostgresDatabase, Settings
 from gateway.delivery.outbox import current_traceparent
 from gateway.http.app import create_app
 from tests.conftest import SECRET, completed_image, progress
+from tests.delivery.test_delivery import forwarding
 from tests.receiver import Receiver
-from tests.test_delivery import forwarding
 
 
 async def test_two_postgres_replicas_never_deliver_an_event_twice(database_url: str, tmp_path: Any) -> None:

@@ -14,7 +14,7 @@ import yaml
 from dashboards.config import docs_site_url
 from docs import generate
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 
 

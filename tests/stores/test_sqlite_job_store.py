@@ -13,7 +13,7 @@ import pytest
 from gateway.model import Outcome, Status
 from gateway.stores.base import StoreUnavailable
 from tests.backends import sqlite_job_store
-from tests.test_job_store_contract import event
+from tests.stores.test_job_store_contract import event
 
 
 async def test_a_sqlite_store_reopened_after_close_answers_reads(tmp_path: Path) -> None:

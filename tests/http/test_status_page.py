@@ -1,5 +1,5 @@
 """The status page's HTTP side: what is served at ``/`` and ``/status``, and the headers that keep it safe.
-What the page does in a browser is tested in tests/test_status_page_browser.py."""
+What the page does in a browser is tested in tests/http/test_status_page_browser.py."""
 
 from __future__ import annotations
 

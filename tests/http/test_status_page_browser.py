@@ -19,8 +19,8 @@ from tests.conftest import SECRET, LiveServer, completed_blog, completed_image, 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, Route
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "images" / "status-page.png"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "status-page.png"
 """The picture of the status page in the README and the docs, taken by this module: a run with
 ``UPDATE_SCREENSHOTS=1`` writes it there (commit it when it changes); other runs write ``test-artifacts/``."""
 TOKEN = "status-page-token-0123456789"

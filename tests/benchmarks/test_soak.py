@@ -40,7 +40,7 @@ def test_a_short_soak_hits_every_bound_and_leaks_no_connection(tmp_path: Path) -
         text=True,
         timeout=120 + float(SECONDS),
         check=False,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=Path(__file__).resolve().parents[2],
     )
     assert report_path.exists(), result.stdout + result.stderr
     report = json.loads(report_path.read_text())
