@@ -22,6 +22,7 @@ from gateway.stores.memory import MemoryIdempotencyStore, MemoryRateLimitStore
 from gateway.stores.postgres import PostgresJobStore
 from gateway.stores.redis import RedisIdempotencyStore, RedisRateLimitStore
 from gateway.stores.sqlite import SqliteJobStore
+from gateway.stores.sqlite_wal import RESET_FRAMES
 
 JOB_BACKENDS = ("sqlite", "postgresql")
 IDEMPOTENCY_BACKENDS = ("memory", "redis")
@@ -30,10 +31,14 @@ OUTBOX_BACKENDS = ("sqlite", "postgresql")
 
 
 def sqlite_job_store(
-    path: Path | str, *, outbox: OutboxWriter | None = None, require_registered: bool = False
+    path: Path | str,
+    *,
+    outbox: OutboxWriter | None = None,
+    require_registered: bool = False,
+    wal_reset_frames: int = RESET_FRAMES,
 ) -> SqliteJobStore:
     """A SQLite job store on ``path`` (not opened)."""
-    return SqliteJobStore(str(path), outbox, require_registered=require_registered)
+    return SqliteJobStore(str(path), outbox, require_registered=require_registered, wal_reset_frames=wal_reset_frames)
 
 
 def postgres_job_store(
@@ -41,7 +46,7 @@ def postgres_job_store(
     *,
     outbox: OutboxWriter | None = None,
     require_registered: bool = False,
-    pool_size: int = 20,
+    pool_size: int = 10,
     timeout: float = 2.0,
 ) -> PostgresJobStore:
     """A PostgreSQL job store on ``url`` (not opened)."""
@@ -59,7 +64,9 @@ def job_store_of(
     required = bool(options.get("require_registered", False))
     if backend == "sqlite":
         return sqlite_job_store(tmp_path / "jobs.db", outbox=outbox, require_registered=required)
-    return postgres_job_store(request.getfixturevalue("database_url"), outbox=outbox, require_registered=required)
+    return postgres_job_store(
+        request.getfixturevalue("database_url"), outbox=outbox, require_registered=required, pool_size=20
+    )
 
 
 def outbox_of(store: SqliteJobStore | PostgresJobStore) -> Outbox:

@@ -29,7 +29,7 @@ from gateway.config import Settings, SqliteDatabase
 from gateway.http.app import create_app
 from gateway.model import JobEvent, Status
 from gateway.stores.base import StoreUnavailable
-from gateway.stores.postgres import PostgresJobStore
+from tests.backends import postgres_job_store
 from tests.conftest import free_port
 from tests.deploytools import PINNED, kubectl, missing, venv_tool
 from tests.monitoring import DASHBOARDS, ROOT, committed_dashboards, load_yaml
@@ -316,10 +316,10 @@ async def _through_pgbouncer(directory: Path, mode: str, servers: int) -> tuple[
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     worked, errors = 0, []
     try:
-        migrated = PostgresJobStore(admin_url.rsplit("/", 1)[0] + f"/{name}")
+        migrated = postgres_job_store(admin_url.rsplit("/", 1)[0] + f"/{name}")
         await migrated.open()  # the migration connects directly, as the migrations Job would
         await migrated.close()
-        store = PostgresJobStore(f"postgresql://{server.username}@127.0.0.1:{listen}/{name}", pool_size=10)
+        store = postgres_job_store(f"postgresql://{server.username}@127.0.0.1:{listen}/{name}", pool_size=10)
         for _ in range(50):  # PgBouncer takes a moment to listen
             with contextlib.suppress(StoreUnavailable):
                 await store.open(apply_migrations=False)

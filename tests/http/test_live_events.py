@@ -21,8 +21,8 @@ import pytest
 
 from gateway.http.events import Streams
 from gateway.model import JobEvent, Status
-from gateway.stores.sqlite import SqliteJobStore
 from gateway.wakeup import Wakeup
+from tests.backends import sqlite_job_store
 from tests.conftest import SECRET, LiveServer, RedisServer, completed_image, failed, progress
 from tests.rawhttp import read_head
 
@@ -149,7 +149,7 @@ async def test_a_slow_client_is_cut_off_with_a_resume_point_and_memory_stays_fla
     In-process on purpose: over a real socket the kernel's buffers (megabytes on loopback) absorb tens of
     thousands of events before the server ever sees a slow reader, which makes a test of minutes.
     """
-    jobs = SqliteJobStore(str(tmp_path / "slow.db"))
+    jobs = sqlite_job_store(tmp_path / "slow.db")
     await jobs.open()
     wakeup = Wakeup()
     streams = Streams(jobs, wakeup, max_streams=10, heartbeat=0.2, buffer=16)
@@ -215,7 +215,7 @@ def test_a_burst_of_300_streams_opens_exactly_the_cap_of_100(tmp_path: Path, sto
 
 
 async def test_a_stream_dropped_before_its_first_byte_gives_its_slot_back(tmp_path: Path) -> None:
-    jobs = SqliteJobStore(str(tmp_path / "drop.db"))
+    jobs = sqlite_job_store(tmp_path / "drop.db")
     streams = Streams(jobs, Wakeup(), max_streams=1, heartbeat=5, buffer=4)
     first = streams.take(0, job_id=None, user_id=None)
     assert first is not None
@@ -290,7 +290,7 @@ def test_a_webhook_into_one_replica_shows_on_a_stream_from_the_other(
 
 async def test_a_finished_jobs_long_history_is_sent_whole_then_the_stream_ends(tmp_path: Path) -> None:
     """More events than one read (100), the terminal one among them and stale ones after it: all are sent."""
-    jobs = SqliteJobStore(str(tmp_path / "long.db"))
+    jobs = sqlite_job_store(tmp_path / "long.db")
     await jobs.open()
     start = datetime(2025, 10, 21, 16, 0, tzinfo=UTC)
 

@@ -23,9 +23,9 @@ from gateway.ingest.authenticate import Authenticator
 from gateway.ingest.pipeline import Pipeline
 from gateway.kinds import kind_named
 from gateway.stores.memory import MemoryIdempotencyStore
-from gateway.stores.sqlite import SqliteJobStore
 from gateway.telemetry.metrics import Metrics, ModelLabels
 from gateway.telemetry.recorder import Telemetry
+from tests.backends import sqlite_job_store
 from tests.conftest import JOB_ID, SECRET, completed_image
 
 IMAGE = "/api/webhooks/image-completion"
@@ -186,7 +186,7 @@ def _signature_headers(**changed: str) -> dict[str, str]:
 async def test_credentials_the_headers_refuse_are_401_before_the_body_is_read(
     tmp_path: Path, headers: dict[str, str], reason: str
 ) -> None:
-    jobs = SqliteJobStore(str(tmp_path / "early.db"))
+    jobs = sqlite_job_store(tmp_path / "early.db")
     await jobs.open()
     registry = CollectorRegistry()
     telemetry = Telemetry(Metrics(registry, ["image", "blog"], ModelLabels()))

@@ -31,6 +31,7 @@ from gateway.stores.redis import RedisIdempotencyStore
 from gateway.stores.sqlite import SqliteJobStore
 from gateway.telemetry.metrics import Metrics, ModelLabels
 from gateway.telemetry.recorder import Telemetry
+from tests.backends import postgres_job_store, sqlite_job_store
 from tests.conftest import SECRET, completed_image, failed, progress
 
 IMAGE = kind_named("image")
@@ -49,10 +50,10 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     jobs: SqliteJobStore | PostgresJobStore
     idempotency: IdempotencyStore
     if request.param == "embedded":
-        jobs = SqliteJobStore(str(tmp_path / "pipeline.db"))
+        jobs = sqlite_job_store(tmp_path / "pipeline.db")
         idempotency = MemoryIdempotencyStore(ttl_seconds=3600, max_keys=10_000)
     else:
-        jobs = PostgresJobStore(request.getfixturevalue("database_url"))
+        jobs = postgres_job_store(request.getfixturevalue("database_url"))
         idempotency = RedisIdempotencyStore(
             request.getfixturevalue("redis_url"), ttl_seconds=3600, prefix=request.getfixturevalue("redis_prefix")
         )
@@ -231,7 +232,7 @@ class FailsFirstApply:
 
 
 async def test_a_copy_arriving_while_the_first_fails_is_not_acknowledged_unstored(tmp_path: Path) -> None:
-    jobs = SqliteJobStore(str(tmp_path / "flaky.db"))
+    jobs = sqlite_job_store(tmp_path / "flaky.db")
     await jobs.open()
     flaky = FailsFirstApply(jobs)
     telemetry = Telemetry(Metrics(CollectorRegistry(), ["image", "blog"], ModelLabels()))
@@ -257,7 +258,7 @@ async def test_a_copy_arriving_while_the_first_fails_is_not_acknowledged_unstore
 
 async def test_closing_the_store_answers_every_waiting_call(tmp_path: Path) -> None:
     """Shutdown with writes still queued: each caller hears 'unavailable' (a 503), none hangs."""
-    jobs = SqliteJobStore(str(tmp_path / "closing.db"))
+    jobs = sqlite_job_store(tmp_path / "closing.db")
     await jobs.open()
     now = datetime.now(UTC)
     events = [

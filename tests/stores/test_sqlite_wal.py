@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from gateway.model import JobEvent, Status
-from gateway.stores.sqlite import SqliteJobStore
 from gateway.stores.sqlite_wal import CHECKPOINT_INTERVAL_SECONDS, Checkpointer
+from tests.backends import sqlite_job_store
 
 T0 = datetime(2025, 10, 21, 16, 40, tzinfo=UTC)
 FRAME_BYTES = 4096 + 24
@@ -41,7 +41,7 @@ async def test_the_database_file_alone_holds_what_was_written_a_moment_ago(tmp_p
     """A copy of the file by itself (without its -wal) has every acknowledged event after a short
     pause: SQLite's own checkpoint would have left these few hundred pages in the WAL."""
     path = tmp_path / "jobs.db"
-    store = SqliteJobStore(str(path))
+    store = sqlite_job_store(path)
     await store.open()
     await store.close()
     await store.open()  # reopened: a checkpointer of its own again
@@ -62,7 +62,7 @@ async def test_the_database_file_alone_holds_what_was_written_a_moment_ago(tmp_p
 async def test_the_wal_file_stays_bounded_under_sustained_writes_and_shrinks_after(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
     reset_frames = 32
-    store = SqliteJobStore(str(path), wal_reset_frames=reset_frames)
+    store = sqlite_job_store(path, wal_reset_frames=reset_frames)
     await store.open()
     sizes: list[int] = []
     try:
@@ -95,7 +95,7 @@ async def test_while_background_checkpoints_fail_the_writer_keeps_the_wal_bounde
     monkeypatch.setattr(Checkpointer, "_checkpoint", staticmethod(broken))
     path = tmp_path / "jobs.db"
     reset_frames = 32
-    store = SqliteJobStore(str(path), wal_reset_frames=reset_frames)
+    store = sqlite_job_store(path, wal_reset_frames=reset_frames)
     await store.open()
     try:
         await asyncio.sleep(3 * CHECKPOINT_INTERVAL_SECONDS)  # the background thread has failed by now
