@@ -31,7 +31,8 @@ DEPLOY_ROOT = ROOT.parent / "deploy" / "kubernetes" / "base"
 """The Kubernetes base: its generated copies (``render_deploy``) are relative to it."""
 
 FAST_TEST_HEADER = GENERATED_HEADER + (
-    "# TEST ONLY: the SLO rules with windows of seconds (FAST_TEST_CONFIG), for tests/test_prometheus_e2e.py.\n"
+    "# TEST ONLY: the SLO rules with windows of seconds (FAST_TEST_CONFIG), for "
+    "tests/dashboards/test_prometheus_e2e.py.\n"
     "# Never load this file into a real Prometheus: it would page on a few seconds of failures.\n"
 )
 

@@ -36,7 +36,10 @@ def deploy_files(config: Config, dashboards: dict[str, str]) -> dict[str, str]:
 
     ``dashboards`` maps ``grafana/<uid>.json`` to its text, as ``render`` made it for ``dashboards/``.
     """
-    header = GENERATED_HEADER + "# The groups are dashboards/prometheus/rules.yml's (tests/test_deploy.py checks it).\n"
+    header = (
+        GENERATED_HEADER
+        + "# The groups are dashboards/prometheus/rules.yml's (tests/deploy/test_deploy.py checks it).\n"
+    )
     files = {"generated/prometheusrule.yaml": dump(prometheus_rule(config), header=header)}
     for relative, text in dashboards.items():
         files[f"generated/dashboards/{relative.removeprefix('grafana/')}"] = text

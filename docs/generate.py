@@ -1,7 +1,7 @@
 """Generates the reference pages of the documentation site from the code, never by hand.
 
 ``python -m docs.generate`` rewrites ``docs/reference/*.md``; ``--check`` only reports the pages that
-differ from what the code says (tests/test_docs.py fails on the same drift). Each page comes from the
+differ from what the code says (tests/docs/test_docs.py fails on the same drift). Each page comes from the
 declaration the gateway itself runs on:
 
 - configuration: the :class:`gateway.config.Settings` declaration, each field's variables, type, bounds,

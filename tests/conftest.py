@@ -33,6 +33,8 @@ from gateway.http.app import create_app
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
 
+pytest_plugins = ("tests.backends",)  # the store backends and the contract suites' fixtures
+
 SECRET = "sorami-webhook-secret-key-2025"
 JOB_ID = "e0145eaa-7430-4845-bf8e-df056076db14"
 

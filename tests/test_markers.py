@@ -7,39 +7,76 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 FAST = "not services and not browser and not server and not fuzz and not load and not soak"
+MARKERS = ("services", "browser", "server", "fuzz", "load", "soak")
+FILES = (
+    "tests/stores/test_job_store_contract.py",
+    "tests/delivery/test_jetstream.py",
+    "tests/delivery/test_delivery.py",
+    "tests/http/test_fuzz.py",
+)
+MARKED_BY_HAND = (
+    "tests/http/test_status_page_browser.py",
+    "tests/benchmarks/test_soak.py",
+    "tests/benchmarks/test_benchmarks.py",
+)
 
 
-def collected(expression: str, *files: str) -> list[str]:
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Run only when this module is loaded as a plugin (``-p tests.test_markers``, below): print each
+    collected test with the markers of :data:`MARKERS` it carries."""
+    for item in session.items:
+        print(f"markers: {item.nodeid} {','.join(m for m in MARKERS if item.get_closest_marker(m))}")
+
+
+def collected(expression: str, *files: str, plugin: bool = False) -> list[str]:
+    plugins = ["-p", "no:cacheprovider"] + (["-p", "tests.test_markers"] if plugin else [])
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-m", expression, *files],
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", *plugins, "-m", expression, *files],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode in (0, 5), result.stdout + result.stderr
-    return [line for line in result.stdout.splitlines() if "::" in line]
+    return result.stdout.splitlines()
 
 
-def test_the_fast_subset_keeps_in_process_tests_and_drops_services_processes_and_browsers() -> None:
-    files = ("tests/test_stores.py", "tests/test_jetstream.py", "tests/test_delivery.py", "tests/test_fuzz.py")
-    fast = collected(FAST, *files)
-    assert "tests/test_stores.py::test_recorded_confirms_only_events_the_store_holds[sqlite]" in fast
-    assert "tests/test_jetstream.py::test_subject_tokens_never_split_or_wildcard" in fast
+@pytest.fixture(scope="module")
+def markers() -> dict[str, set[str]]:
+    """Every test of the files above and its markers, from one collection (a process each is slow)."""
+    lines = collected("", *FILES, *MARKED_BY_HAND, plugin=True)
+    pairs = [line.removeprefix("markers: ").partition(" ") for line in lines if line.startswith("markers: ")]
+    return {test: set(filter(None, marks.split(","))) for test, _, marks in pairs}
+
+
+@pytest.fixture(scope="module")
+def fast() -> list[str]:
+    """What pytest itself selects with the fast subset's expression."""
+    return [line for line in collected(FAST, *FILES, *MARKED_BY_HAND) if "::" in line]
+
+
+def test_the_fast_subset_keeps_in_process_tests_and_drops_services_processes_and_browsers(
+    markers: dict[str, set[str]], fast: list[str]
+) -> None:
+    assert "tests/stores/test_job_store_contract.py::test_recorded_confirms_only_events_the_store_holds[sqlite]" in fast
+    assert "tests/delivery/test_jetstream.py::test_subject_tokens_never_split_or_wildcard" in fast
     parameters = [test.partition("[")[2] for test in fast]
     assert not [ids for ids in parameters if "postgresql" in ids or "redis" in ids or "distributed" in ids]
     assert not [test for test in fast if "test_jetstream.py::test_each_event_is_stored_once" in test]  # nats_url
     assert not [test for test in fast if "nats_down" in test]  # a private nats-server
     assert not [test for test in fast if "sigkill" in test or "sigterm" in test]  # gateway serve processes
     assert not [test for test in fast if "test_arbitrary_bytes_are_answered_cleanly" in test]  # hypothesis
-    assert "tests/test_fuzz.py::test_valid_webhooks_are_accepted[secret]" in fast  # examples, no hypothesis
-    assert set(fast) | set(collected(f"not ({FAST})", *files)) == set(collected("", *files))
+    assert "tests/http/test_fuzz.py::test_valid_webhooks_are_accepted[secret]" in fast  # examples, no hypothesis
+    assert sorted(fast) == sorted(test for test, marks in markers.items() if not marks)
 
 
-def test_browser_load_and_soak_tests_carry_their_markers() -> None:
-    assert collected("browser", "tests/test_status_page_browser.py")
-    assert collected("soak", "tests/test_soak.py")
-    assert collected("load", "tests/test_benchmarks.py")
-    assert collected(FAST, "tests/test_status_page_browser.py", "tests/test_soak.py", "tests/test_benchmarks.py") == []
+def test_browser_load_and_soak_tests_carry_their_markers(markers: dict[str, set[str]], fast: list[str]) -> None:
+    for path, marker in zip(MARKED_BY_HAND, ("browser", "soak", "load"), strict=True):
+        tests = [marks for test, marks in markers.items() if test.startswith(f"{path}::")]
+        assert tests, path
+        assert all(marker in marks for marks in tests), path
+    assert not [test for test in fast if test.startswith(MARKED_BY_HAND)]

@@ -17,7 +17,7 @@ from gateway.config import Settings
 from gateway.http.app import create_app
 from gateway.stores import migrations
 from gateway.stores.queries import JobQuery
-from gateway.stores.sqlite import SqliteJobStore
+from tests.backends import sqlite_job_store
 from tests.conftest import SECRET, completed_image, progress
 
 IMAGE = "/api/webhooks/image-completion"
@@ -233,7 +233,7 @@ async def test_a_database_from_before_registration_is_upgraded_in_place(tmp_path
             "INSERT INTO jobs (job_id, kind, status, created_at, updated_at) VALUES ('old-1', 'image', 'generating',"
             " '2025-10-21T16:40:00.000000+00:00', '2025-10-21T16:40:00.000000+00:00')"
         )
-    jobs = SqliteJobStore(path)
+    jobs = sqlite_job_store(path)
     await jobs.open()
     try:
         job = await jobs.get("old-1")

@@ -4,7 +4,6 @@ batches; jobs still running and recent ones stay; the app runs it by itself and 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from gateway.stores.base import JobStore, StoreUnavailable
 from gateway.stores.postgres import PostgresJobStore
 from gateway.stores.sqlite import SqliteJobStore
 from gateway.telemetry.metrics import Metrics, ModelLabels
+from tests.backends import postgres_job_store, sqlite_job_store
 from tests.conftest import SECRET
 
 NOW = datetime.now(UTC)
@@ -53,16 +53,10 @@ def metrics() -> Metrics:
     return Metrics(CollectorRegistry(), ("image",), ModelLabels())
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def jobs(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[JobStore]:
-    store: SqliteJobStore | PostgresJobStore
-    if request.param == "sqlite":
-        store = SqliteJobStore(str(tmp_path / "jobs.db"))
-    else:
-        store = PostgresJobStore(request.getfixturevalue("database_url"))
-    await store.open()
-    yield store
-    await store.close()
+@pytest.fixture
+def jobs(job_store: JobStore) -> JobStore:
+    """Every job store backend (tests/backends.py)."""
+    return job_store
 
 
 async def test_finished_jobs_older_than_the_retention_go_in_batches(jobs: JobStore) -> None:
@@ -97,7 +91,7 @@ async def test_a_late_event_of_a_pruned_job_starts_it_afresh(jobs: JobStore) -> 
 
 
 async def test_a_failing_store_is_counted_and_retention_carries_on(tmp_path: Path) -> None:
-    store = SqliteJobStore(str(tmp_path / "jobs.db"))
+    store = sqlite_job_store(tmp_path / "jobs.db")
     await store.open()
     await store.close()  # a closed store refuses every call
     failures: list[StoreUnavailable] = []
@@ -114,11 +108,11 @@ async def test_the_app_prunes_at_start_up_and_counts_it(
     if family == "embedded":
         path = str(tmp_path / "gateway.db")
         settings = Settings(webhook_secret=SECRET, database=SqliteDatabase(path), retention_days=30)
-        store = SqliteJobStore(path)
+        store = sqlite_job_store(path)
     else:
         url = request.getfixturevalue("database_url")
         settings = Settings(webhook_secret=SECRET, database=PostgresDatabase(url), retention_days=30)
-        store = PostgresJobStore(url)
+        store = postgres_job_store(url)
     await store.open()
     await seed(store)
     await store.close()

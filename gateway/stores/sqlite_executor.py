@@ -122,12 +122,14 @@ class SqliteExecutor:
             raise StoreUnavailable("job", operation)
         if self._path == ":memory:":  # another connection would open another, empty, database
             return await self.submit(operation, run)
-        loop = asyncio.get_running_loop()
-        return await _answer(
-            operation,
-            asyncio.wait_for(loop.run_in_executor(self._reader, self._with_reader, run), _CALL_TIMEOUT_SECONDS),
-            self._reads,
-        )
+        return await _answer(operation, self._read_within_deadline(run), self._reads)
+
+    async def _read_within_deadline(self, run: Callable[[sqlite3.Connection], Any]) -> Any:
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for returns a result that arrives in the same
+        # pass of the loop as a cancellation and drops the cancellation, so a live stream closed by its
+        # client while its producer read went on (and held its slot) until shutdown.
+        async with asyncio.timeout(_CALL_TIMEOUT_SECONDS):
+            return await asyncio.get_running_loop().run_in_executor(self._reader, self._with_reader, run)
 
     def _with_reader(self, run: Callable[[sqlite3.Connection], Any]) -> Any:
         """On the reader thread: its connection, opened on first use."""
@@ -314,7 +316,7 @@ def _transaction(db: sqlite3.Connection, writes: list[_Op]) -> list[Settled]:
 
 
 async def _answer(operation: str, pending: Awaitable[Any], outage: Outage | None) -> Any:
-    """Await a store call (bounded by its deadline: the watchdog, or ``wait_for``); every failure becomes
+    """Await a store call (bounded by its deadline: the watchdog, or ``asyncio.timeout``); every failure becomes
     :class:`StoreUnavailable` (a 503). ``outage`` hears of the outcome (it logs a change of state)."""
     try:
         result = await pending
