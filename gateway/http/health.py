@@ -1,4 +1,5 @@
-"""``GET /healthz`` (the process answers) and ``GET /readyz`` (every store answers, and jobs can be written).
+"""``GET /healthz`` (the process answers) and ``GET /readyz`` (the stores webhooks need answer, and jobs can
+be written).
 
 Readiness is a real write: a ``SELECT 1`` answered while a full disk refused every webhook. So each
 ``/readyz`` commits a small write to the job store (a job row of a few pages, inserted and deleted in one
@@ -34,7 +35,8 @@ _PROBE_SECONDS = 1.0
 
 class Readiness(msgspec.Struct, frozen=True, kw_only=True):
     status: str
-    """``ready`` or ``unavailable``."""
+    """``ready`` or ``unavailable``: ``ready`` when every store webhooks need answers (the idempotency store
+    is not needed when the job store decides duplicates itself, as PostgreSQL does)."""
     stores: dict[str, str]
     """Each store's state: ``ok``, ``unavailable`` (it does not answer) or, for ``jobs``, ``unwritable``
     (it answers but a write does not commit: a full disk, a read-only database)."""
@@ -61,6 +63,9 @@ class WriteProbe:
 
 def health_routes(jobs: JobStore, idempotency: IdempotencyStore) -> list[HTTPRouteHandler]:
     probe = WriteProbe(jobs)
+    # A job store that decides duplicates in its own write (PostgreSQL) makes webhooks need no idempotency
+    # store: Redis down is then reported, but takes no replica out of rotation (webhooks still succeed).
+    needed = {"jobs"} if jobs.decides_duplicates else {"jobs", "idempotency"}
 
     @get("/healthz", opt=PUBLIC, tags=["health"], summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:
@@ -74,7 +79,7 @@ def health_routes(jobs: JobStore, idempotency: IdempotencyStore) -> list[HTTPRou
     )
     async def readyz() -> Response[Readiness]:
         stores = {"jobs": await probe.state(), "idempotency": await _state(idempotency)}
-        ready = all(state == "ok" for state in stores.values())
+        ready = all(state == "ok" for name, state in stores.items() if name in needed)
         body = Readiness(status="ready" if ready else "unavailable", stores=stores)
         return Response(body, status_code=200 if ready else 503)
 
