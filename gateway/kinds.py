@@ -1,4 +1,4 @@
-"""The registry of job kinds: a new kind is one payload union in :mod:`gateway.payloads` plus one line here.
+"""The registry of job kinds: a new kind is one payload union in :mod:`gateway.payloads` plus one entry here.
 
 Each kind gets its own webhook route (``/api/webhooks/<name>-completion``) and its own decoder, built
 once at import so the hot path never builds one. The union's ``completed`` Struct is found by its tag, and
