@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from gateway import signatures
 from gateway.config import Settings
-from gateway.kinds import KINDS, kind_named
+from gateway.kinds import KINDS, JobKind, a_job_of_kind, kind_named
 from gateway.redact import scrub, shown_url
 
 __all__ = ("SCENARIOS", "add_send_parser", "run_send")
@@ -200,8 +200,15 @@ def run_send(args: argparse.Namespace, settings: Settings) -> int:
         except OSError as error:
             print(f"gateway send: cannot read {args.file}: {error.strerror or error}", file=sys.stderr)
             return 2
+    elif scenario in {"completed", "duplicate"} and kind.sample is None:
+        print(
+            f"gateway send: no sample completed payload for {a_job_of_kind(kind.name)}: "
+            "send one with --file, or another --scenario",
+            file=sys.stderr,
+        )
+        return 2
     else:
-        body = json.dumps(_payload(kind.name, scenario, job_id)).encode()
+        body = json.dumps(_payload(kind, scenario, job_id)).encode()
 
     delivery_id = f"msg_{uuid.uuid4().hex}"
     post = _Poster(url, credentials, args.timeout)
@@ -244,8 +251,8 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _payload(kind: str, scenario: str, job_id: str) -> dict[str, Any]:
-    """The seed's payload for ``scenario``, for a job of ``kind`` (blog jobs carry an article, not images)."""
+def _payload(kind: JobKind, scenario: str, job_id: str) -> dict[str, Any]:
+    """The seed's payload for ``scenario``, for a job of ``kind`` (a completed one carries the kind's sample)."""
     envelope: dict[str, Any] = {"job_id": job_id, "timestamp": _now()}
     metadata = {"model_name": "gemini-2.0-flash-exp", "generation_time_seconds": 12.5}
     if scenario == "failed":
@@ -256,18 +263,8 @@ def _payload(kind: str, scenario: str, job_id: str) -> dict[str, Any]:
         return {**envelope, "status": "generating"}
     if scenario == "invalid":
         return {**envelope, "status": "completed"}  # a completed event without its `data`
-    if kind == "blog":
-        result: dict[str, Any] = {
-            "article": {"title": "Ten ways to test a webhook", "url": "https://example.test/a", "word_count": 1200}
-        }
-    else:
-        image = {
-            "url": f"http://localhost:9006/generated_images/{job_id}/image_1.png",
-            "format": "PNG",
-            "dimensions": "1024x1024",
-            "size_bytes": 2048576,
-        }
-        result = {"images": [image]}
+    assert kind.sample is not None  # run_send refused a completed scenario of a kind without one
+    result = kind.sample(job_id)
     return {**envelope, "status": "completed", "data": {**result, "metadata": metadata}}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import os
@@ -194,3 +195,25 @@ def test_help_shows_examples(tmp_path: Path) -> None:
     assert result.returncode == 0
     for text in ("--scenario", "--file", "--kind", "--job-id", "--json", "examples:", "WEBHOOK_SIGNING_KEYS"):
         assert text in result.stdout
+
+
+def test_a_kind_without_a_sample_is_refused_before_anything_is_sent(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A kind registered without `sample` (here a throwaway one, never added to KINDS): no guessed body.
+    from gateway import send as send_module
+    from gateway.config import Settings
+    from gateway.kinds import JobKind
+    from gateway.payloads import ImagePayload
+
+    video = JobKind("video", ImagePayload, "Video generation.")
+    monkeypatch.setattr(send_module, "kind_named", lambda name: video)
+    args = argparse.Namespace(
+        kind="video", url="http://127.0.0.1:9", file=None, job_id=None, scenario="completed", timeout=1.0, json=True
+    )
+
+    assert send_module.run_send(args, Settings.from_env({})) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "no sample completed payload for a video job" in captured.err
+    assert "--file" in captured.err

@@ -1,4 +1,4 @@
-"""Stages 2 and 3: cheap checks on the headers, then reading the body within its size limit.
+"""Stages 2 and 4: cheap checks on the headers, then reading the body within its size limit.
 
 A request that announces too large a body is refused before a byte of it is read; one that sends more
 than it announced (or streams without ``Content-Length``) is cut off as soon as it passes the limit.

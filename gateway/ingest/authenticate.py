@@ -1,4 +1,4 @@
-"""Stage 4: trust only authenticated senders.
+"""Stages 3 and 4: trust only authenticated senders, from the headers, then from the signature over the body.
 
 A request is authentic when it carries either a sender's secret in ``X-Webhook-Secret`` (as the seed's
 backend sends it) or a valid Standard Webhooks signature made with any of a sender's keys (``v1`` HMAC under

@@ -8,13 +8,14 @@ any echoed value, plus a hint where one helps (the allowed statuses, another kin
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 
 from gateway.answers import RefusalReason, WebhookRefused
 from gateway.kinds import KINDS, JobKind, a_job_of_kind
 from gateway.model import JobEvent, Status
-from gateway.payloads import BlogCompleted, Canceled, Failed, ImageCompleted, Payload
+from gateway.payloads import Canceled, Failed, ImageData, Payload
 
 __all__ = ("decode_event", "without_value")
 
@@ -47,12 +48,12 @@ def decode_event(kind: JobKind, body: bytes, delivery_id: str | None, received_a
     result = None
     error_message = None
     images = 0
-    data = getattr(payload, "data", None)
-    if isinstance(payload, ImageCompleted | BlogCompleted):
+    data: Any = getattr(payload, "data", None)  # every kind's `data` Struct has `metadata`
+    if type(payload) is kind.completed:
         # The result is stored and served as sent (less unknown fields); metadata is kept apart.
-        result = msgspec.Raw(_encode(msgspec.structs.replace(payload.data, metadata=None)))
-        if isinstance(payload, ImageCompleted):
-            images = len(payload.data.images)
+        result = msgspec.Raw(_encode(msgspec.structs.replace(data, metadata=None)))
+        if isinstance(data, ImageData):
+            images = len(data.images)
     elif isinstance(payload, Failed | Canceled):
         error_message = payload.error_message
         # Stored as text, which PostgreSQL refuses to hold a NUL in.

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -177,3 +178,58 @@ def test_every_test_the_threat_model_names_exists() -> None:
         or not re.search(rf"^\s*(async )?def {name}\(", modules[module].read_text(), re.MULTILINE)
     ]
     assert not missing, f"docs/security.md names tests that do not exist: {missing}"
+
+
+# --- docs/architecture.md: the module map and the layers cannot go stale silently. ---
+
+ARCHITECTURE = (ROOT / "docs" / "architecture.md").read_text()
+
+
+def module_map() -> list[str]:
+    """The paths the map under ``## The modules`` names, each joined to the folders above it."""
+    block = re.search(r"^## The modules\n\n```\n(.*?)^```", ARCHITECTURE, re.MULTILINE | re.DOTALL)
+    assert block is not None, "no fenced block under ## The modules"
+    paths: list[str] = []
+    folders: list[tuple[int, str]] = []  # (indent, path) of the folders the next lines may sit in
+    for line in block.group(1).splitlines():
+        name = line.split(maxsplit=1)[0] if line.strip() else ""
+        if not name.endswith((".py", "/")):
+            continue  # a description carried over from the line above
+        indent = len(line) - len(line.lstrip())
+        while folders and folders[-1][0] >= indent:
+            folders.pop()
+        path = (folders[-1][1] if folders else "") + name
+        paths.append(path)
+        if name.endswith("/"):
+            folders.append((indent, path))
+    return paths
+
+
+def test_the_module_map_names_every_module_and_only_paths_that_exist() -> None:
+    named = module_map()
+    assert "gateway/ingest/pipeline.py" in named
+    modules = sorted(
+        path.relative_to(ROOT).as_posix() for path in (ROOT / "gateway").rglob("*.py") if path.name != "__init__.py"
+    )
+    missing = [module for module in modules if module not in named]
+    assert not missing, f"docs/architecture.md's module map leaves out {missing}"
+    absent = [path for path in named if not (ROOT / path).exists()]
+    assert not absent, f"docs/architecture.md's module map names paths that do not exist: {absent}"
+    tests = sorted(set(re.findall(r"`(tests/[\w/.]+)`", ARCHITECTURE)))
+    assert "tests/ingest/test_decode.py" in tests
+    assert not [path for path in tests if not (ROOT / path).exists()], "docs/architecture.md names missing tests"
+
+
+def test_the_layers_diagram_is_the_import_linter_contract() -> None:
+    """The diagram under ``## Imports only point down`` lists pyproject.toml's layers, top to bottom."""
+    contract = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]
+    layers = [{name.strip().removeprefix("gateway.") for name in layer.split("|")} for layer in contract["layers"]]
+    section = ARCHITECTURE.split("## Imports only point down", 1)[1]
+    diagram = re.search(r"```mermaid\n(.*?)```", section, re.DOTALL)
+    assert diagram is not None
+    drawn = [
+        {name.strip() for name in step.split("|")}
+        for node in re.findall(r'\["\w+: (.*?)"\]', diagram.group(1))
+        for step in node.replace(",<br/>", ", ").split(", then ")
+    ]
+    assert drawn == layers
