@@ -33,8 +33,18 @@ class Ignored(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def utc(moment: datetime) -> datetime:
-    """``moment`` in UTC (read as UTC when it has no zone)."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    """``moment`` in UTC (read as UTC when it has no zone).
+
+    Raises:
+        msgspec.ValidationError: ``moment`` falls outside years 1-9999 once in UTC (a 400, as for a
+            native payload's timestamp).
+    """
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise msgspec.ValidationError("a timestamp falls outside years 1-9999 in UTC") from None
 
 
 def metadata(model: str | None, generation_seconds: float | None) -> Metadata | None:

@@ -135,6 +135,20 @@ def test_replicate_canceled_cancels_the_job() -> None:
     assert (event.status, event.error_message, event.result) == (Status.CANCELED, None, None)
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"status": "processing", "started_at": "0001-01-01T00:00:00+01:00"},
+        {"status": "succeeded", "completed_at": "0001-01-01T00:30:00+01:00"},
+        {"status": "starting", "created_at": "9999-12-31T23:59:59-01:00", "started_at": None},
+    ],
+)
+def test_a_replicate_time_outside_years_1_to_9999_in_utc_is_a_validation_error(fields: dict[str, Any]) -> None:
+    """A signed callback whose time overflows once in UTC is refused as invalid (a 400), never a crash."""
+    with pytest.raises(msgspec.ValidationError, match="outside years 1-9999"):
+        _map("replicate", _prediction(**fields))
+
+
 def test_a_status_replicate_adds_later_is_ignored() -> None:
     ignored = _map("replicate", _prediction("aborted"))
     assert ignored == Ignored(provider="replicate", what="aborted")
