@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = (
     "FETCH_TIMEOUT_SECONDS",
     "MAX_BODY_BYTES",
+    "MAX_KEYS",
     "MIN_REFETCH_SECONDS",
     "REFRESH_SECONDS",
     "InvalidKeySet",
@@ -50,6 +51,8 @@ MIN_REFETCH_SECONDS = 60.0
 FETCH_TIMEOUT_SECONDS = 10.0
 MAX_BODY_BYTES = 1024 * 1024
 """A larger answer is no key set: refused unread."""
+MAX_KEYS = 32
+"""A set with more ed25519 keys is refused (the last good set kept): rotation needs two or three."""
 _ED25519_BYTES = 32
 
 
@@ -89,8 +92,8 @@ def parse_key_set(body: bytes) -> tuple[Ed25519PublicKey, ...]:
     asks of keys a reader does not understand.
 
     Raises:
-        InvalidKeySet: not a JWK Set, an ed25519 key whose ``x`` is not 32 bytes of base64url, or no
-            ed25519 key at all.
+        InvalidKeySet: not a JWK Set, an ed25519 key whose ``x`` is not 32 bytes of base64url, no
+            ed25519 key at all, or more than :data:`MAX_KEYS` of them.
     """
     try:
         jwks = _decode(body)
@@ -107,6 +110,10 @@ def parse_key_set(body: bytes) -> tuple[Ed25519PublicKey, ...]:
         if len(raw) != _ED25519_BYTES:
             raise InvalidKeySet(f"keys[{position}].x is not a 32-byte ed25519 key in base64url")
         found.append(Ed25519PublicKey.from_public_bytes(raw))
+        if len(found) > MAX_KEYS:
+            # A fal signature names no key: each is tried in turn on the event loop, so a set's size is a
+            # cost every request, authenticated or not, would pay.
+            raise InvalidKeySet(f"holds more than {MAX_KEYS} ed25519 keys")
     if not found:
         raise InvalidKeySet("holds no ed25519 key (kty OKP, crv Ed25519)")
     return tuple(found)

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 from prometheus_client import CollectorRegistry
 
-from gateway.jwks import InvalidKeySet, JwksState, KeySet, parse_key_set
+from gateway.jwks import MAX_KEYS, InvalidKeySet, JwksState, KeySet, parse_key_set
 from gateway.senders import check_jwks_url
 from gateway.signatures import Ed25519PrivateKey, sign_v1a, verify_v1a
 from gateway.telemetry.metrics import Metrics, ModelLabels
@@ -222,6 +222,15 @@ def test_only_ed25519_signing_keys_are_read_from_a_set() -> None:
     keys = parse_key_set(body)
     assert len(keys) == 1
     assert verify_v1a(keys, "m", "1", BODY, sign_v1a(ours, "m", "1", BODY))
+
+
+def test_a_set_of_more_keys_than_a_rotation_needs_is_refused() -> None:
+    """fal's signatures name no key, so each is tried per request: a set of thousands would let anyone
+    make every request slow. More than MAX_KEYS is refused (the last good set stays in use)."""
+    many = [jwk(Ed25519PrivateKey.generate()) for _ in range(MAX_KEYS + 1)]
+    assert len(parse_key_set(json.dumps({"keys": many[:MAX_KEYS]}).encode())) == MAX_KEYS
+    with pytest.raises(InvalidKeySet, match=f"more than {MAX_KEYS}"):
+        parse_key_set(json.dumps({"keys": many}).encode())
 
 
 @pytest.mark.parametrize(
