@@ -10,6 +10,7 @@ is generated from this declaration.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
@@ -739,13 +740,19 @@ def _production_sender(where: str, sender: SenderSettings, variables: Mapping[st
 
 def _no_shared_credentials(prefix: str, resolved: list[_Declared]) -> None:
     """Refuse two senders with one credential: the credential that verifies is what names the sender."""
-    seen: dict[tuple[str, str | bytes], tuple[str, str]] = {}
+    # Compared as key material: a secret that is itself a whsec_ key also counts as that key's bytes,
+    # or whoever holds one sender's secret could sign (v1) as the sender whose key it is.
+    seen: dict[str | bytes, tuple[str, str]] = {}
     for sender, variables in resolved:
-        owned: list[tuple[str, str | bytes]] = [("secret_env", sender.secret)] if sender.secret is not None else []
+        owned: list[tuple[str, str | bytes]] = []
+        if sender.secret is not None:
+            owned.append(("secret_env", sender.secret))
+            with contextlib.suppress(InvalidKey):
+                owned.append(("secret_env", parse_key(sender.secret)))
         owned.extend(("signing_keys_env", key) for key in sender.signing_keys)
         for key, credential in owned:
             where = f"{key} {variables[key]}"
-            other = seen.setdefault((key, credential), (sender.name, where))
+            other = seen.setdefault(credential, (sender.name, where))
             if other[0] != sender.name:
                 raise ConfigError(
                     f"{prefix}: sender {sender.name!r}: {where} holds a credential of sender {other[0]!r} "

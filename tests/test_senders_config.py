@@ -129,6 +129,10 @@ def test_two_senders_sharing_a_credential_are_refused(tmp_path: Path) -> None:
     shared_key = '[senders.one]\nsigning_keys_env = "ONE"\n[senders.two]\nsigning_keys_env = "TWO"\n'
     message = refusal(tmp_path, shared_key, ONE=f"{KEY_A} {KEY_B}", TWO=KEY_B)
     assert "sender 'two': signing_keys_env TWO holds a credential of sender 'one'" in message
+    # One sender's secret that is another's signing key: holding the secret would sign as the other.
+    secret_and_key = '[senders.one]\nsecret_env = "ONE"\n[senders.two]\nsigning_keys_env = "TWO"\n'
+    message = refusal(tmp_path, secret_and_key, ONE=KEY_B, TWO=f"{KEY_A} {KEY_B}")
+    assert "sender 'two': signing_keys_env TWO holds a credential of sender 'one' (secret_env ONE)" in message
 
 
 def test_production_refuses_a_sender_without_credential_or_with_a_short_secret(tmp_path: Path) -> None:
