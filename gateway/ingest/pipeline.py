@@ -430,7 +430,7 @@ class Pipeline:
             return await self._jobs.apply(event)
         except DeliveryConflict as conflict:
             await self._release_quietly(keys)
-            raise _reused(conflict, event.job_id) from None
+            raise _reused(conflict, event.job_id, name_it=not self._owned) from None
         except KindConflict as conflict:
             await self._release_quietly(keys)
             raise WebhookRefused(
@@ -471,7 +471,7 @@ class Pipeline:
         try:
             return await self._jobs.recorded(event)
         except DeliveryConflict as conflict:
-            raise _reused(conflict, event.job_id) from None
+            raise _reused(conflict, event.job_id, name_it=not self._owned) from None
         except StoreUnavailable as error:
             raise self._unavailable(error) from None
 
@@ -509,12 +509,14 @@ def _delivery_id(headers: Mapping[str, str]) -> str | None:
     return delivery_id
 
 
-def _reused(conflict: DeliveryConflict, job_id: str) -> WebhookRefused:
-    """The 409 for a ``webhook-id`` recorded for another job's event: naming that job, changing nothing."""
+def _reused(conflict: DeliveryConflict, job_id: str, *, name_it: bool) -> WebhookRefused:
+    """The 409 for a ``webhook-id`` recorded for another job's event, changing nothing; it names that job
+    only when ``name_it`` (with several senders, the job may be another sender's)."""
+    other = f"job {conflict.job_id!r}" if name_it else "another job"
     return WebhookRefused(
         409,
         RefusalReason.CONFLICT,
-        f"webhook-id {conflict.delivery_id!r} is already recorded for job {conflict.job_id!r}: a delivery id "
+        f"webhook-id {conflict.delivery_id!r} is already recorded for {other}: a delivery id "
         f"names one event; send job {job_id!r}'s event with a webhook-id of its own. Nothing changed.",
         job_id=job_id,
     )

@@ -249,15 +249,16 @@ def _decide(
     """Decide one event against its job as the batch's earlier events left it; answer it now unless the
     batch records it (``None``: refused or already recorded)."""
     job = jobs.get(event.job_id)
+    # Ownership first: another sender learns nothing of the job (not even its kind) but that it is not its.
+    owned = owner_conflict(event, job.sender) if job is not None else None
+    if owned is not None:
+        answers.append(owned)
+        return None
     if job is not None and job.kind != event.kind:
         answers.append(KindConflict(event.job_id, job.kind))
         return None
     if require_registered and (job is None or job.registered_at is None):
         answers.append(Unregistered(event.job_id))
-        return None
-    owned = owner_conflict(event, job.sender) if job is not None else None
-    if owned is not None:
-        answers.append(owned)
         return None
     delivery_job = delivery_jobs.get(event.delivery_id) if event.delivery_id is not None else None
     conflict = delivery_conflict(event, event.key in keys, delivery_job)

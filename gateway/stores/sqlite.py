@@ -178,13 +178,14 @@ class SqliteJobStore:
             "SELECT kind, status, metadata, created_at, registered_at, sender FROM jobs WHERE job_id = ?",
             (event.job_id,),
         ).fetchone()
+        # Ownership first: another sender learns nothing of the job (not even its kind) but that it is not its.
+        owned = owner_conflict(event, row[5]) if row is not None else None
+        if owned is not None:
+            raise owned
         if row is not None and row[0] != event.kind:
             raise KindConflict(event.job_id, row[0])
         if self._require_registered and (row is None or row[4] is None):
             raise Unregistered(event.job_id)
-        owned = owner_conflict(event, row[5]) if row is not None else None
-        if owned is not None:
-            raise owned
         previous = Status(row[1]) if row is not None else None
         transition = decide(previous, event.status)
         received = _iso(event.received_at)

@@ -161,6 +161,33 @@ async def test_a_job_belongs_to_the_sender_that_first_posted_it(gateway: Gateway
     assert gateway.sample("gateway_webhook_requests_total", **conflict) == 2
 
 
+async def test_another_senders_job_is_refused_without_telling_its_kind_or_naming_it(gateway: Gateway) -> None:
+    """The ownership refusal comes before the kind's, so a sender learns neither another sender's job's
+    kind nor, through a reused webhook-id, another sender's job id."""
+    assert (
+        await gateway.as_secret(BACKEND_SECRET, IMAGE, progress("generating", job_id="hidden-1"))
+    ).status_code == 200
+    refused = await gateway.as_partner(BLOG, completed_blog(job_id="hidden-1"))
+    assert refused.status_code == 409, refused.text
+    assert "belongs to another sender" in refused.json()["detail"]
+    assert "image" not in refused.json()["detail"]
+
+    first = await gateway.client.post(
+        IMAGE,
+        json=progress("generating", job_id="hidden-2"),
+        headers={"X-Webhook-Secret": BACKEND_SECRET, "webhook-id": "shared-id-1"},
+    )
+    assert first.status_code == 200, first.text
+    reused = await gateway.client.post(
+        IMAGE,
+        json=progress("generating", job_id="mine-2"),
+        headers={"X-Webhook-Secret": SECOND_SECRET, "webhook-id": "shared-id-1"},
+    )
+    assert reused.status_code == 409, reused.text
+    assert "already recorded for another job" in reused.json()["detail"]
+    assert "hidden-2" not in reused.json()["detail"]
+
+
 async def test_a_registered_job_belongs_to_the_first_sender_that_posts_for_it(gateway: Gateway) -> None:
     registered = await gateway.client.post("/api/jobs", json={"job_id": "reg-1", "kind": "image", "user_id": "user-1"})
     assert registered.status_code in (200, 201), registered.text
