@@ -298,6 +298,7 @@ async def test_stats_count_the_window_by_status_and_what_finished_in_it(job_stor
     for number in range(3):
         await job_store.apply(msgspec.structs.replace(event(Status.COMPLETED, job_id=f"ok-{number}"), received_at=now))
     await job_store.apply(msgspec.structs.replace(event(Status.FAILED, job_id="bad"), received_at=now))
+    await job_store.apply(msgspec.structs.replace(event(Status.CANCELED, job_id="dropped"), received_at=now))
     await job_store.apply(msgspec.structs.replace(event(Status.GENERATING, job_id="busy"), received_at=now))
     await job_store.register(registration("queued"), now)
     stats = await job_store.stats(now - timedelta(hours=1), now + timedelta(seconds=1))
@@ -308,8 +309,11 @@ async def test_stats_count_the_window_by_status_and_what_finished_in_it(job_stor
         "saving": 0,
         "completed": 3,
         "failed": 1,
+        "canceled": 1,
     }
-    assert (stats.completed, stats.failed, stats.failure_ratio) == (3, 1, pytest.approx(0.25))
+    # A canceled job is neither a success nor a failure of generation: outside the ratio.
+    assert (stats.completed, stats.failed, stats.canceled) == (3, 1, 1)
+    assert stats.failure_ratio == pytest.approx(0.25)
     empty = await job_store.stats(now - timedelta(days=2), now - timedelta(days=1))
     assert (sum(empty.created.values()), empty.failure_ratio) == (0, None)
     assert sorted((row.kind, row.status, row.count) for row in await job_store.in_progress()) == [
