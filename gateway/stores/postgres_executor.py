@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     Connection = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
 
-__all__ = ("PROBE", "PostgresExecutor", "migrate")
+__all__ = ("PROBE", "PostgresExecutor", "PostgresMigrations", "migrate")
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class PostgresExecutor:
                 )
                 if apply_migrations:
                     async with self._pool.acquire() as connection:
-                        await migrations.run(_Migrations(connection))
+                        await migrations.run(PostgresMigrations(connection))
         except Exception as error:
             raise StoreUnavailable("job", "open") from error
 
@@ -124,7 +124,7 @@ async def _reset(connection: Connection) -> None:
         await connection.execute("ROLLBACK")
 
 
-class _Migrations:
+class PostgresMigrations:
     """The migration runner's view of one connection (:class:`gateway.stores.migrations.Target`): it holds
     a session advisory lock while it migrates, so replicas starting together migrate one at a time."""
 
@@ -164,6 +164,6 @@ async def migrate(url: str) -> list[int]:
     """Apply pending migrations to the PostgreSQL database at ``url``; return the versions applied."""
     db = await asyncpg.connect(url, timeout=30)
     try:
-        return await migrations.run(_Migrations(db))
+        return await migrations.run(PostgresMigrations(db))
     finally:
         await db.close()

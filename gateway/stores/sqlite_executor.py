@@ -31,7 +31,7 @@ from gateway.stores import migrations
 from gateway.stores.base import Outage
 from gateway.stores.sqlite_wal import RESET_FRAMES, Checkpointer
 
-__all__ = ("SqliteExecutor", "migrate")
+__all__ = ("SqliteExecutor", "SqliteMigrations", "migrate")
 
 logger = logging.getLogger(__name__)
 
@@ -268,7 +268,7 @@ def _connect(path: str, apply_migrations: bool) -> sqlite3.Connection:
     if apply_migrations:
         try:
             # The writer thread has no event loop: this one lives only while the migrations run.
-            asyncio.run(migrations.run(_Migrations(db)))
+            asyncio.run(migrations.run(SqliteMigrations(db)))
         except BaseException:
             db.close()
             raise
@@ -356,7 +356,7 @@ def _settle(settled: list[Settled]) -> None:
             future.set_result(result)
 
 
-class _Migrations:
+class SqliteMigrations:
     """The migration runner's view of a SQLite connection (:class:`gateway.stores.migrations.Target`). SQLite
     needs no lock of its own: ``BEGIN IMMEDIATE`` serialises each migration's transaction across processes.
     Its calls block (SQLite is a local file), whichever thread runs them."""
@@ -401,6 +401,6 @@ async def migrate(path: str) -> list[int]:
     db = sqlite3.connect(path, isolation_level=None)
     try:
         db.execute("PRAGMA journal_mode=WAL")
-        return await migrations.run(_Migrations(db))
+        return await migrations.run(SqliteMigrations(db))
     finally:
         db.close()

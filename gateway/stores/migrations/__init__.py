@@ -42,7 +42,8 @@ class Target(Protocol):
         ...
 
     async def applied_versions(self) -> set[int]:
-        """The versions recorded in ``schema_migrations`` (created first if missing)."""
+        """The versions recorded in ``schema_migrations``, which is created first if missing (so this is
+        called before :meth:`apply`)."""
         ...
 
     async def apply(self, migration: Migration) -> bool:
