@@ -73,10 +73,11 @@ def job_database(
 
 
 async def migrate(database: Database) -> list[int]:
-    """Bring ``database``'s schema up to date; the versions applied. Driver errors propagate."""
+    """Bring ``database``'s schema up to date; the versions applied. Driver errors propagate, and
+    :class:`~gateway.stores.migrations.IncompatibleSchema` when the schema is newer than the code or has a gap."""
     if isinstance(database, PostgresDatabase):
         return await postgres_executor.migrate(database.url)
-    return sqlite_executor.migrate(database.path)
+    return await sqlite_executor.migrate(database.path)
 
 
 def sinks(settings: Settings) -> dict[str, Sink]:

@@ -2,25 +2,31 @@
 
 One factory per backend: a test that needs a store of a given backend builds it here, so a change of a
 store's constructor is adapted once. The parametrised fixtures (``job_store``, ``idempotency_store``,
-``rate_limit_store``, ``outbox_store``) run a test once per backend that implements the protocol, against
-real PostgreSQL and Redis; their parameter names (``postgresql``, ``redis``) mark those runs ``services``
-(tests/conftest.py). Loaded as a plugin by tests/conftest.py.
+``rate_limit_store``, ``outbox_store``, ``migration_target``) run a test once per backend that implements
+the protocol, against real PostgreSQL and Redis; their parameter names (``postgresql``, ``redis``) mark
+those runs ``services`` (tests/conftest.py). Loaded as a plugin by tests/conftest.py.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
+from gateway.config import Database, PostgresDatabase, SqliteDatabase
 from gateway.outbox import Outbox, OutboxWriter
 from gateway.stores.base import IdempotencyStore, JobStore, RateLimitStore
 from gateway.stores.memory import MemoryIdempotencyStore, MemoryRateLimitStore
+from gateway.stores.migrations import Target
 from gateway.stores.postgres import PostgresJobStore
+from gateway.stores.postgres_executor import PostgresMigrations
 from gateway.stores.postgres_outbox import PostgresOutbox
 from gateway.stores.redis import RedisIdempotencyStore, RedisRateLimitStore
 from gateway.stores.sqlite import SqliteJobStore
+from gateway.stores.sqlite_executor import SqliteMigrations
 from gateway.stores.sqlite_outbox import SqliteOutbox
 from gateway.stores.sqlite_wal import RESET_FRAMES
 
@@ -112,6 +118,29 @@ async def outbox_store(
     await store.open()
     yield store, outbox_of(store)
     await store.close()
+
+
+@pytest.fixture(params=JOB_BACKENDS)
+async def migration_target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Database, Target]]:
+    """A fresh, empty database of each job backend (as the settings name it) and the migration runner's
+    target on a connection of its own to it."""
+    if request.param == "sqlite":
+        path = str(tmp_path / "migrations.db")
+        db = sqlite3.connect(path, isolation_level=None)
+        yield SqliteDatabase(path), SqliteMigrations(db)
+        db.close()
+        return
+    url = request.getfixturevalue("database_url")
+    connection = await asyncpg.connect(url)
+    yield PostgresDatabase(url), PostgresMigrations(connection)
+    await connection.close()
+
+
+def job_store_on(database: Database) -> SqliteJobStore | PostgresJobStore:
+    """A job store on ``database`` (not opened)."""
+    if isinstance(database, SqliteDatabase):
+        return sqlite_job_store(database.path)
+    return postgres_job_store(database.url)
 
 
 @pytest.fixture(params=IDEMPOTENCY_BACKENDS)

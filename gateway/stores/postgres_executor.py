@@ -10,6 +10,7 @@ one at a time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING, TypeVar
 
@@ -20,13 +21,13 @@ from gateway.stores import migrations
 from gateway.stores.base import Outage
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from asyncpg.pool import PoolConnectionProxy
 
     Connection = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
 
-__all__ = ("PROBE", "PostgresExecutor", "migrate")
+__all__ = ("PROBE", "PostgresExecutor", "PostgresMigrations", "migrate")
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class PostgresExecutor:
                 )
                 if apply_migrations:
                     async with self._pool.acquire() as connection:
-                        await _migrate(connection)
+                        await migrations.run(PostgresMigrations(connection))
         except Exception as error:
             raise StoreUnavailable("job", "open") from error
 
@@ -123,35 +124,46 @@ async def _reset(connection: Connection) -> None:
         await connection.execute("ROLLBACK")
 
 
-async def _migrate(db: Connection) -> list[int]:
-    """Apply pending migrations, each in its own transaction, under an advisory lock held by one replica."""
-    applied: list[int] = []
-    await db.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
-    try:
-        await db.execute(
+class PostgresMigrations:
+    """The migration runner's view of one connection (:class:`gateway.stores.migrations.Target`): it holds
+    a session advisory lock while it migrates, so replicas starting together migrate one at a time."""
+
+    dialect = "postgresql"
+
+    def __init__(self, db: Connection) -> None:
+        self._db = db
+
+    @contextlib.asynccontextmanager
+    async def locked(self) -> AsyncIterator[None]:
+        await self._db.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+        try:
+            yield
+        finally:
+            await self._db.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+
+    async def applied_versions(self) -> set[int]:
+        await self._db.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             " version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        for migration in migrations.load("postgresql"):
-            async with db.transaction():
-                done = await db.fetchval("SELECT 1 FROM schema_migrations WHERE version = $1", migration.version)
-                if done is None:
-                    await db.execute(migration.sql)  # several statements: the simple query protocol runs them all
-                    await db.execute(
-                        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                        migration.version,
-                        migration.name,
-                    )
-                    applied.append(migration.version)
-    finally:
-        await db.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
-    return applied
+        return {row["version"] for row in await self._db.fetch("SELECT version FROM schema_migrations")}
+
+    async def apply(self, migration: migrations.Migration) -> bool:
+        async with self._db.transaction():
+            done = await self._db.fetchval("SELECT 1 FROM schema_migrations WHERE version = $1", migration.version)
+            if done is not None:
+                return False
+            await self._db.execute(migration.sql)  # several statements: the simple query protocol runs them all
+            await self._db.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", migration.version, migration.name
+            )
+            return True
 
 
 async def migrate(url: str) -> list[int]:
     """Apply pending migrations to the PostgreSQL database at ``url``; return the versions applied."""
     db = await asyncpg.connect(url, timeout=30)
     try:
-        return await _migrate(db)
+        return await migrations.run(PostgresMigrations(db))
     finally:
         await db.close()

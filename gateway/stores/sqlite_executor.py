@@ -31,7 +31,7 @@ from gateway.stores import migrations
 from gateway.stores.base import Outage
 from gateway.stores.sqlite_wal import RESET_FRAMES, Checkpointer
 
-__all__ = ("SqliteExecutor", "migrate")
+__all__ = ("SqliteExecutor", "SqliteMigrations", "migrate")
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class SqliteExecutor:
         self._thread.start()
         try:
             await connected
-        except sqlite3.Error as error:
+        except (sqlite3.Error, migrations.IncompatibleSchema) as error:
             raise StoreUnavailable("job", "open") from error
 
     async def close(self) -> None:
@@ -232,7 +232,7 @@ class SqliteExecutor:
             db = _connect(self._path, apply_migrations)
             if checkpointer is not None:
                 checkpointer.configure(db)
-        except sqlite3.Error as error:
+        except (sqlite3.Error, migrations.IncompatibleSchema) as error:
             if db is not None:
                 db.close()
             self._loop.call_soon_threadsafe(_settle, [cast("Settled", (connected, None, error))])
@@ -266,7 +266,12 @@ def _connect(path: str, apply_migrations: bool) -> sqlite3.Connection:
     db.execute("PRAGMA foreign_keys=ON")
     db.execute("PRAGMA busy_timeout=5000")
     if apply_migrations:
-        _migrate(db)
+        try:
+            # The writer thread has no event loop: this one lives only while the migrations run.
+            asyncio.run(migrations.run(SqliteMigrations(db)))
+        except BaseException:
+            db.close()
+            raise
     return db
 
 
@@ -351,13 +356,28 @@ def _settle(settled: list[Settled]) -> None:
             future.set_result(result)
 
 
-def _migrate(db: sqlite3.Connection) -> list[int]:
-    db.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations ("
-        " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
-    )
-    applied: list[int] = []
-    for migration in migrations.load("sqlite"):
+class SqliteMigrations:
+    """The migration runner's view of a SQLite connection (:class:`gateway.stores.migrations.Target`). SQLite
+    needs no lock of its own: ``BEGIN IMMEDIATE`` serialises each migration's transaction across processes.
+    Its calls block (SQLite is a local file), whichever thread runs them."""
+
+    dialect = "sqlite"
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def locked(self) -> contextlib.nullcontext[None]:
+        return contextlib.nullcontext()
+
+    async def applied_versions(self) -> set[int]:
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+        )
+        return {version for (version,) in self._db.execute("SELECT version FROM schema_migrations")}
+
+    async def apply(self, migration: migrations.Migration) -> bool:
+        db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
             done = db.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (migration.version,)).fetchone()
@@ -368,19 +388,19 @@ def _migrate(db: sqlite3.Connection) -> list[int]:
                     "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                     (migration.version, migration.name, datetime.now(UTC).isoformat(timespec="microseconds")),
                 )
-                applied.append(migration.version)
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
-    return applied
+        return done is None
 
 
-def migrate(path: str) -> list[int]:
-    """Apply pending migrations to the SQLite file at ``path``; return the versions applied."""
+async def migrate(path: str) -> list[int]:
+    """Apply pending migrations to the SQLite file at ``path``; return the versions applied. Blocks the
+    loop while it writes (the ``gateway migrate`` command has nothing else to do)."""
     db = sqlite3.connect(path, isolation_level=None)
     try:
         db.execute("PRAGMA journal_mode=WAL")
-        return _migrate(db)
+        return await migrations.run(SqliteMigrations(db))
     finally:
         db.close()

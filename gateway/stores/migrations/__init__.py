@@ -1,16 +1,20 @@
-"""Versioned schema migrations, one SQL file each, per database dialect.
+"""Versioned schema migrations, one SQL file each, per database dialect, and the one runner for both.
 
-Files are named ``NNNN_description.sql`` and applied in order, each in its own transaction, recorded in
-``schema_migrations``: applying them again is a no-op, so ``gateway migrate`` is safe to run any time.
+Files are named ``NNNN_description.sql`` in a folder per dialect. :func:`run` applies the missing ones in
+version order, each in its own transaction that also records it in ``schema_migrations``: applying them
+again is a no-op, so ``gateway migrate`` is safe to run any time. What differs between databases (the
+placeholders, a lock between replicas, sync or async drivers) is the :class:`Target`'s.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from importlib import resources
+from typing import Protocol
 
-__all__ = ("Migration", "load", "statements")
+__all__ = ("IncompatibleSchema", "Migration", "Target", "load", "run", "statements")
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +22,34 @@ class Migration:
     version: int
     name: str
     sql: str
+
+
+class IncompatibleSchema(Exception):
+    """The database records migrations this code does not know, or has a gap in its history: nothing is
+    applied, since the schema is not one this gateway was written for."""
+
+
+class Target(Protocol):
+    """One database connection as the runner migrates it."""
+
+    @property
+    def dialect(self) -> str:
+        """The folder of its migrations: ``sqlite`` or ``postgresql``."""
+        ...
+
+    def locked(self) -> AbstractAsyncContextManager[object]:
+        """Held while the runner works: other processes migrating the same database wait for it."""
+        ...
+
+    async def applied_versions(self) -> set[int]:
+        """The versions recorded in ``schema_migrations``, which is created first if missing (so this is
+        called before :meth:`apply`)."""
+        ...
+
+    async def apply(self, migration: Migration) -> bool:
+        """In one transaction: unless ``migration`` is recorded by now, run its SQL and record it. Whether it
+        ran; a failure rolls the transaction back and propagates."""
+        ...
 
 
 def load(dialect: str) -> list[Migration]:
@@ -29,6 +61,42 @@ def load(dialect: str) -> list[Migration]:
             version, _, rest = entry.name.partition("_")
             migrations.append(Migration(int(version), rest.removesuffix(".sql"), entry.read_text("utf-8")))
     return sorted(migrations, key=lambda migration: migration.version)
+
+
+async def run(target: Target) -> list[int]:
+    """Apply the migrations ``target`` lacks, in order; the versions applied (none: it was up to date).
+
+    Raises :class:`IncompatibleSchema` before applying anything when the database records a version this
+    code does not know, or lacks one below a version it records. Driver errors propagate.
+    """
+    known = load(target.dialect)
+    applied: list[int] = []
+    async with target.locked():
+        recorded = await target.applied_versions()
+        _check(recorded, [migration.version for migration in known])
+        for migration in known:
+            if migration.version not in recorded and await target.apply(migration):
+                applied.append(migration.version)
+    return applied
+
+
+def _check(recorded: set[int], known: list[int]) -> None:
+    unknown = sorted(recorded - set(known))
+    if unknown:
+        raise IncompatibleSchema(
+            f"the database records migrations {_listed(unknown)} that this gateway does not know (it knows "
+            f"{_listed(known)}): it was migrated by a newer gateway, so run that version or a later one"
+        )
+    missing = [version for version in known if version not in recorded and recorded and version < max(recorded)]
+    if missing:
+        raise IncompatibleSchema(
+            f"the database records migrations {_listed(sorted(recorded))} but not {_listed(missing)}: its schema "
+            "history has a gap, so no migration is applied; restore it from a backup taken before the gap"
+        )
+
+
+def _listed(versions: list[int]) -> str:
+    return ", ".join(map(str, versions))
 
 
 def statements(sql: str) -> list[str]:
