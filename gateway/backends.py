@@ -73,8 +73,7 @@ def job_database(
 
 
 async def migrate(database: Database) -> list[int]:
-    """Bring ``database``'s schema up to date; the versions applied. Driver errors propagate, and
-    :class:`~gateway.stores.migrations.IncompatibleSchema` when the schema is newer than the code or has a gap."""
+    """Bring ``database``'s schema up to date; the versions applied. Driver errors propagate."""
     if isinstance(database, PostgresDatabase):
         return await postgres_executor.migrate(database.url)
     return await sqlite_executor.migrate(database.path)

@@ -21,7 +21,6 @@ from gateway import cli_deliveries as delivery_commands
 from gateway.config import ConfigError, PostgresDatabase, Settings, configured_urls
 from gateway.redact import scrub, url_secrets
 from gateway.send import add_send_parser, run_send
-from gateway.stores.migrations import IncompatibleSchema
 from gateway.telemetry.logs import configure_logging
 from gateway.telemetry.tracing import check_tracing_env
 
@@ -194,7 +193,7 @@ def _migrate(settings: Settings) -> int:
     where = database.shown if isinstance(database, PostgresDatabase) else database.path
     try:
         applied = asyncio.run(backends.migrate(database))
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, IncompatibleSchema) as error:
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
         url = database.url if isinstance(database, PostgresDatabase) else None
         print(f"gateway: cannot migrate {where}: {type(error).__name__}: {scrub(str(error), url)}", file=sys.stderr)
         return 1

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 from uvicorn.lifespan.on import LifespanOn
 
 from gateway.config import PostgresDatabase
-from gateway.stores.migrations import IncompatibleSchema
 
 if TYPE_CHECKING:
     from uvicorn.lifespan.on import LifespanSendMessage
@@ -34,9 +33,6 @@ class StartupFailure(Exception):
 def job_store_failure(database: Database, cause: BaseException | None) -> StartupFailure:
     """The failure for a job store that did not open; ``cause`` is what the driver raised."""
     reason = _reason(cause)
-    if isinstance(cause, IncompatibleSchema):  # the database answers; its schema is the problem, not the URL
-        where = database.shown if isinstance(database, PostgresDatabase) else os.path.abspath(database.path)
-        return StartupFailure(f"cannot open the job store at {where}: {cause}")
     if isinstance(database, PostgresDatabase):
         return StartupFailure(
             f"cannot open the job store at {database.shown} ({reason}). Check DATABASE_URL: that PostgreSQL "

@@ -119,31 +119,6 @@ def test_migrate_creates_the_schema_then_is_a_no_op(tmp_path: Path) -> None:
     assert migrations_of(database) == recorded
 
 
-def test_a_database_migrated_by_a_newer_gateway_is_refused_by_migrate_and_serve(tmp_path: Path) -> None:
-    """A schema this gateway does not know: ``migrate`` exits 1 and ``serve`` will not start, both saying
-    which version, and the database is left as it was."""
-    database = tmp_path / "newer.db"
-    env = {"DATABASE_URL": f"sqlite:///{database}"}
-    assert run_gateway(tmp_path, "migrate", env=env).returncode == 0
-    newer = SQLITE_VERSIONS[-1] + 1
-    with sqlite3.connect(database) as db:
-        db.execute(
-            "INSERT INTO schema_migrations VALUES (?, 'from_a_newer_gateway', '2030-01-01T00:00:00+00:00')", (newer,)
-        )
-    recorded = migrations_of(database)
-
-    refused = run_gateway(tmp_path, "migrate", env=env)
-    assert refused.returncode == 1
-    assert refused.stderr.startswith(
-        f"gateway: cannot migrate {database}: IncompatibleSchema: the database records migrations {newer} that "
-        "this gateway does not know"
-    )
-    line = _one_line(run_gateway(tmp_path, "serve", "--port", str(free_port()), env=env))
-    assert line.startswith(f"gateway: cannot open the job store at {database}: the database records migrations {newer}")
-    assert "a newer gateway" in line
-    assert migrations_of(database) == recorded
-
-
 def test_migrate_into_a_missing_directory_exits_2(tmp_path: Path) -> None:
     """A DATABASE_URL pointing into a directory that does not exist is refused before any file is created."""
     missing = tmp_path / "no-such-dir" / "m.db"

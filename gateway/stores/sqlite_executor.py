@@ -88,7 +88,7 @@ class SqliteExecutor:
         self._thread.start()
         try:
             await connected
-        except (sqlite3.Error, migrations.IncompatibleSchema) as error:
+        except sqlite3.Error as error:
             raise StoreUnavailable("job", "open") from error
 
     async def close(self) -> None:
@@ -232,7 +232,7 @@ class SqliteExecutor:
             db = _connect(self._path, apply_migrations)
             if checkpointer is not None:
                 checkpointer.configure(db)
-        except (sqlite3.Error, migrations.IncompatibleSchema) as error:
+        except sqlite3.Error as error:
             if db is not None:
                 db.close()
             self._loop.call_soon_threadsafe(_settle, [cast("Settled", (connected, None, error))])

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Protocol
 
-__all__ = ("IncompatibleSchema", "Migration", "Target", "load", "run", "statements")
+__all__ = ("Migration", "Target", "load", "run", "statements")
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,11 +22,6 @@ class Migration:
     version: int
     name: str
     sql: str
-
-
-class IncompatibleSchema(Exception):
-    """The database records migrations this code does not know, or has a gap in its history: nothing is
-    applied, since the schema is not one this gateway was written for."""
 
 
 class Target(Protocol):
@@ -66,37 +61,17 @@ def load(dialect: str) -> list[Migration]:
 async def run(target: Target) -> list[int]:
     """Apply the migrations ``target`` lacks, in order; the versions applied (none: it was up to date).
 
-    Raises :class:`IncompatibleSchema` before applying anything when the database records a version this
-    code does not know, or lacks one below a version it records. Driver errors propagate.
+    A version the database records that this code does not know is left alone (a newer gateway's, during
+    a rolling deploy or a rollback). Driver errors propagate.
     """
     known = load(target.dialect)
     applied: list[int] = []
     async with target.locked():
         recorded = await target.applied_versions()
-        _check(recorded, [migration.version for migration in known])
         for migration in known:
             if migration.version not in recorded and await target.apply(migration):
                 applied.append(migration.version)
     return applied
-
-
-def _check(recorded: set[int], known: list[int]) -> None:
-    unknown = sorted(recorded - set(known))
-    if unknown:
-        raise IncompatibleSchema(
-            f"the database records migrations {_listed(unknown)} that this gateway does not know (it knows "
-            f"{_listed(known)}): it was migrated by a newer gateway, so run that version or a later one"
-        )
-    missing = [version for version in known if version not in recorded and recorded and version < max(recorded)]
-    if missing:
-        raise IncompatibleSchema(
-            f"the database records migrations {_listed(sorted(recorded))} but not {_listed(missing)}: its schema "
-            "history has a gap, so no migration is applied; restore it from a backup taken before the gap"
-        )
-
-
-def _listed(versions: list[int]) -> str:
-    return ", ".join(map(str, versions))
 
 
 def statements(sql: str) -> list[str]:
