@@ -86,12 +86,3 @@ async def test_a_version_newer_than_the_code_is_left_alone(migration_target: tup
     await store.open()
     await store.close()
     assert await target.applied_versions() == {*known(target), newer}
-
-
-async def test_a_history_with_a_gap_gets_the_missing_migration(migration_target: tuple[Database, Target]) -> None:
-    database, target = migration_target
-    first, second, third, *_ = migrations.load(target.dialect)
-    await record(target, first, Migration(version=third.version, name=third.name, sql="SELECT 1"))
-
-    assert second.version in await backends.migrate(database)
-    assert await target.applied_versions() == set(known(target))
