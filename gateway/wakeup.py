@@ -41,6 +41,8 @@ class Wakeup:
         """This process's signature on its signals, so it does not wake itself twice."""
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._listening: Redis | None = None
+        """The client :meth:`_listen` reads with, closed by :meth:`stop`."""
 
     def changed(self) -> asyncio.Event:
         """Set at the next :meth:`stored` (here or, with Redis, on any replica). Take it *before* reading
@@ -69,9 +71,16 @@ class Wakeup:
         self._tasks = [asyncio.create_task(self._publish()), asyncio.create_task(self._listen())]
 
     async def stop(self) -> None:
+        """End the loops and close their connections. The listening connection is closed here too, not
+        only cancelled: redis-py may lose a cancellation that lands as a read completes (seen after the
+        subscription's confirmation; redis/redis-py#2028), and the read it goes back to then ends on the
+        closed connection instead of holding shutdown up until the timeout."""
         self.close()
         for task in self._tasks:
             task.cancel()
+        if self._listening is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._listening.aclose()
         if self._tasks:
             # redis-py may turn a cancellation into a connection error; the loops then see ``closed``.
             await asyncio.wait(self._tasks, timeout=self._timeout)
@@ -113,7 +122,7 @@ class Wakeup:
         """Wake the local streams on every other replica's signal; reconnect when Redis goes away."""
         failing = False
         while not self.closed.is_set():
-            client = self._client()
+            client = self._listening = self._client()
             try:
                 async with client.pubsub() as pubsub:
                     await pubsub.subscribe(self._channel)
@@ -125,6 +134,8 @@ class Wakeup:
                         if message["type"] == "message" and message["data"] != self._me:
                             self._wake()
             except (RedisError, OSError) as error:
+                if self.closed.is_set():  # stop() closed the connection under the read
+                    return
                 if not failing:
                     logger.warning(
                         "live streams: not hearing other replicas (%s): they show at each heartbeat",

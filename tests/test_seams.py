@@ -10,6 +10,7 @@ against the installed version, so that an upgrade which breaks one fails here ra
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,7 @@ def test_the_json_handler_is_attached_with_logging_s_public_api(root_logging: lo
     only while that holds may the per-webhook line skip logging: with another handler beside it (a
     library's, a test's) or a console format, the line goes through logging, where that handler sees it."""
     logger = logging.getLogger("gateway.webhook")
+    writers = _log_writers()
     configure_logging("INFO", "json")
     (handler,) = root_logging.handlers
     assert isinstance(handler, BatchingHandler)
@@ -119,3 +121,10 @@ def test_the_json_handler_is_attached_with_logging_s_public_api(root_logging: lo
     root_logging.removeHandler(extra)
     configure_logging("INFO", "console")
     assert direct_info(logger) is None
+    # The writer thread of the handler replaced ended with it: one per process, however often configured.
+    assert _log_writers() == writers + 1
+
+
+def _log_writers() -> int:
+    """How many log writer threads are alive."""
+    return [thread.name for thread in threading.enumerate()].count("gateway-log-writer")

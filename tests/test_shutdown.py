@@ -8,6 +8,7 @@ the restarted gateway leaves every event recorded exactly once.
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import threading
 import time
@@ -242,3 +243,46 @@ async def test_a_backend_whose_close_fails_is_logged_and_the_others_still_close(
     assert len(failures) == 1
     assert failures[0].exc_info is not None
     assert "the wake-up would not stop" in str(failures[0].exc_info[1])
+
+
+def test_apps_built_and_closed_again_and_again_leave_no_thread_behind(settings: Settings) -> None:
+    """Building an app and running its lifespan starts nothing that outlives it: after many app
+    lifecycles (tests, reloads) the process has no more threads than after the first."""
+    from litestar.testing import TestClient
+
+    from gateway.http.app import create_app
+
+    def lifecycle() -> None:
+        with TestClient(create_app(settings)) as client:
+            assert client.get("/healthz").status_code == 200
+
+    lifecycle()  # whatever is started once per process (the SQLite connection's thread ends with it)
+    baseline = threading.active_count()
+    for _ in range(10):
+        lifecycle()
+    assert threading.active_count() <= baseline, [thread.name for thread in threading.enumerate()]
+
+
+async def test_an_unhandled_error_is_logged_with_its_traceback_through_the_root_logger(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request that fails unexpectedly is answered 500 and its traceback reaches the handlers on the
+    root logger (the gateway's JSON or console lines), not a handler of Litestar's own."""
+    from litestar.testing import AsyncTestClient
+
+    from gateway.http.app import create_app
+    from gateway.stores.sqlite import SqliteJobStore
+
+    async def broken(_: SqliteJobStore, job_id: str) -> None:
+        raise RuntimeError(f"an unexpected failure reading {job_id}")
+
+    monkeypatch.setattr(SqliteJobStore, "get", broken)
+    async with AsyncTestClient(create_app(settings)) as client:
+        response = await client.get("/api/jobs/job-unhandled")
+    assert response.status_code == 500
+    assert "an unexpected failure" not in response.text
+    (logged,) = [record for record in caplog.records if record.name == "litestar"]
+    assert "/api/jobs/job-unhandled" in logged.getMessage()
+    assert logged.exc_info is not None
+    assert "an unexpected failure reading job-unhandled" in str(logged.exc_info[1])
+    assert not logging.getLogger("litestar").handlers  # only the root logger's handlers write it

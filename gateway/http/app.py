@@ -58,6 +58,7 @@ from gateway.telemetry.tracing import tracer_provider_from_env
 from gateway.wakeup import Wakeup
 
 if TYPE_CHECKING:
+    from litestar.types.callable_types import GetLogger
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import Tracer
 
@@ -259,10 +260,7 @@ def create_app(
         state=State({"wakeup": wakeup, "jobs": jobs, "key_sets": key_sets}),
         # Litestar's records (unhandled exceptions included) go to the root logger, which the gateway
         # configures (JSON or console); Litestar must not install its own root handler.
-        logging_config=LoggingConfig(
-            configure_root_logger=False,
-            handlers={},
-            loggers={"litestar": {"level": "INFO", "propagate": True}},
+        logging_config=PropagatingLoggingConfig(
             log_exceptions="always",
             # A client's mistake (404, 400, ...) is answered, not an error of ours: only 5xx are logged.
             disable_stack_trace=set(range(400, 500)),
@@ -279,6 +277,23 @@ def create_app(
     document_webhooks(app.openapi_schema, KINDS)
     document_provider_webhooks(app.openapi_schema, pipeline.providers.values())
     return app
+
+
+class PropagatingLoggingConfig(LoggingConfig):
+    """Litestar's exception logging (its ``log_exceptions`` and ``disable_stack_trace``), whose records
+    propagate at INFO to the root logger the gateway configures (:func:`~gateway.telemetry.logs.configure_logging`).
+
+    Building an app touches no other logging state: no ``dictConfig``, no handler of its own. Litestar's
+    :meth:`LoggingConfig.configure` would run ``dictConfig`` at every app, which closes every handler the
+    process has and starts a ``QueueListener`` thread nothing ever stops (litestar-org/litestar#3080): one
+    more thread for each app built, in tests and reloads.
+    """
+
+    def configure(self) -> GetLogger:
+        litestar_logger = logging.getLogger("litestar")
+        litestar_logger.setLevel(logging.INFO)
+        litestar_logger.propagate = True
+        return logging.getLogger
 
 
 def _endpoints(settings: Settings, *, traced: bool) -> str:

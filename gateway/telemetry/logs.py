@@ -133,7 +133,8 @@ def configure_logging(level: str, log_format: str, secrets: Collection[str] = ()
 
     Records are formatted on the caller's thread (so they carry its trace context) and written by a
     writer thread in batches: a stdout nobody drains (a stalled log shipper, a full pipe) never blocks
-    the event loop, and a log line costs no thread wake-up of its own.
+    the event loop, and a log line costs no thread wake-up of its own. Configuring again replaces that
+    writer (the one replaced writes what it holds, then ends): one writer thread per process.
     """
     # The logging HOWTO's optimisations through its public flags: none of these fields is ever printed,
     # so they are not collected. (The caller's file and line are: the one webhook line goes around
@@ -149,6 +150,9 @@ def configure_logging(level: str, log_format: str, secrets: Collection[str] = ()
     root = logging.getLogger()
     for replaced in list(root.handlers):
         root.removeHandler(replaced)
+        if isinstance(replaced, BatchingHandler):  # configured again: the one replaced writes what it holds, ends
+            replaced.stop()
+            atexit.unregister(replaced.stop)
     root.addHandler(handler)
     root.setLevel(level)
 

@@ -364,3 +364,24 @@ async def test_a_burst_of_commits_is_a_handful_of_signals_and_the_last_one_is_he
         await sender.stop()
         await pubsub.aclose()
         await listener.aclose()
+
+
+async def test_stopping_the_wakeup_ends_its_redis_loops_whenever_it_comes(redis_url: str, redis_prefix: str) -> None:
+    """Shutdown ends the Redis listener however soon after start-up it comes, the subscription's
+    confirmation still in flight included (where redis-py may lose a cancellation): no loop is left
+    running, and nothing stays subscribed, so a closing app is not held up by its wake-up."""
+    import redis.asyncio as redis
+
+    channel = f"{redis_prefix}job-events"
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        for attempt in range(40):
+            wakeup = Wakeup(redis_url, prefix=redis_prefix)
+            await wakeup.start()
+            await asyncio.sleep(0.001 * (attempt % 20))  # from before the subscription to well after it
+            await wakeup.stop()
+            running = [task for task in asyncio.all_tasks() if "Wakeup." in repr(task.get_coro())]
+            assert not running, f"attempt {attempt}: {running}"
+            assert await admin.pubsub_numsub(channel) == [(channel.encode(), 0)]
+    finally:
+        await admin.aclose()
