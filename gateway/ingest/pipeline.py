@@ -221,6 +221,24 @@ class Pipeline:
     async def _stages(
         self, kind: JobKind, headers: Mapping[str, str], chunks: AsyncIterable[bytes], client: str, request: _Request
     ) -> tuple[JobEvent | None, Accepted | Acknowledged, EventResult | None, Mapping[str, str]]:
+        body, now, answer_headers = await self._admitted(kind, self._authenticator, headers, chunks, client, request)
+        delivery_id = _delivery_id(headers)
+        with self._stage("decode"):
+            event = decode_event(kind, body, delivery_id, datetime.fromtimestamp(now, UTC))
+        return await self._record(event, request, answer_headers)
+
+    async def _admitted(
+        self,
+        kind: JobKind,
+        authenticator: Authenticator | FalAuthenticator,
+        headers: Mapping[str, str],
+        chunks: AsyncIterable[bytes],
+        client: str,
+        request: _Request,
+    ) -> tuple[bytes, float, Mapping[str, str]]:
+        """Stages 1-4, shared by every route: the address's budget, the headers, ``authenticator``'s verdict
+        and the sender's budget and kinds, the body. The body, the time it was judged at, and the rate limit
+        headers of the answer."""
         answer_headers = _NO_HEADERS
         if self._limiter is not None:
             answer_headers, request.owed = await self._limiter.admit_address(client, headers)
@@ -229,7 +247,7 @@ class Pipeline:
         # What the headers decide is decided before a byte of the body is held: a wrong or missing credential
         # costs the gateway a head, and the connection is closed (its unread body is never read).
         with self._stage("authenticate"):
-            early = self._authenticator.verify_headers(headers, now)
+            early = authenticator.verify_headers(headers, now)
         if early is not None and early.failure is not None:
             self._telemetry.auth_failed(early.failure)
             raise WebhookRefused(401, RefusalReason.UNAUTHORIZED, _UNAUTHORIZED, _CLOSE)
@@ -238,13 +256,9 @@ class Pipeline:
         body = await read_body(chunks, self._max_body_bytes)
 
         if early is None:  # signature headers: the signature over the body decides (a second stage event)
-            verdict = await self._verify_body(self._authenticator, headers, body, now)
+            verdict = await self._verify_body(authenticator, headers, body, now)
             answer_headers = await self._identified(kind, verdict.sender, answer_headers, request, _NO_HEADERS)
-
-        delivery_id = _delivery_id(headers)
-        with self._stage("decode"):
-            event = decode_event(kind, body, delivery_id, datetime.fromtimestamp(now, UTC))
-        return await self._record(event, request, answer_headers)
+        return body, now, answer_headers
 
     async def _provider_stages(
         self,
@@ -257,23 +271,7 @@ class Pipeline:
         """The stages of :meth:`_stages` for a provider's callback: authenticated by its credentials alone,
         decoded by its mapper; an unmapped callback is acknowledged and goes no further."""
         kind = provider.kind
-        answer_headers = _NO_HEADERS
-        if self._limiter is not None:
-            answer_headers, request.owed = await self._limiter.admit_address(client, headers)
-        check_headers(headers, self._max_body_bytes)
-        now = self._clock()
-        with self._stage("authenticate"):
-            early = provider.authenticator.verify_headers(headers, now)
-        if early is not None and early.failure is not None:
-            self._telemetry.auth_failed(early.failure)
-            raise WebhookRefused(401, RefusalReason.UNAUTHORIZED, _UNAUTHORIZED, _CLOSE)
-        if early is not None:
-            answer_headers = await self._identified(kind, early.sender, answer_headers, request, _CLOSE)
-        body = await read_body(chunks, self._max_body_bytes)
-        if early is None:
-            verdict = await self._verify_body(provider.authenticator, headers, body, now)
-            answer_headers = await self._identified(kind, verdict.sender, answer_headers, request, _NO_HEADERS)
-
+        body, now, answer_headers = await self._admitted(kind, provider.authenticator, headers, chunks, client, request)
         delivery_id = _delivery_id(headers)
         signed = headers.get("webhook-timestamp") or headers.get("x-fal-webhook-timestamp") or ""
         moment = int(signed) if signed.isascii() and signed.isdigit() and len(signed) <= 12 else now
