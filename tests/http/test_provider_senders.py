@@ -32,6 +32,8 @@ from gateway.jwks import KeySet
 from gateway.signatures import Ed25519PrivateKey
 from tests.conftest import completed_image
 from tests.jwks_server import JwksServer
+from tests.providers.samples import FAL_ERROR as FAL_ERROR_SAMPLE
+from tests.providers.samples import FAL_OK
 from tests.signing import sign
 
 REPLICATE_KEY = bytes(range(1, 33))
@@ -296,31 +298,8 @@ async def test_openai_events_complete_fail_and_cancel_their_jobs_without_results
 
 # fal: https://docs.fal.ai/model-apis/model-endpoints/webhooks
 
-FAL_OK = {
-    "request_id": "123e4567-e89b-12d3-a456-426614174000",
-    "gateway_request_id": "123e4567-e89b-12d3-a456-426614174000",
-    "status": "OK",
-    "payload": {
-        "images": [
-            {
-                "url": "https://url.to/image.png",
-                "content_type": "image/png",
-                "file_name": "image.png",
-                "file_size": 1824075,
-                "width": 1024,
-                "height": 1024,
-            }
-        ],
-        "seed": 196619188014358660,
-    },
-}
-FAL_ERROR = {
-    "request_id": "024ca5b1-45d3-4afd-883e-ad3abe2a1c4d",
-    "gateway_request_id": "024ca5b1-45d3-4afd-883e-ad3abe2a1c4d",
-    "status": "ERROR",
-    "error": "Invalid status code: 422",
-    "payload": {"detail": [{"loc": ["body", "prompt"], "msg": "field required", "type": "value_error.missing"}]},
-}
+# A second job, so the error does not land on the completed one.
+FAL_ERROR = {**FAL_ERROR_SAMPLE, "request_id": "024ca5b1-45d3-4afd-883e-ad3abe2a1c4d"}
 
 
 async def test_fal_callbacks_verify_with_its_published_keys_and_complete_or_fail_jobs(gateway: Gateway) -> None:

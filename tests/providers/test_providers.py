@@ -20,6 +20,7 @@ import pytest
 from gateway.model import JobEvent, Status
 from gateway.providers import FORMATS, Ignored
 from gateway.providers.common import MAX_ERROR_CHARACTERS
+from tests.providers.samples import FAL_ERROR, FAL_OK, FAL_PAYLOAD_ERROR
 
 RECEIVED = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 SIGNED = datetime(2026, 12, 3, 11, 59, 58, tzinfo=UTC)
@@ -220,40 +221,6 @@ def test_an_openai_event_that_is_no_jobs_end_is_ignored(body: dict[str, Any]) ->
 
 
 # fal ---------------------------------------------------------------------------------------------------
-
-FAL_OK = {
-    "request_id": "123e4567-e89b-12d3-a456-426614174000",
-    "gateway_request_id": "123e4567-e89b-12d3-a456-426614174000",
-    "status": "OK",
-    "payload": {
-        "images": [
-            {
-                "url": "https://url.to/image.png",
-                "content_type": "image/png",
-                "file_name": "image.png",
-                "file_size": 1824075,
-                "width": 1024,
-                "height": 1024,
-            }
-        ],
-        "seed": 196619188014358660,
-    },
-}
-FAL_ERROR = {
-    "request_id": "123e4567-e89b-12d3-a456-426614174000",
-    "gateway_request_id": "123e4567-e89b-12d3-a456-426614174000",
-    "status": "ERROR",
-    "error": "Invalid status code: 422",
-    "payload": {"detail": [{"loc": ["body", "prompt"], "msg": "field required", "type": "value_error.missing"}]},
-}
-FAL_PAYLOAD_ERROR = {
-    "request_id": "123e4567-e89b-12d3-a456-426614174000",
-    "gateway_request_id": "123e4567-e89b-12d3-a456-426614174000",
-    "status": "ERROR",
-    "error": "Error while serializing the payload",
-    "payload": None,
-    "payload_error": "Response payload is not JSON serializable.",
-}
 
 
 def test_fal_ok_completes_the_job_with_its_images_at_the_signed_time() -> None:
