@@ -47,13 +47,10 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from datetime import datetime
 
-    from asyncpg.pool import PoolConnectionProxy
-
     from gateway.outbox import OutboxWriter
     from gateway.registration import Registration
+    from gateway.stores.postgres_executor import Connection
     from gateway.stores.queries import JobQuery
-
-    Connection = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
 
 __all__ = ("PostgresJobStore",)
 

@@ -39,15 +39,11 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from datetime import datetime
 
-    import asyncpg
-    from asyncpg.pool import PoolConnectionProxy
-
     from gateway.model import JobEvent
     from gateway.outbox import OutboxWriter
     from gateway.payloads import Metadata
+    from gateway.stores.postgres_executor import Connection
     from gateway.transition import Transition
-
-    Connection = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
 
 __all__ = ("EVENTS_LOCK", "Pending", "apply_batch")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -26,16 +26,10 @@ from gateway.outbox import (
 from gateway.stores import rows as rows_
 
 if TYPE_CHECKING:
-    from asyncpg.pool import PoolConnectionProxy
-
     from gateway.model import JobEvent
-    from gateway.stores.postgres_executor import PostgresExecutor
-
-    Connection = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+    from gateway.stores.postgres_executor import Connection, PostgresExecutor
 
 __all__ = ("PostgresOutbox", "enqueue")
-
-T = TypeVar("T")
 
 
 _CLAIM = """
