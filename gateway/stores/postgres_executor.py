@@ -109,6 +109,15 @@ class PostgresExecutor:
             except Exception:  # an unreachable server: drop the connections rather than wait on them
                 pool.terminate()
 
+    async def execute(self, operation: str, sql: str, *params: Any) -> int:
+        """Run one statement, as :meth:`run` runs work; the number of rows it wrote."""
+        status = await self.run(operation, lambda db: db.execute(sql, *params))
+        return int(status.rpartition(" ")[2])
+
+    async def fetch(self, operation: str, sql: str, *params: Any) -> list[asyncpg.Record]:
+        """Run one query, as :meth:`run` runs work; its rows."""
+        return await self.run(operation, lambda db: db.fetch(sql, *params))
+
     async def run(
         self, operation: str, work: Callable[[Connection], Awaitable[T]], *, deadline: float | None = None
     ) -> T:
