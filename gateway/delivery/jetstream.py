@@ -176,13 +176,17 @@ class JetStreamSink:
 
     async def _drop(self) -> None:
         """Forget a broken connection; the next send opens a new one."""
-        async with self._lock:
-            client, self._client, self._jetstream = self._client, None, None
-        if client is not None and not client.is_closed:
+        if (client := await self._detach()) is not None:
             try:
                 await client.close()
             except (nats.errors.Error, OSError) as error:
                 logger.debug("closing a broken NATS connection failed: %s", error)
+
+    async def _detach(self) -> Client | None:
+        """Take the connection away from the sink (the next send opens a new one); ``None``: none was open."""
+        async with self._lock:
+            client, self._client, self._jetstream = self._client, None, None
+        return client if client is not None and not client.is_closed else None
 
     async def _log_disconnected(self) -> None:
         # Only an established connection that drops is news: not a failed first attempt, not close().
@@ -191,9 +195,7 @@ class JetStreamSink:
 
     async def close(self) -> None:
         """Flush what is in flight and close the connection."""
-        async with self._lock:
-            client, self._client, self._jetstream = self._client, None, None
-        if client is not None and not client.is_closed:
+        if (client := await self._detach()) is not None:
             try:
                 await client.drain()
             except (nats.errors.Error, OSError, TimeoutError) as error:

@@ -14,7 +14,8 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
@@ -147,7 +148,9 @@ class Streams:
         queue: asyncio.Queue[_Item] = asyncio.Queue(self._buffer)
         room = asyncio.Event()
         dropped = asyncio.Event()
-        producer = asyncio.create_task(self._guarded(queue, room, dropped, after, job_id, user_id))
+        producer = asyncio.create_task(
+            _guarded(queue, partial(self._produce, queue, room, dropped, after, job_id, user_id))
+        )
         sent = after
         try:
             yield b"retry: %d\n\n" % _RETRY_MS
@@ -174,25 +177,6 @@ class Streams:
             with contextlib.suppress(asyncio.CancelledError):
                 await producer
             slot.release()
-
-    async def _guarded(
-        self,
-        queue: asyncio.Queue[_Item],
-        room: asyncio.Event,
-        dropped: asyncio.Event,
-        after: int,
-        job_id: str | None,
-        user_id: str | None,
-    ) -> None:
-        """:meth:`_produce`, and if it fails (a bug: store failures are retried) the stream ends rather than
-        hangs; the client reconnects with the last id it got, so it loses nothing."""
-        try:
-            await self._produce(queue, room, dropped, after, job_id, user_id)
-        except Exception:
-            logger.exception("live stream failed; ending it so the client reconnects")
-            while not queue.empty():
-                queue.get_nowait()
-            queue.put_nowait(_End())
 
     async def _produce(
         self,
@@ -257,6 +241,18 @@ class Streams:
                 return False
         queue.put_nowait(item)
         return True
+
+
+async def _guarded(queue: asyncio.Queue[_Item], produce: Callable[[], Awaitable[None]]) -> None:
+    """Run ``produce`` (:meth:`Streams._produce`); if it fails (a bug: store failures are retried) the
+    stream ends rather than hangs, and the client reconnects with the last id it got, losing nothing."""
+    try:
+        await produce()
+    except Exception:
+        logger.exception("live stream failed; ending it so the client reconnects")
+        while not queue.empty():
+            queue.get_nowait()
+        queue.put_nowait(_End())
 
 
 def _resume_point(header: str | None, after: int | None) -> int | None:

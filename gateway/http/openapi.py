@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
     from litestar import Router
     from litestar.handlers import HTTPRouteHandler
-    from litestar.openapi.spec import OpenAPI
+    from litestar.openapi.spec import OpenAPI, Reference
 
     from gateway.ingest.pipeline import ProviderSender
     from gateway.kinds import JobKind
@@ -123,16 +123,7 @@ def _provider_operation(provider: ProviderSender) -> Operation:
         description=f"{body} A callback of an event type or status the gateway does not map is acknowledged "
         "with outcome `ignored` and recorded nowhere.",
         operation_id=f"receive{provider.name.title().replace('-', '').replace('_', '')}SenderWebhook",
-        parameters=[
-            Parameter(
-                name=name,
-                param_in="header",
-                required=False,
-                description=description,
-                schema=Schema(type=OpenAPIType.STRING),
-            )
-            for name, description in _PROVIDER_HEADERS[provider.format]
-        ],
+        parameters=_header_parameters(_PROVIDER_HEADERS[provider.format]),
         request_body=RequestBody(
             content={"application/json": OpenAPIMediaType(schema=Schema(type=OpenAPIType.OBJECT))},
             required=True,
@@ -156,22 +147,27 @@ def _provider_operation(provider: ProviderSender) -> Operation:
     )
 
 
+def _header_parameters(headers: Iterable[tuple[str, str]]) -> list[Parameter | Reference]:
+    """The optional string headers ``headers`` names, each with its description."""
+    return [
+        Parameter(
+            name=name,
+            param_in="header",
+            required=False,
+            description=description,
+            schema=Schema(type=OpenAPIType.STRING),
+        )
+        for name, description in headers
+    ]
+
+
 def _operation(kind: JobKind) -> Operation:
     return Operation(
         tags=["webhooks"],
         summary=f"Receive a job-status webhook for {kind.name} jobs",
         description=kind.description,
         operation_id=f"receive{kind.name.title()}Webhook",
-        parameters=[
-            Parameter(
-                name=name,
-                param_in="header",
-                required=False,
-                description=description,
-                schema=Schema(type=OpenAPIType.STRING),
-            )
-            for name, description in _HEADERS
-        ],
+        parameters=_header_parameters(_HEADERS),
         request_body=RequestBody(
             content={"application/json": _json(kind.payload)}, required=True, description=kind.description
         ),

@@ -180,28 +180,17 @@ async def _body_chunks(receive: Receive) -> AsyncIterator[bytes]:
 def unknown_sender_route(providers: tuple[str, ...], telemetry: Telemetry) -> HTTPRouteHandler:
     """``POST /api/senders/<name>/webhooks`` for a name that is no provider sender: a 404 naming the
     provider senders (a native sender posts to the kind routes), counted as kind ``unknown``."""
-
-    @post(
+    known = ", ".join(sender_path(provider) for provider in providers) or "none is declared"
+    return _not_found_route(
         "/api/senders/{name:str}/webhooks",
-        name="unknown-sender-webhook",
-        opt=OWN_AUTHENTICATION,
-        summary="A provider sender's callbacks; any other name: 404",
-        tags=["webhooks"],
-        include_in_schema=False,
-    )
-    async def unknown_sender_webhook(name: FromPath[str]) -> Response[bytes]:
-        started = time.perf_counter()
-        known = ", ".join(sender_path(provider) for provider in providers) or "none is declared"
-        rejection = WebhookRefused(
-            404,
-            RefusalReason.INVALID,
+        "unknown-sender-webhook",
+        "A provider sender's callbacks; any other name: 404",
+        telemetry,
+        lambda name: (
             f"No provider sender {name!r}: a provider's callbacks go to its own route ({known}); a native "
-            "sender posts to /api/webhooks/<kind>-completion",
-        )
-        telemetry.webhook_refused(UNKNOWN_KIND, rejection, time.perf_counter() - started)
-        return error_response(rejection.status_code, rejection.detail)
-
-    return unknown_sender_webhook
+            "sender posts to /api/webhooks/<kind>-completion"
+        ),
+    )
 
 
 def unknown_webhook_route(routes: tuple[str, ...], telemetry: Telemetry) -> HTTPRouteHandler:
@@ -210,21 +199,26 @@ def unknown_webhook_route(routes: tuple[str, ...], telemetry: Telemetry) -> HTTP
     The seed's original bug was a job posted to the wrong endpoint and answered with a bare 404: this
     one says where webhooks go, and the miss shows in the metrics.
     """
-
-    @post(
+    return _not_found_route(
         "/api/webhooks/{name:str}",
-        name="unknown-webhook",
-        opt=OWN_AUTHENTICATION,
-        summary="Any other webhook path: 404 naming the webhook routes",
-        tags=["webhooks"],
-        include_in_schema=False,
+        "unknown-webhook",
+        "Any other webhook path: 404 naming the webhook routes",
+        telemetry,
+        lambda name: f"No webhook route /api/webhooks/{name}: webhooks go to {', '.join(routes)}",
     )
-    async def unknown_webhook(name: FromPath[str]) -> Response[bytes]:
+
+
+def _not_found_route(
+    path: str, route_name: str, summary: str, telemetry: Telemetry, detail: Callable[[str], str]
+) -> HTTPRouteHandler:
+    """A ``POST`` route (left out of the OpenAPI document) that answers 404 with ``detail(name)``, ``name``
+    being the path's last segment, and counts the refusal as kind ``unknown``."""
+
+    @post(path, name=route_name, opt=OWN_AUTHENTICATION, summary=summary, tags=["webhooks"], include_in_schema=False)
+    async def not_found(name: FromPath[str]) -> Response[bytes]:
         started = time.perf_counter()
-        rejection = WebhookRefused(
-            404, RefusalReason.INVALID, f"No webhook route /api/webhooks/{name}: webhooks go to {', '.join(routes)}"
-        )
+        rejection = WebhookRefused(404, RefusalReason.INVALID, detail(name))
         telemetry.webhook_refused(UNKNOWN_KIND, rejection, time.perf_counter() - started)
         return error_response(rejection.status_code, rejection.detail)
 
-    return unknown_webhook
+    return not_found

@@ -426,43 +426,42 @@ class Pipeline:
     async def _persist(self, event: JobEvent, keys: tuple[str, ...]) -> EventResult:
         try:
             return await self._jobs.apply(event)
-        except DeliveryConflict as conflict:
+        except BaseException as error:
+            # Refused, store down, or cancelled (client gone, shutdown): the claim must not outlive the work
+            # it stood for.
             await self._release_quietly(keys)
-            raise _reused(conflict, event.job_id, name_it=not self._owned) from None
-        except KindConflict as conflict:
-            await self._release_quietly(keys)
-            raise WebhookRefused(
-                409,
-                RefusalReason.CONFLICT,
-                f"Job {conflict.job_id!r} is {a_job_of_kind(conflict.kind)}: post its webhooks to "
-                f"/api/webhooks/{conflict.kind}-completion",
-                job_id=conflict.job_id,
-            ) from None
-        except OwnerConflict as conflict:
-            await self._release_quietly(keys)
-            raise WebhookRefused(
-                409,
-                RefusalReason.CONFLICT,
-                f"Job {conflict.job_id!r} belongs to another sender (the first that posted for it): only that "
-                "sender's webhooks change it. Nothing changed.",
-                job_id=conflict.job_id,
-            ) from None
-        except Unregistered as refused:
-            await self._release_quietly(keys)
-            raise WebhookRefused(
-                404,
-                RefusalReason.UNREGISTERED,
-                f"Job {refused.job_id!r} is not registered: GATEWAY_REQUIRE_REGISTERED_JOBS is on, so the app "
-                "registers each job with POST /api/jobs before the backend reports on it",
-                job_id=refused.job_id,
-            ) from None
-        except StoreUnavailable as error:
-            await self._release_quietly(keys)
-            raise self._unavailable(error) from None
-        except BaseException:
-            # Cancelled (client gone, shutdown): the claim must not outlive the work it stood for.
-            await self._release_quietly(keys)
-            raise
+            refusal = self._refusal(error, event.job_id)
+            if refusal is None:
+                raise
+            raise refusal from None
+
+    def _refusal(self, error: BaseException, job_id: str) -> WebhookRefused | None:
+        """The answer to the job store refusing ``job_id``'s event, or failing; ``None``: not the store's."""
+        if isinstance(error, StoreUnavailable):
+            return self._unavailable(error)
+        if isinstance(error, DeliveryConflict):
+            return _reused(error, job_id, name_it=not self._owned)
+        if isinstance(error, KindConflict):
+            status, reason = 409, RefusalReason.CONFLICT
+            detail = (
+                f"Job {error.job_id!r} is {a_job_of_kind(error.kind)}: post its webhooks to "
+                f"/api/webhooks/{error.kind}-completion"
+            )
+        elif isinstance(error, OwnerConflict):
+            status, reason = 409, RefusalReason.CONFLICT
+            detail = (
+                f"Job {error.job_id!r} belongs to another sender (the first that posted for it): only that "
+                "sender's webhooks change it. Nothing changed."
+            )
+        elif isinstance(error, Unregistered):
+            status, reason = 404, RefusalReason.UNREGISTERED
+            detail = (
+                f"Job {error.job_id!r} is not registered: GATEWAY_REQUIRE_REGISTERED_JOBS is on, so the app "
+                "registers each job with POST /api/jobs before the backend reports on it"
+            )
+        else:
+            return None
+        return WebhookRefused(status, reason, detail, job_id=error.job_id)
 
     async def _recorded(self, event: JobEvent) -> Status | None:
         """A duplicate is answered only once the job store confirms the event is recorded."""

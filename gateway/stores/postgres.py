@@ -1,27 +1,26 @@
 """The shared job store: PostgreSQL through an asyncpg pool, for several gateway replicas at once.
 
-Events are applied in batches (group commit, see :mod:`gateway.stores.postgres_batch`): a replica's
-events queue while its previous batch is written, and the next batch takes them all in one transaction
-that locks the jobs' rows, so concurrent events of one job, on any replica, are decided one after the
-other by :func:`~gateway.transition.decide` against the committed state. The unique ``event_key``
-and ``delivery_id`` make the database the last guard of exactly-once, whatever the idempotency store
-forgot. Every call runs on the database's :class:`~gateway.stores.postgres_executor.PostgresExecutor`
-(shared with the outbox in the same database), bounded by its timeout; any failure is
-:class:`~gateway.model.StoreUnavailable`: the webhook gets 503, never half-applied.
+Events are applied in batches (:mod:`gateway.stores.postgres_batch`, on the executor's group commit): a
+replica's events queue while its previous batch is written, and the next batch takes them all in one
+transaction that locks the jobs' rows, so concurrent events of one job, on any replica, are decided one
+after the other by :func:`~gateway.transition.decide` against the committed state. The unique
+``event_key`` and ``delivery_id`` make the database the last guard of exactly-once, whatever the
+idempotency store forgot. Every call runs on the database's
+:class:`~gateway.stores.postgres_executor.PostgresExecutor` (shared with the outbox in the same database),
+bounded by its timeout; any failure is :class:`~gateway.model.StoreUnavailable`: the webhook gets 503,
+never half-applied.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from functools import partial
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import asyncpg
 
 from gateway.model import (
-    EventRefused,
     EventResult,
     InProgress,
     Job,
@@ -37,29 +36,22 @@ from gateway.model import (
 from gateway.outbox import current_traceparent
 from gateway.registration import Registered, RegisterOutcome, differing_fields
 from gateway.stores import rows as rows_
-from gateway.stores.base import StoreUnavailable, to_the_end
 from gateway.stores.postgres_batch import Pending, apply_batch
 from gateway.stores.postgres_executor import PROBE, PostgresExecutor
 from gateway.stores.queries import EVENT_COLUMNS, decode_context, events_where, job_stats, jobs_where
 from gateway.stores.records import recorded_status, to_json
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
     from datetime import datetime
-
-    from asyncpg.pool import PoolConnectionProxy
 
     from gateway.outbox import OutboxWriter
     from gateway.registration import Registration
+    from gateway.stores.postgres_executor import Connection
     from gateway.stores.queries import JobQuery
-
-    Connection = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
 
 __all__ = ("PostgresJobStore",)
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 # Replicas pruning at once skip each other's rows (SKIP LOCKED), as do rows an event is updating right now.
 _PRUNE = (
@@ -70,7 +62,6 @@ _PRUNE = (
     " gone AS (DELETE FROM jobs WHERE job_id IN (SELECT job_id FROM doomed) RETURNING 1)"
     " SELECT count(*) FROM gone"
 )
-_MAX_BATCH = 256
 
 
 class PostgresJobStore:
@@ -93,20 +84,18 @@ class PostgresJobStore:
         """The database's pool, shared with the outbox in the same database."""
         self._outbox = outbox
         """Where applied events are queued for delivery; ``None``: forwarding is off."""
-        self._require_registered = require_registered
-        """``GATEWAY_REQUIRE_REGISTERED_JOBS``: refuse events of jobs the app did not register."""
-        self._queued: list[Pending] = []
-        """Events waiting for the next batch."""
-        self._writer: asyncio.Task[None] | None = None
-        """The task writing batches, one at a time; ``None`` while nothing waits."""
+        self._applies = self.executor.group_commit(
+            "apply", partial(apply_batch, outbox=outbox, require_registered=require_registered)
+        )
+        """Events written in batches on the executor's pool; ``require_registered``
+        (``GATEWAY_REQUIRE_REGISTERED_JOBS``) refuses events of jobs the app did not register."""
 
     async def open(self, *, apply_migrations: bool = True) -> None:
         """Create the pool (connections are opened on demand) and bring the schema up to date if asked."""
         await self.executor.open(apply_migrations=apply_migrations)
 
     async def close(self) -> None:
-        if self._writer is not None:  # the events already queued are written (or refused) first
-            await asyncio.shield(self._writer)  # a caller giving up on close() must not cut a batch off
+        """Write (or refuse) the events already queued, then close the pool."""
         await self.executor.close()
 
     async def ping(self) -> None:
@@ -116,56 +105,12 @@ class PostgresJobStore:
         await self.executor.run(PROBE, _probe)
 
     async def apply(self, event: JobEvent) -> EventResult:
-        if not self.executor.is_open:
-            raise StoreUnavailable("job", "apply")
         outbox = self._outbox
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[EventResult] = loop.create_future()
         traceparent = current_traceparent() if outbox is not None else None
-        self._queued.append(Pending(event, traceparent, future, loop.time() + self.executor.timeout))
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._write_batches())
-        # A caller cancelled meanwhile (the shutdown deadline) still gets the batch's truthful answer.
-        applied = await to_the_end(future)
+        applied = await self._applies.submit(Pending(event, traceparent))
         if outbox is not None and applied.outcome is Outcome.APPLIED:
             outbox.on_written()
         return applied
-
-    async def _write_batches(self) -> None:
-        """Write what queued up, a batch at a time, until nothing waits: the events arriving while a batch
-        is written make the next one, so batches grow with the load and stay at one event when idle.
-
-        Every event is answered within the store's timeout of its arrival, as any other call: one that
-        waited that long already is refused unwritten, and a batch must commit by its oldest event's
-        deadline. Whatever ends this task, every waiting caller gets an answer."""
-        batch: list[Pending] = []
-        try:
-            while self._queued:
-                now = asyncio.get_running_loop().time()
-                expired = 0
-                while expired < len(self._queued) and self._queued[expired].deadline <= now:
-                    expired += 1
-                _refuse(self._queued[:expired])
-                batch, self._queued = self._queued[expired : expired + _MAX_BATCH], self._queued[expired + _MAX_BATCH :]
-                if not batch:
-                    break
-                try:
-                    work = partial(apply_batch, batch=batch, outbox=self._outbox, require=self._require_registered)
-                    answers: Sequence[EventResult | EventRefused] = await self.executor.run(
-                        "apply", work, deadline=batch[0].deadline
-                    )
-                except StoreUnavailable:
-                    _refuse(batch)
-                    continue
-                for pending, answer in zip(batch, answers, strict=True):
-                    if isinstance(answer, EventRefused):
-                        pending.future.set_exception(answer)
-                    else:
-                        pending.future.set_result(answer)
-        finally:
-            self._writer = None
-            waiting, self._queued = self._queued, []
-            _refuse([*batch, *waiting])
 
     async def status_of(self, job_id: str) -> Status | None:
         status = await self.executor.run(
@@ -263,13 +208,6 @@ async def _probe(db: Connection) -> None:
             _PROBE_FILLER,
         )
         await db.execute("DELETE FROM jobs WHERE seq = $1", seq)
-
-
-def _refuse(waiting: Sequence[Pending]) -> None:
-    """Answer events that will not be written (the store failed, or they waited too long) with a 503."""
-    for pending in waiting:
-        if not pending.future.done():
-            pending.future.set_exception(StoreUnavailable("job", "apply"))
 
 
 async def _get(db: Connection, job_id: str) -> Job | None:

@@ -19,7 +19,6 @@ back and decided again against what that transaction committed.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
@@ -39,15 +38,11 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from datetime import datetime
 
-    import asyncpg
-    from asyncpg.pool import PoolConnectionProxy
-
     from gateway.model import JobEvent
     from gateway.outbox import OutboxWriter
     from gateway.payloads import Metadata
+    from gateway.stores.postgres_executor import Connection
     from gateway.transition import Transition
-
-    Connection = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
 
 __all__ = ("EVENTS_LOCK", "Pending", "apply_batch")
 
@@ -113,14 +108,11 @@ FROM (SELECT 1) AS one LEFT JOIN recorded ON true
 
 
 class Pending(NamedTuple):
-    """An event waiting for the next batch, and the caller waiting for its answer."""
+    """An event waiting for the next batch."""
 
     event: JobEvent
     traceparent: str | None
     """The webhook's span, for the delivery span to link to (forwarding only)."""
-    future: asyncio.Future[EventResult]
-    deadline: float
-    """The event loop's time by which it is answered: its arrival plus the store's timeout."""
 
 
 @dataclass(slots=True)
@@ -160,18 +152,18 @@ class _Raced(Exception):
 
 
 async def apply_batch(
-    db: Connection, *, batch: Sequence[Pending], outbox: OutboxWriter | None, require: bool
+    db: Connection, batch: Sequence[Pending], *, outbox: OutboxWriter | None, require_registered: bool
 ) -> list[EventResult | EventRefused]:
     """Apply ``batch`` in one transaction; answer each event in order (a refusal answers, not raises)."""
     while True:
         answers: list[EventResult | EventRefused | None] = []
         await db.execute(_BEGIN)
         try:
-            decided, ids = await _write(db, batch, outbox, require, answers)
+            decided, ids = await _write(db, batch, outbox, require_registered, answers)
         except _Raced:
             await db.execute("ROLLBACK")
             continue  # decided again against what the other transaction committed
-        # On any other failure the pool rolls back as it takes the connection back (see postgres._reset).
+        # On any other failure the pool rolls back as it takes the connection back (postgres_executor._reset).
         await db.execute("COMMIT")
         for entry in decided:
             answers[entry.position] = answer(

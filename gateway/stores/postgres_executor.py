@@ -1,4 +1,5 @@
-"""One PostgreSQL database's executor: the asyncpg pool every call of its job store and its outbox runs on.
+"""One PostgreSQL database's executor: the asyncpg pool every call of its job store and its outbox runs on,
+and the group commit that writes the job store's events in batches (:class:`GroupCommit`).
 
 Every call is bounded by one timeout (waiting for a pooled connection included) and any failure of the
 driver, the network or the server is :class:`~gateway.model.StoreUnavailable` (store ``"job"``): the
@@ -12,26 +13,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 import asyncpg
 
 from gateway.model import EventRefused, StoreUnavailable
 from gateway.stores import migrations
-from gateway.stores.base import Outage
+from gateway.stores.base import Outage, to_the_end
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
     from asyncpg.pool import PoolConnectionProxy
 
     Connection = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
 
-__all__ = ("PROBE", "PostgresExecutor", "PostgresMigrations", "migrate")
+__all__ = ("PROBE", "GroupCommit", "PostgresExecutor", "PostgresMigrations", "migrate")
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Item = TypeVar("Item")
+Answer = TypeVar("Answer")
+
+_MAX_BATCH = 256
 
 _MIGRATION_LOCK = 0x6761746577617901  # pg_advisory_lock key: replicas starting together migrate one at a time
 
@@ -53,6 +58,8 @@ class PostgresExecutor:
         self.timeout = timeout
         """Seconds any call may take, waiting for a connection included."""
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+        self._groups: list[GroupCommit[Any, Any]] = []
+        """Written to the end before the pool closes."""
         self._writes = Outage("job store writes", logger)
         self._reads = Outage("job store reads", logger)
         """Logged when they start failing and when they work again, not per call; apart, since a database
@@ -81,14 +88,35 @@ class PostgresExecutor:
         except Exception as error:
             raise StoreUnavailable("job", "open") from error
 
+    def group_commit(
+        self, operation: str, work: Callable[[Connection, Sequence[Item]], Awaitable[Sequence[Answer | EventRefused]]]
+    ) -> GroupCommit[Item, Answer]:
+        """A group commit of ``operation`` on this pool, whose batches ``work`` writes; :meth:`close` waits
+        for the batches it has queued."""
+        group: GroupCommit[Item, Answer] = GroupCommit(self, operation, work)
+        self._groups.append(group)
+        return group
+
     async def close(self) -> None:
-        """Close the pool (terminating its connections if the server does not answer within the timeout)."""
+        """Write (or refuse) what the group commits queued, then close the pool (terminating its
+        connections if the server does not answer within the timeout)."""
+        for group in self._groups:
+            await group.written()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             try:
                 await asyncio.wait_for(pool.close(), self.timeout)
             except Exception:  # an unreachable server: drop the connections rather than wait on them
                 pool.terminate()
+
+    async def execute(self, operation: str, sql: str, *params: Any) -> int:
+        """Run one statement, as :meth:`run` runs work; the number of rows it wrote."""
+        status = await self.run(operation, lambda db: db.execute(sql, *params))
+        return int(status.rpartition(" ")[2])
+
+    async def fetch(self, operation: str, sql: str, *params: Any) -> list[asyncpg.Record]:
+        """Run one query, as :meth:`run` runs work; its rows."""
+        return await self.run(operation, lambda db: db.fetch(sql, *params))
 
     async def run(
         self, operation: str, work: Callable[[Connection], Awaitable[T]], *, deadline: float | None = None
@@ -115,6 +143,96 @@ class PostgresExecutor:
         if outage is not None:
             outage.worked()
         return result
+
+
+class _Queued(NamedTuple):
+    item: Any
+    future: asyncio.Future[Any]
+    deadline: float
+    """The event loop's time by which it is answered: its arrival plus the executor's timeout."""
+
+
+class GroupCommit(Generic[Item, Answer]):
+    """Calls of one operation written together: the items submitted while a batch is written make the next
+    batch, written by ``work`` in one call on one connection (so batches grow with the load and stay at one
+    item when idle). ``work`` answers each item of its batch in order; an
+    :class:`~gateway.model.EventRefused` among its answers refuses that item only."""
+
+    def __init__(
+        self,
+        executor: PostgresExecutor,
+        operation: str,
+        work: Callable[[Connection, Sequence[Item]], Awaitable[Sequence[Answer | EventRefused]]],
+    ) -> None:
+        self._executor = executor
+        self._operation = operation
+        self._work = work
+        self._queued: list[_Queued] = []
+        """Items waiting for the next batch."""
+        self._writer: asyncio.Task[None] | None = None
+        """The task writing batches, one at a time; ``None`` while nothing waits."""
+
+    async def submit(self, item: Item) -> Answer:
+        """Write ``item`` in the next batch and answer it, or raise what ``work`` refused it with; raises
+        StoreUnavailable when the batch fails or the item waited the executor's timeout. A caller cancelled
+        meanwhile (the shutdown deadline) still gets the batch's truthful answer."""
+        if not self._executor.is_open:
+            raise StoreUnavailable("job", self._operation)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Answer] = loop.create_future()
+        self._queued.append(_Queued(item, future, loop.time() + self._executor.timeout))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_batches())
+        return await to_the_end(future)
+
+    async def written(self) -> None:
+        """Wait until every item queued so far is answered."""
+        if self._writer is not None:
+            await asyncio.shield(self._writer)  # a caller giving up on close() must not cut a batch off
+
+    async def _write_batches(self) -> None:
+        """Write what queued up, a batch at a time, until nothing waits.
+
+        Every item is answered within the executor's timeout of its arrival, as any other call: one that
+        waited that long already is refused unwritten, and a batch must commit by its oldest item's
+        deadline. Whatever ends this task, every waiting caller gets an answer."""
+        batch: list[_Queued] = []
+        try:
+            while self._queued:
+                now = asyncio.get_running_loop().time()
+                expired = 0
+                while expired < len(self._queued) and self._queued[expired].deadline <= now:
+                    expired += 1
+                self._refuse(self._queued[:expired])
+                batch, self._queued = self._queued[expired : expired + _MAX_BATCH], self._queued[expired + _MAX_BATCH :]
+                if not batch:
+                    break
+                try:
+                    answers = await self._executor.run(
+                        self._operation, self._writing([queued.item for queued in batch]), deadline=batch[0].deadline
+                    )
+                except StoreUnavailable:
+                    self._refuse(batch)
+                    continue
+                for queued, answer in zip(batch, answers, strict=True):
+                    if isinstance(answer, EventRefused):
+                        queued.future.set_exception(answer)
+                    else:
+                        queued.future.set_result(answer)
+        finally:
+            self._writer = None
+            waiting, self._queued = self._queued, []
+            self._refuse([*batch, *waiting])
+
+    def _writing(self, items: list[Item]) -> Callable[[Connection], Awaitable[Sequence[Answer | EventRefused]]]:
+        """The work of writing ``items`` on the connection the executor gives it."""
+        return lambda db: self._work(db, items)
+
+    def _refuse(self, waiting: Sequence[_Queued]) -> None:
+        """Answer items that will not be written (the database failed, or they waited too long) with a 503."""
+        for queued in waiting:
+            if not queued.future.done():
+                queued.future.set_exception(StoreUnavailable("job", self._operation))
 
 
 async def _reset(connection: Connection) -> None:

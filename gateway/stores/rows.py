@@ -122,21 +122,24 @@ def in_progress(row: Row, moment: Moment) -> InProgress:
     return InProgress(kind=row[0], status=Status(row[1]), count=row[2], oldest_created_at=moment(row[3]))
 
 
+_ROW_HEAD = "id, event_id, sequence, sink, job_id, kind, status"
+"""The columns an outbox row's every reading starts with, mapped by :func:`_head`."""
+
+
+def _head(row: Row) -> dict[str, Any]:
+    """The fields of :data:`_ROW_HEAD` but ``sink``, which a claim keeps apart from its delivery."""
+    return {"id": row[0], "event_id": row[1], "sequence": row[2], "job_id": row[4], "kind": row[5], "status": row[6]}
+
+
 DELIVERY_COLUMNS = (
-    "id, event_id, sequence, sink, job_id, kind, status, state, attempts, next_attempt_at, last_error,"
-    " created_at, updated_at, delivered_at, body"
+    f"{_ROW_HEAD}, state, attempts, next_attempt_at, last_error, created_at, updated_at, delivered_at, body"
 )
 
 
 def delivery_record(row: Row, moment: Moment) -> DeliveryRecord:
     return DeliveryRecord(
-        id=row[0],
-        event_id=row[1],
-        sequence=row[2],
+        **_head(row),
         sink=row[3],
-        job_id=row[4],
-        kind=row[5],
-        status=row[6],
         state=DeliveryState(row[7]),
         attempts=row[8],
         next_attempt_at=moment(row[9]),
@@ -148,26 +151,13 @@ def delivery_record(row: Row, moment: Moment) -> DeliveryRecord:
     )
 
 
-CLAIMED_COLUMNS = "id, event_id, sequence, sink, job_id, kind, status, body, attempts, traceparent"
+CLAIMED_COLUMNS = f"{_ROW_HEAD}, body, attempts, traceparent"
 
 
 def claimed(row: Row, *, attempt: int) -> Claimed:
     """A leased row; ``attempt`` counts this one (the row's ``attempts`` before or after the claim's
     increment, depending on when the database read it)."""
-    return Claimed(
-        row[3],
-        Delivery(
-            id=row[0],
-            event_id=row[1],
-            sequence=row[2],
-            job_id=row[4],
-            kind=row[5],
-            status=row[6],
-            body=bytes(row[7]),
-            attempt=attempt,
-            traceparent=row[9],
-        ),
-    )
+    return Claimed(row[3], Delivery(**_head(row), body=bytes(row[7]), attempt=attempt, traceparent=row[9]))
 
 
 def backlog(row: Row, moment: Moment) -> Backlog:

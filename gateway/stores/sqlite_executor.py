@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import queue
+import re
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable
@@ -31,11 +32,12 @@ from gateway.stores import migrations
 from gateway.stores.base import Outage
 from gateway.stores.sqlite_wal import RESET_FRAMES, Checkpointer
 
-__all__ = ("SqliteExecutor", "SqliteMigrations", "migrate")
+__all__ = ("SqliteExecutor", "SqliteMigrations", "migrate", "numbered")
 
 logger = logging.getLogger(__name__)
 
 _MAX_BATCH = 256
+_PARAMETER = re.compile(r"\$(\d+)")
 _CALL_TIMEOUT_SECONDS = 15.0
 """Longer than SQLite's busy timeout (5 s) plus a batch: past it the caller gets a 503, not a hang."""
 _WATCH_SECONDS = 1.0
@@ -114,6 +116,20 @@ class SqliteExecutor:
         if write:
             return await self.submit(operation, work, write=True)
         return await self.read(operation, work)
+
+    async def execute(self, operation: str, sql: str, *params: Any) -> int:
+        """Run one statement as a write (:meth:`run`); the number of rows it wrote. ``sql`` numbers its
+        parameters as PostgreSQL does (``$1``, ``$2``...)."""
+        statement = numbered(sql)
+        changed: int = await self.submit(operation, lambda db: db.execute(statement, params).rowcount, write=True)
+        return changed
+
+    async def fetch(self, operation: str, sql: str, *params: Any) -> list[Any]:
+        """Run one query as a read (:meth:`read`); its rows. ``sql`` numbers its parameters as
+        PostgreSQL does (``$1``, ``$2``...)."""
+        statement = numbered(sql)
+        rows: list[Any] = await self.read(operation, lambda db: db.execute(statement, params).fetchall())
+        return rows
 
     async def read(self, operation: str, run: Callable[[sqlite3.Connection], Any]) -> Any:
         """Reads run on a reader thread with its own connection (WAL lets it read while the writer
@@ -253,6 +269,11 @@ class SqliteExecutor:
             if checkpointer is not None:
                 checkpointer.stop()
             db.close()
+
+
+def numbered(sql: str) -> str:
+    """``sql`` with PostgreSQL's parameters (``$1``) written as SQLite's (``?1``)."""
+    return _PARAMETER.sub(r"?\1", sql)
 
 
 def _reader_thread() -> ThreadPoolExecutor:
