@@ -195,10 +195,10 @@ class SqliteJobStore:
                 " delivery_id, metadata, error_message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     event.job_id,
-                    event.status,
+                    event.status.value,  # plain str: sqlite3 binds it without its adapter lookup
                     _iso(event.timestamp),
                     received,
-                    transition.outcome,
+                    transition.outcome.value,
                     event.key,
                     event.delivery_id,
                     to_json(event.metadata),
@@ -228,7 +228,7 @@ class SqliteJobStore:
                 (
                     event.job_id,
                     event.kind,
-                    event.status,
+                    event.status.value,
                     result,
                     to_json(metadata),
                     event.error_message,
@@ -249,7 +249,15 @@ class SqliteJobStore:
                     "UPDATE jobs SET status = ?, updated_at = ?, metadata = ?,"
                     " result = coalesce(?, result), error_message = coalesce(?, error_message),"
                     " completed_at = coalesce(?, completed_at) WHERE job_id = ?",
-                    (event.status, received, to_json(metadata), result, event.error_message, completed, event.job_id),
+                    (
+                        event.status.value,
+                        received,
+                        to_json(metadata),
+                        result,
+                        event.error_message,
+                        completed,
+                        event.job_id,
+                    ),
                 )
         if self._outbox is not None and transition.outcome is Outcome.APPLIED:
             assert event_id is not None  # an inserted row always has one
