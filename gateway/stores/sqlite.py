@@ -44,6 +44,7 @@ from gateway.stores.records import (
 )
 from gateway.stores.sqlite_executor import SqliteExecutor
 from gateway.stores.sqlite_wal import RESET_FRAMES
+from gateway.timestamps import utc_iso
 from gateway.transition import decide
 
 if TYPE_CHECKING:
@@ -400,5 +401,4 @@ def _stats(db: sqlite3.Connection, since: datetime, until: datetime) -> JobStats
     return job_stats(since, until, created, finished)
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+_iso = utc_iso

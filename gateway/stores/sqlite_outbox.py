@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from gateway.outbox import (
@@ -23,6 +23,7 @@ from gateway.outbox import (
 )
 from gateway.stores import rows as rows_
 from gateway.stores.sqlite_executor import SqliteExecutor
+from gateway.timestamps import utc_iso
 
 if TYPE_CHECKING:
     from gateway.model import JobEvent
@@ -234,5 +235,4 @@ def _list(
     )
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+_iso = utc_iso
