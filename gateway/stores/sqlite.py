@@ -189,6 +189,7 @@ class SqliteJobStore:
             raise Unregistered(event.job_id)
         previous = Status(row[1]) if row is not None else None
         transition = decide(previous, event.status)
+        applies = transition.outcome is Outcome.APPLIED
         received = _iso(event.received_at)
         try:
             event_id = db.execute(
@@ -196,10 +197,10 @@ class SqliteJobStore:
                 " delivery_id, metadata, error_message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     event.job_id,
-                    event.status.value,  # plain str: sqlite3 binds it without its adapter lookup
+                    str(event.status),  # an exact str: sqlite3 binds it without its adapter lookup
                     _iso(event.timestamp),
                     received,
-                    transition.outcome.value,
+                    str(transition.outcome),
                     event.key,
                     event.delivery_id,
                     to_json(event.metadata),
@@ -229,7 +230,7 @@ class SqliteJobStore:
                 (
                     event.job_id,
                     event.kind,
-                    event.status.value,
+                    str(event.status),
                     result,
                     to_json(metadata),
                     event.error_message,
@@ -244,14 +245,14 @@ class SqliteJobStore:
             if row[5] is None and event.sender is not None:  # a job nobody claimed yet: this sender's now
                 db.execute("UPDATE jobs SET sender = ? WHERE job_id = ?", (event.sender, event.job_id))
             metadata = decode_metadata(row[2])
-            if transition.outcome is Outcome.APPLIED:
+            if applies:
                 metadata = merge_metadata(metadata, event.metadata)
                 db.execute(
                     "UPDATE jobs SET status = ?, updated_at = ?, metadata = ?,"
                     " result = coalesce(?, result), error_message = coalesce(?, error_message),"
                     " completed_at = coalesce(?, completed_at) WHERE job_id = ?",
                     (
-                        event.status.value,
+                        str(event.status),
                         received,
                         to_json(metadata),
                         result,
@@ -260,7 +261,7 @@ class SqliteJobStore:
                         event.job_id,
                     ),
                 )
-        if self._outbox is not None and transition.outcome is Outcome.APPLIED:
+        if self._outbox is not None and applies:
             assert event_id is not None  # an inserted row always has one
             sqlite_outbox.enqueue(db, self._outbox, event, event_id, traceparent)
         return answer(event, transition, previous, event_id, metadata, datetime.fromisoformat(first_seen))
