@@ -16,12 +16,13 @@ import pstats
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-__all__ = ("profile_hot_path",)
+__all__ = ("profile_hot_path", "run_hot_path")
 
 _SECRET = "bench-secret"
 _CONCURRENCY = 10
@@ -29,14 +30,19 @@ _CONCURRENCY = 10
 
 def profile_hot_path(requests: int, output: Path) -> None:
     """Profile ``requests`` webhooks; print the top functions and save the profile to ``output``."""
-    with tempfile.TemporaryDirectory() as directory:
-        os.environ.update(WEBHOOK_SECRET=_SECRET, DATABASE_URL=f"sqlite:///{directory}/profile.db")
-        from gateway.config import Settings
-        from gateway.http.app import create_app
+    profiler = cProfile.Profile(time.thread_time)  # the event loop's own CPU, not time spent waiting
+    started = 0.0
 
-        app = create_app(Settings.from_env())
-        profiler = cProfile.Profile(time.thread_time)  # the event loop's own CPU, not time spent waiting
-        cpu_us = asyncio.run(_drive(app, requests, profiler))
+    def begin() -> None:
+        nonlocal started
+        started = time.process_time()
+        profiler.enable()
+
+    def end() -> None:
+        profiler.disable()
+
+    run_hot_path(requests, begin, end)
+    cpu_us = (time.process_time() - started) / requests * 1e6
     print(
         f"profile: {requests} webhooks, {cpu_us:.0f} us of process CPU each under the profiler "
         "(all threads; cProfile roughly doubles the loop's share: compare shares, not totals)"
@@ -48,16 +54,36 @@ def profile_hot_path(requests: int, output: Path) -> None:
     print(f"saved {output} (open with: python -m pstats {output})")
 
 
-async def _drive(app: Any, requests: int, profiler: cProfile.Profile) -> float:
+def run_hot_path(
+    requests: int,
+    begin: Callable[[], None],
+    end: Callable[[], None],
+    run: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run,
+) -> None:
+    """Build the app as ``gateway serve`` does (SQLite in a temporary directory, telemetry as shipped), warm it
+    up, then drive ``requests`` unique webhooks into it over ASGI, ten at a time, between ``begin()`` and
+    ``end()``, on the event loop ``run`` starts. Raises ``RuntimeError`` if any is not answered 200."""
+    with tempfile.TemporaryDirectory() as directory:
+        os.environ.update(WEBHOOK_SECRET=_SECRET, DATABASE_URL=f"sqlite:///{directory}/profile.db")
+        from gateway.config import Settings
+        from gateway.http.app import create_app
+
+        app = create_app(Settings.from_env())
+        run(_drive(app, requests, begin, end))
+
+
+async def _drive(app: Any, requests: int, begin: Callable[[], None], end: Callable[[], None]) -> None:
     async with app.lifespan():  # opens the backends, and closes them however the run ends
         for n in range(200):  # warm-up: caches, label children, the SQLite file
             await _post(app, f"warmup-{n}")
         prefix = uuid.uuid4().hex[:8]
-        started = time.process_time()
-        profiler.enable()
-        await asyncio.gather(*(_worker(app, f"{prefix}-{w}", requests // _CONCURRENCY) for w in range(_CONCURRENCY)))
-        profiler.disable()
-        return (time.process_time() - started) / requests * 1e6
+        begin()
+        try:
+            await asyncio.gather(
+                *(_worker(app, f"{prefix}-{w}", requests // _CONCURRENCY) for w in range(_CONCURRENCY))
+            )
+        finally:
+            end()
 
 
 async def _worker(app: Any, prefix: str, count: int) -> None:

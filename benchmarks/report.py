@@ -198,6 +198,7 @@ def benchmark_page(data: dict[str, Any]) -> str:
 .venv/bin/python benchmarks/ratelimit.py         # the rate limiter alone
 .venv/bin/python -m benchmarks --memory          # the idempotency store at a million keys (about a minute)
 .venv/bin/python -m benchmarks --profile 5000    # where the hot path's CPU goes (cProfile, in-process)
+.venv/bin/python -m benchmarks --instructions    # instructions a webhook, in-process under callgrind (a minute)
 ```
 
 To refresh this page and [capacity.md](capacity.md) with a run of your own:
@@ -229,6 +230,12 @@ To refresh this page and [capacity.md](capacity.md) with a run of your own:
 - Ratios only mean something within one run. *By CPU* is the same ratio computed from the total CPU a
   webhook (the cost of the bottom configuration over that of the top one): where both servers keep
   their core busy, the two agree but for the noise; where they differ by much, the run was disturbed.
+- **Instructions a webhook** (`--instructions`, needs `valgrind`): the in-process hot path of `--profile`
+  (the app as `gateway serve` builds it, on uvloop, no socket) under callgrind, counting every thread from
+  the end of the warm-up to the last answer. The count does not move with the machine's load (repeat
+  runs agree within about half a percent), so a change to the hot path is A/B-tested by counting both
+  trees, even while other work runs. It counts work, not waiting or the kernel's share of I/O: a gain
+  it shows still has to show in the wrk runs above.
 
 ## Configurations
 

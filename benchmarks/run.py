@@ -315,6 +315,15 @@ def main(argv: list[str] | None = None) -> int:
         help="only profile the hot path in-process with cProfile over N webhooks (default 5000)",
     )
     parser.add_argument(
+        "--instructions",
+        type=int,
+        metavar="N",
+        nargs="?",
+        const=1000,
+        help="only count the instructions a webhook takes on the in-process hot path under valgrind's "
+        "callgrind, over N webhooks (default 1000): a figure that does not drift with the machine's load",
+    )
+    parser.add_argument(
         "--profile-output",
         type=Path,
         default=Path("hot-path.prof"),
@@ -336,6 +345,16 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.profile import profile_hot_path
 
         profile_hot_path(args.profile, args.profile_output)
+        return 0
+    if args.instructions is not None:
+        from benchmarks.instructions import count_instructions
+
+        try:
+            per_webhook = count_instructions(args.instructions)
+        except RuntimeError as error:
+            print(f"benchmarks: {error}", file=sys.stderr)
+            return 2
+        print(f"instructions: {per_webhook:,.0f} a webhook over {args.instructions} webhooks (all threads, callgrind)")
         return 0
     if args.quick:
         args.configs, args.connections, args.duration, args.warmup, args.repeats = "A,B,G", "10", 1.0, 0.5, 1

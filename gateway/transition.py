@@ -32,12 +32,18 @@ class Transition(enum.Enum):
 
     @property
     def outcome(self) -> Outcome:
-        return Outcome.STALE if self in (Transition.STALE, Transition.CONTRADICTED) else Outcome.APPLIED
+        # Identity against module constants: an Enum's hash and its class attributes go through Python code.
+        return _STALE_OUTCOME if self is _STALE or self is _CONTRADICTED else _APPLIED_OUTCOME
 
     @property
     def moves(self) -> bool:
         """Whether the job's status changes (the event is a status transition)."""
-        return self is Transition.CREATED or self is Transition.ADVANCED
+        return self is _CREATED or self is _ADVANCED
+
+
+_CREATED, _ADVANCED = Transition.CREATED, Transition.ADVANCED
+_STALE, _CONTRADICTED = Transition.STALE, Transition.CONTRADICTED
+_APPLIED_OUTCOME, _STALE_OUTCOME = Outcome.APPLIED, Outcome.STALE
 
 
 def decide(current: Status | None, incoming: Status) -> Transition:

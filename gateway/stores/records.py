@@ -85,10 +85,11 @@ def answer(
             event.status,
             previous,
         )
-    status = event.status if transition.outcome is Outcome.APPLIED else previous
+    outcome = transition.outcome
+    status = event.status if outcome is Outcome.APPLIED else previous
     assert status is not None  # a job without a previous status is created by this event
     return EventResult(
-        outcome=transition.outcome,
+        outcome=outcome,
         status=status,
         previous=previous,
         event_id=event_id,

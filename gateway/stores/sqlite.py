@@ -44,6 +44,7 @@ from gateway.stores.records import (
 )
 from gateway.stores.sqlite_executor import SqliteExecutor
 from gateway.stores.sqlite_wal import RESET_FRAMES
+from gateway.timestamps import utc_iso
 from gateway.transition import decide
 
 if TYPE_CHECKING:
@@ -188,6 +189,7 @@ class SqliteJobStore:
             raise Unregistered(event.job_id)
         previous = Status(row[1]) if row is not None else None
         transition = decide(previous, event.status)
+        applies = transition.outcome is Outcome.APPLIED
         received = _iso(event.received_at)
         try:
             event_id = db.execute(
@@ -195,10 +197,10 @@ class SqliteJobStore:
                 " delivery_id, metadata, error_message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     event.job_id,
-                    event.status,
+                    str(event.status),  # an exact str: sqlite3 binds it without its adapter lookup
                     _iso(event.timestamp),
                     received,
-                    transition.outcome,
+                    str(transition.outcome),
                     event.key,
                     event.delivery_id,
                     to_json(event.metadata),
@@ -228,7 +230,7 @@ class SqliteJobStore:
                 (
                     event.job_id,
                     event.kind,
-                    event.status,
+                    str(event.status),
                     result,
                     to_json(metadata),
                     event.error_message,
@@ -243,15 +245,23 @@ class SqliteJobStore:
             if row[5] is None and event.sender is not None:  # a job nobody claimed yet: this sender's now
                 db.execute("UPDATE jobs SET sender = ? WHERE job_id = ?", (event.sender, event.job_id))
             metadata = decode_metadata(row[2])
-            if transition.outcome is Outcome.APPLIED:
+            if applies:
                 metadata = merge_metadata(metadata, event.metadata)
                 db.execute(
                     "UPDATE jobs SET status = ?, updated_at = ?, metadata = ?,"
                     " result = coalesce(?, result), error_message = coalesce(?, error_message),"
                     " completed_at = coalesce(?, completed_at) WHERE job_id = ?",
-                    (event.status, received, to_json(metadata), result, event.error_message, completed, event.job_id),
+                    (
+                        str(event.status),
+                        received,
+                        to_json(metadata),
+                        result,
+                        event.error_message,
+                        completed,
+                        event.job_id,
+                    ),
                 )
-        if self._outbox is not None and transition.outcome is Outcome.APPLIED:
+        if self._outbox is not None and applies:
             assert event_id is not None  # an inserted row always has one
             sqlite_outbox.enqueue(db, self._outbox, event, event_id, traceparent)
         return answer(event, transition, previous, event_id, metadata, datetime.fromisoformat(first_seen))
@@ -392,5 +402,4 @@ def _stats(db: sqlite3.Connection, since: datetime, until: datetime) -> JobStats
     return job_stats(since, until, created, finished)
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+_iso = utc_iso

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from gateway.outbox import Claimed, DeliveryRecord, OutboxWriter
 from gateway.stores import rows as rows_
 from gateway.stores.outbox_sql import REPLAYED, SqlOutbox
 from gateway.stores.sqlite_executor import SqliteExecutor, numbered
+from gateway.timestamps import utc_iso
 
 if TYPE_CHECKING:
     from gateway.model import JobEvent
@@ -92,5 +93,4 @@ def _claim(
     return [rows_.claimed(row, attempt=row[8] + 1) for row in rows]  # read before the claim counted it
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+_iso = utc_iso

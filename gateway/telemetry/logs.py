@@ -12,13 +12,14 @@ import logging
 import sys
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, TextIO
 
 import msgspec
 from opentelemetry import trace
 
 from gateway.redact import MASK
+from gateway.timestamps import utc_iso_milliseconds
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping, MutableMapping
@@ -73,7 +74,7 @@ def _json_line(
     created: float, level: str, name: str, message: str, fields: Mapping[str, object], exception: str | None = None
 ) -> str:
     line: dict[str, object] = {
-        "time": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"),
+        "time": utc_iso_milliseconds(created),
         "level": level,
         "logger": name,
         "message": message,

@@ -35,6 +35,8 @@ class Telemetry:
         """Whether any request can have a recording span (for attributes and exemplars); none without an
         exporter, and then the current span is not looked up."""
         self._finished: dict[tuple[str, str, str, str], _FinishedChildren] = {}
+        self._images: dict[str, Counter] = {}
+        """``gateway_images`` children by model (a bounded set, as ``_finished``)."""
         self._write_line = direct_info(logger)
         """The webhook's log line straight to the JSON handler, when logging is set up that way."""
 
@@ -126,7 +128,10 @@ class Telemetry:
             exemplar = {"trace_id": format(span.get_span_context().trace_id, "032x")} if span.is_recording() else None
             generation.observe(generation_time, exemplar)
         if event.images:
-            metrics.images.labels(model).inc(event.images)
+            images = self._images.get(model)
+            if images is None:  # created on the first image, as labels() would: no zero series before it
+                images = self._images[model] = metrics.images.labels(model)
+            images.inc(event.images)
 
     def _finished_children(self, kind: str, model: str, result: str, sender: str) -> _FinishedChildren:
         """Label children for finished jobs, resolved once per (kind, model, result, sender): a bounded set."""

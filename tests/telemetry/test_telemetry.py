@@ -421,11 +421,13 @@ def test_a_stdout_nobody_reads_never_blocks_the_gateway(tmp_path: Path) -> None:
     )
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
-            for _ in range(100):
+            deadline = time.monotonic() + 20  # as LiveServer waits: a loaded machine starts slowly
+            while True:
                 try:
                     client.get("/healthz")
                     break
                 except httpx.TransportError:
+                    assert time.monotonic() < deadline, "gateway did not start listening within 20 s"
                     time.sleep(0.05)
             # ~600 JSON lines are several times what a pipe buffers (64 KiB) while nobody reads it.
             answers = [
