@@ -79,3 +79,20 @@ def test_the_hot_path_profile_names_the_pipeline_stages_and_saves_the_profile(tm
     assert "profile: 200 webhooks" in result.stdout
     assert "gateway/ingest/pipeline.py" in result.stdout  # the stages show up, not just the framework
     assert out.stat().st_size > 0
+
+
+def test_the_instruction_count_covers_a_whole_webhook_and_nothing_else() -> None:
+    if shutil.which("valgrind") is None:
+        pytest.skip("valgrind is not installed (.ci/services installs it)")
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--instructions", "20"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    figure = result.stdout.split("instructions: ", 1)[1].split(" a webhook", 1)[0]
+    # A webhook through every stage takes hundreds of thousands (start-up and warm-up, billions, are not counted).
+    assert 50_000 < int(figure.replace(",", "")) < 5_000_000, result.stdout
