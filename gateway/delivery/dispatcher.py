@@ -91,6 +91,10 @@ class Dispatcher:
         self._failing = False
         self._disabled: set[str] = set()
         self._disabled_read_at = -_DISABLED_REFRESH_SECONDS
+        self._delivered: list[tuple[int, asyncio.Future[bool]]] = []
+        """Rows delivered whose result waits for the next write (each caller's future answers ``kept``)."""
+        self._recorder: asyncio.Task[None] | None = None
+        """Writes the delivered rows, one statement per batch; the rows delivered meanwhile make the next."""
 
     def wake(self) -> None:
         """Look for due rows now: new rows were committed."""
@@ -215,7 +219,7 @@ class Dispatcher:
         now = _now()
         log = {"sink": sink, "event_id": delivery.event_id, "job_id": delivery.job_id, "attempt": delivery.attempt}
         if isinstance(attempt, Delivered):
-            kept = await self._outbox.delivered(delivery.id, self.owner, now)
+            kept = await self._record_delivered(delivery.id)
             result = "delivered"
         elif isinstance(attempt, Gone):
             await self._outbox.disable_sink(sink, attempt.reason, now)
@@ -260,6 +264,36 @@ class Dispatcher:
                 delivery.event_id,
                 extra=log,
             )
+
+    def _record_delivered(self, row_id: int) -> asyncio.Future[bool]:
+        """Answers whether the row was still ours once it is recorded as delivered (or raises
+        StoreUnavailable): rows delivered while a write is under way share the next one."""
+        future = asyncio.get_running_loop().create_future()
+        self._delivered.append((row_id, future))
+        if self._recorder is None:
+            self._recorder = asyncio.create_task(self._write_delivered(), name="gateway-delivery-recorder")
+        return future
+
+    async def _write_delivered(self) -> None:
+        try:
+            while self._delivered:
+                batch, self._delivered = self._delivered, []
+                try:
+                    kept = await self._outbox.delivered_many([row_id for row_id, _ in batch], self.owner, _now())
+                except StoreUnavailable as error:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                    continue
+                except BaseException:  # cancelled (the loop is closing), or a bug: nobody waits forever
+                    for _, future in batch:
+                        future.cancel()
+                    raise
+                for row_id, future in batch:
+                    if not future.done():
+                        future.set_result(row_id in kept)
+        finally:
+            self._recorder = None
 
     def _store_failed(self, error: StoreUnavailable) -> None:
         self._metrics.store_errors.labels(error.store, error.operation).inc()

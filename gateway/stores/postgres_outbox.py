@@ -88,6 +88,20 @@ class PostgresOutbox:
             "outbox_delivered", "state = 'delivered', delivered_at = $4, last_error = NULL", (now,), row_id, owner, now
         )
 
+    async def delivered_many(self, row_ids: Sequence[int], owner: str, now: datetime) -> set[int]:
+        rows = await self._executor.run(
+            "outbox_delivered",
+            lambda db: db.fetch(
+                "UPDATE deliveries SET state = 'delivered', delivered_at = $3, last_error = NULL,"
+                " lease_owner = NULL, lease_expires_at = NULL, updated_at = $3"
+                " WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'pending' RETURNING id",
+                list(row_ids),
+                owner,
+                now,
+            ),
+        )
+        return {row[0] for row in rows}
+
     async def retry(self, row_id: int, owner: str, at: datetime, error: str, now: datetime) -> bool:
         return await self._settle(
             "outbox_retry", "next_attempt_at = $4, last_error = $5", (at, error), row_id, owner, now

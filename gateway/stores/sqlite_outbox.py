@@ -71,6 +71,12 @@ class SqliteOutbox:
             now,
         )
 
+    async def delivered_many(self, row_ids: Sequence[int], owner: str, now: datetime) -> set[int]:
+        kept: set[int] = await self._executor.run(
+            "outbox_delivered", lambda db: _delivered_many(db, row_ids, owner, _iso(now))
+        )
+        return kept
+
     async def retry(self, row_id: int, owner: str, at: datetime, error: str, now: datetime) -> bool:
         return await self._settle(
             "outbox_retry", "next_attempt_at = ?, last_error = ?", (_iso(at), error), row_id, owner, now
@@ -211,6 +217,21 @@ def _claim(
         [(owner, lease_until, row[0]) for row in rows],
     )
     return [rows_.claimed(row, attempt=row[8] + 1) for row in rows]  # read before the claim counted it
+
+
+def _delivered_many(db: sqlite3.Connection, row_ids: Sequence[int], owner: str, moment: str) -> set[int]:
+    """On the writer thread, inside its transaction: the rows still leased to ``owner`` marked delivered."""
+    marks = ", ".join("?" * len(row_ids))
+    # "+state": by the rows' ids, not through the index of every pending row the planner would pick otherwise.
+    where = f"WHERE id IN ({marks}) AND lease_owner = ? AND +state = 'pending'"
+    kept = {row_id for (row_id,) in db.execute(f"SELECT id FROM deliveries {where}", (*row_ids, owner))}  # noqa: S608
+    if kept:
+        db.execute(
+            f"UPDATE deliveries SET state = ?, delivered_at = ?, last_error = NULL, lease_owner = NULL,"  # noqa: S608
+            f" lease_expires_at = NULL, updated_at = ? {where}",
+            (_DELIVERED, moment, moment, *row_ids, owner),
+        )
+    return kept
 
 
 def _list(
