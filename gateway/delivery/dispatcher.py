@@ -74,12 +74,15 @@ class Dispatcher:
         *,
         concurrency: int,
         lease_seconds: float,
+        recording: bool = True,
     ) -> None:
         self._outbox = outbox
         self._sinks = dict(sinks)
         self._schedule = schedule
         self._metrics = metrics
         self._tracer = tracer
+        self._recording = recording
+        """Whether ``tracer`` records spans: when it never does, their links and attributes are not built."""
         self._concurrency = concurrency
         self._lease_seconds = lease_seconds
         self.owner = f"{uuid.uuid4().hex[:12]}"
@@ -91,6 +94,9 @@ class Dispatcher:
         self._failing = False
         self._disabled: set[str] = set()
         self._disabled_read_at = -_DISABLED_REFRESH_SECONDS
+        self._durations: dict[str, Histogram] = {}
+        self._counted: dict[tuple[str, str], Counter] = {}
+        """The series of ``delivery_duration`` and ``deliveries`` already looked up, by their labels."""
         self._delivered: list[tuple[int, asyncio.Future[bool]]] = []
         """Rows delivered whose result waits for the next write (each caller's future answers ``kept``)."""
         self._recorder: asyncio.Task[None] | None = None
@@ -186,10 +192,11 @@ class Dispatcher:
 
     async def _deliver(self, sink: Sink, delivery: Delivery) -> None:
         started = time.perf_counter()
+        # A span even when none is recorded: its context is the traceparent the sink sends on.
         with self._tracer.start_as_current_span(
             f"deliver {sink.name}",
             kind=SpanKind.PRODUCER,
-            links=_links(delivery.traceparent),
+            links=_links(delivery.traceparent) if self._recording else None,
             attributes={
                 "gateway.delivery.sink": sink.name,
                 "gateway.delivery.event_id": delivery.event_id,
@@ -197,7 +204,9 @@ class Dispatcher:
                 "gateway.job.id": delivery.job_id,
                 "gateway.job.kind": delivery.kind,
                 "gateway.job.status": delivery.status,
-            },
+            }
+            if self._recording
+            else None,
         ) as span:
             try:
                 attempt = await sink.send(delivery)
@@ -207,7 +216,10 @@ class Dispatcher:
             span.set_attribute("gateway.delivery.result", type(attempt).__name__.lower())
             if not isinstance(attempt, Delivered):
                 span.set_status(StatusCode.ERROR, getattr(attempt, "reason", None))
-            self._metrics.delivery_duration.labels(sink.name).observe(time.perf_counter() - started)
+            duration = self._durations.get(sink.name)
+            if duration is None:
+                duration = self._durations[sink.name] = self._metrics.delivery_duration.labels(sink.name)
+            duration.observe(time.perf_counter() - started)
             try:
                 await self._record(sink.name, delivery, attempt)
             except StoreUnavailable as error:
@@ -257,7 +269,10 @@ class Dispatcher:
                 )
                 logger.info("delivery %s retried in %.1f s: %s", delivery.event_id, delay, attempt.reason, extra=log)
                 result = "retried"
-        self._metrics.deliveries.labels(sink, result).inc()
+        counter = self._counted.get((sink, result))
+        if counter is None:
+            counter = self._counted[sink, result] = self._metrics.deliveries.labels(sink, result)
+        counter.inc()
         if not kept:
             logger.warning(
                 "delivery %s: lease lost before its result was recorded (another replica took it over)",
