@@ -136,6 +136,8 @@ class Dispatcher:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+            if self._recorder is not None:  # the delivered rows' last write lands before any lease is freed
+                await asyncio.wait({self._recorder}, timeout=_STOP_GRACE_SECONDS)
             if late:
                 try:
                     await self._outbox.release_leases(self.owner)
