@@ -74,12 +74,15 @@ class Dispatcher:
         *,
         concurrency: int,
         lease_seconds: float,
+        recording: bool = True,
     ) -> None:
         self._outbox = outbox
         self._sinks = dict(sinks)
         self._schedule = schedule
         self._metrics = metrics
         self._tracer = tracer
+        self._recording = recording
+        """Whether ``tracer`` records spans: when it never does, their links and attributes are not built."""
         self._concurrency = concurrency
         self._lease_seconds = lease_seconds
         self.owner = f"{uuid.uuid4().hex[:12]}"
@@ -91,6 +94,13 @@ class Dispatcher:
         self._failing = False
         self._disabled: set[str] = set()
         self._disabled_read_at = -_DISABLED_REFRESH_SECONDS
+        self._durations: dict[str, Histogram] = {}
+        self._counted: dict[tuple[str, str], Counter] = {}
+        """The series of ``delivery_duration`` and ``deliveries`` already looked up, by their labels."""
+        self._delivered: list[tuple[int, asyncio.Future[bool]]] = []
+        """Rows delivered whose result waits for the next write (each caller's future answers ``kept``)."""
+        self._recorder: asyncio.Task[None] | None = None
+        """Writes the delivered rows, one statement per batch; the rows delivered meanwhile make the next."""
 
     def wake(self) -> None:
         """Look for due rows now: new rows were committed."""
@@ -126,6 +136,8 @@ class Dispatcher:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+            if self._recorder is not None:  # the delivered rows' last write lands before any lease is freed
+                await asyncio.wait({self._recorder}, timeout=_STOP_GRACE_SECONDS)
             if late:
                 try:
                     await self._outbox.release_leases(self.owner)
@@ -182,10 +194,11 @@ class Dispatcher:
 
     async def _deliver(self, sink: Sink, delivery: Delivery) -> None:
         started = time.perf_counter()
+        # A span even when none is recorded: its context is the traceparent the sink sends on.
         with self._tracer.start_as_current_span(
             f"deliver {sink.name}",
             kind=SpanKind.PRODUCER,
-            links=_links(delivery.traceparent),
+            links=_links(delivery.traceparent) if self._recording else None,
             attributes={
                 "gateway.delivery.sink": sink.name,
                 "gateway.delivery.event_id": delivery.event_id,
@@ -193,7 +206,9 @@ class Dispatcher:
                 "gateway.job.id": delivery.job_id,
                 "gateway.job.kind": delivery.kind,
                 "gateway.job.status": delivery.status,
-            },
+            }
+            if self._recording
+            else None,
         ) as span:
             try:
                 attempt = await sink.send(delivery)
@@ -203,7 +218,10 @@ class Dispatcher:
             span.set_attribute("gateway.delivery.result", type(attempt).__name__.lower())
             if not isinstance(attempt, Delivered):
                 span.set_status(StatusCode.ERROR, getattr(attempt, "reason", None))
-            self._metrics.delivery_duration.labels(sink.name).observe(time.perf_counter() - started)
+            duration = self._durations.get(sink.name)
+            if duration is None:
+                duration = self._durations[sink.name] = self._metrics.delivery_duration.labels(sink.name)
+            duration.observe(time.perf_counter() - started)
             try:
                 await self._record(sink.name, delivery, attempt)
             except StoreUnavailable as error:
@@ -215,7 +233,7 @@ class Dispatcher:
         now = _now()
         log = {"sink": sink, "event_id": delivery.event_id, "job_id": delivery.job_id, "attempt": delivery.attempt}
         if isinstance(attempt, Delivered):
-            kept = await self._outbox.delivered(delivery.id, self.owner, now)
+            kept = await self._record_delivered(delivery.id)
             result = "delivered"
         elif isinstance(attempt, Gone):
             await self._outbox.disable_sink(sink, attempt.reason, now)
@@ -253,13 +271,46 @@ class Dispatcher:
                 )
                 logger.info("delivery %s retried in %.1f s: %s", delivery.event_id, delay, attempt.reason, extra=log)
                 result = "retried"
-        self._metrics.deliveries.labels(sink, result).inc()
+        counter = self._counted.get((sink, result))
+        if counter is None:
+            counter = self._counted[sink, result] = self._metrics.deliveries.labels(sink, result)
+        counter.inc()
         if not kept:
             logger.warning(
                 "delivery %s: lease lost before its result was recorded (another replica took it over)",
                 delivery.event_id,
                 extra=log,
             )
+
+    def _record_delivered(self, row_id: int) -> asyncio.Future[bool]:
+        """Answers whether the row was still ours once it is recorded as delivered (or raises
+        StoreUnavailable): rows delivered while a write is under way share the next one."""
+        future = asyncio.get_running_loop().create_future()
+        self._delivered.append((row_id, future))
+        if self._recorder is None:
+            self._recorder = asyncio.create_task(self._write_delivered(), name="gateway-delivery-recorder")
+        return future
+
+    async def _write_delivered(self) -> None:
+        try:
+            while self._delivered:
+                batch, self._delivered = self._delivered, []
+                try:
+                    kept = await self._outbox.delivered_many([row_id for row_id, _ in batch], self.owner, _now())
+                except StoreUnavailable as error:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                    continue
+                except BaseException:  # cancelled (the loop is closing), or a bug: nobody waits forever
+                    for _, future in batch:
+                        future.cancel()
+                    raise
+                for row_id, future in batch:
+                    if not future.done():
+                        future.set_result(row_id in kept)
+        finally:
+            self._recorder = None
 
     def _store_failed(self, error: StoreUnavailable) -> None:
         self._metrics.store_errors.labels(error.store, error.operation).inc()

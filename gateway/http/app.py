@@ -115,7 +115,7 @@ def create_app(
     writer = OutboxWriter(forwarding, settings.forward_statuses) if sinks else None
     database = backends.job_database(settings, writer)
     jobs, outbox = database.jobs, database.outbox
-    dispatcher = _dispatcher(settings, sinks, outbox, metrics, tracer) if sinks else None
+    dispatcher = _dispatcher(settings, sinks, outbox, metrics, tracer, recording=traced) if sinks else None
     if dispatcher is not None and writer is not None:
         writer.on_written = dispatcher.wake
         metrics.forwarding(forwarding)
@@ -317,6 +317,8 @@ def _dispatcher(
     outbox: Outbox,
     metrics: Metrics,
     tracer: Tracer,
+    *,
+    recording: bool,
 ) -> Dispatcher:
     """The background delivery of the outbox to ``sinks``."""
     return Dispatcher(
@@ -327,6 +329,7 @@ def _dispatcher(
         tracer,
         concurrency=_DELIVERY_CONCURRENCY,
         lease_seconds=settings.forward_timeout_seconds + _LEASE_MARGIN_SECONDS,
+        recording=recording,
     )
 
 

@@ -71,6 +71,18 @@ class PostgresOutbox(SqlOutbox[PostgresExecutor]):
         rows = await self._executor.fetch("outbox_claim", _CLAIM, list(sinks), now, limit, owner, until)
         return [rows_.claimed(row, attempt=row[8]) for row in sorted(rows, key=lambda row: row[0])]
 
+    async def delivered_many(self, row_ids: Sequence[int], owner: str, now: datetime) -> set[int]:
+        rows = await self._executor.fetch(
+            "outbox_delivered",
+            "UPDATE deliveries SET state = 'delivered', delivered_at = $3, last_error = NULL,"
+            " lease_owner = NULL, lease_expires_at = NULL, updated_at = $3"
+            " WHERE id = ANY($1::bigint[]) AND lease_owner = $2 AND state = 'pending' RETURNING id",
+            list(row_ids),
+            owner,
+            now,
+        )
+        return {row[0] for row in rows}
+
     async def release_leases(self, owner: str) -> int:
         sql = "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = $1"
         return await self._executor.execute("outbox_release_leases", sql, owner)

@@ -53,6 +53,12 @@ class SqliteOutbox(SqlOutbox[SqliteExecutor]):
         )
         return claimed
 
+    async def delivered_many(self, row_ids: Sequence[int], owner: str, now: datetime) -> set[int]:
+        kept: set[int] = await self._executor.run(
+            "outbox_delivered", lambda db: _delivered_many(db, row_ids, owner, _iso(now))
+        )
+        return kept
+
     async def release_leases(self, owner: str | None = None) -> int:
         """Free ``owner``'s leases, or every lease: at start, SQLite means this process is the file's only
         user, so a lease still held is a crashed run's (PostgreSQL's, shared by replicas, only expire)."""
@@ -91,6 +97,21 @@ def _claim(
         [(owner, lease_until, row[0]) for row in rows],
     )
     return [rows_.claimed(row, attempt=row[8] + 1) for row in rows]  # read before the claim counted it
+
+
+def _delivered_many(db: sqlite3.Connection, row_ids: Sequence[int], owner: str, moment: str) -> set[int]:
+    """On the writer thread, inside its transaction: the rows still leased to ``owner`` marked delivered."""
+    marks = ", ".join("?" * len(row_ids))
+    # "+state": by the rows' ids, not through the index of every pending row the planner would pick otherwise.
+    where = f"WHERE id IN ({marks}) AND lease_owner = ? AND +state = 'pending'"
+    kept = {row_id for (row_id,) in db.execute(f"SELECT id FROM deliveries {where}", (*row_ids, owner))}  # noqa: S608
+    if kept:
+        db.execute(
+            "UPDATE deliveries SET state = 'delivered', delivered_at = ?, last_error = NULL, lease_owner = NULL,"  # noqa: S608
+            f" lease_expires_at = NULL, updated_at = ? {where}",
+            (moment, moment, *row_ids, owner),
+        )
+    return kept
 
 
 _iso = utc_iso

@@ -57,6 +57,29 @@ async def test_an_expired_lease_is_taken_over_and_the_old_owner_cannot_settle(ou
     assert record.state is DeliveryState.DELIVERED
 
 
+async def test_delivered_many_settles_only_the_rows_still_leased_to_their_owner(
+    outbox_store: tuple[Any, Any],
+) -> None:
+    """A batch of results is one write: the rows still leased to the owner are delivered (and their job's
+    next event comes due); a row another owner took over is left to it."""
+    store, rows = outbox_store
+    for job in ("x", "y", "z"):
+        await store.apply(event(job, Status.PENDING, 0))
+    await store.apply(event("y", Status.COMPLETED, 1))
+    later = NOW + timedelta(hours=1)
+    claimed = {c.delivery.job_id: c.delivery for c in await rows.claim("me", ["http"], 10, 5, later)}
+    assert sorted(claimed) == ["x", "y", "z"]
+    [taken] = await rows.claim("other", ["http"], 1, 5, later + timedelta(seconds=6))  # the oldest: x's
+    assert taken.delivery.id == claimed["x"].id
+    ids = [claimed[job].id for job in ("x", "y", "z")]
+    assert await rows.delivered_many(ids, "me", later + timedelta(seconds=7)) == {claimed["y"].id, claimed["z"].id}
+    page = await rows.list_deliveries(state=DeliveryState.DELIVERED, job_id=None, limit=10, cursor=None)
+    assert sorted(record.job_id for record in page.deliveries) == ["y", "z"]
+    [following] = await rows.claim("me", ["http"], 10, 5, later + timedelta(seconds=8))
+    assert (following.delivery.job_id, following.delivery.status) == ("y", "completed")
+    assert await rows.delivered(taken.delivery.id, "other", later + timedelta(seconds=9))
+
+
 async def test_prune_finished_deletes_old_delivered_rows_in_batches(outbox_store: tuple[Any, Any]) -> None:
     """The retention hook: delivered rows older than the cut-off go, a batch at a time; pending rows stay,
     and so do dead letters (events the app never got, until an operator replays them)."""
