@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import socket
@@ -445,14 +446,20 @@ def _starts_a_process(item: pytest.Item) -> bool:
     for code in own:
         names = getattr(getattr(inspect.unwrap(code), "__code__", None), "co_names", ())
         helpers += [getattr(module, name) for name in names if inspect.isfunction(getattr(module, name, None))]
-    for code in [*own, *helpers]:
-        try:
-            source = inspect.getsource(code)
-        except (OSError, TypeError):
-            continue
-        if any(start in source for start in _PROCESS_STARTS):
-            return True
-    return False
+    return any(_mentions_a_process_start(code) for code in [*own, *helpers])
+
+
+@functools.cache
+def _mentions_a_process_start(code: Any) -> bool:
+    """Whether ``code``'s source contains one of ``_PROCESS_STARTS``; read once per function, not once per
+    test that uses it (``inspect.getsource`` tokenizes the module)."""
+    import inspect
+
+    try:
+        source = inspect.getsource(code)
+    except (OSError, TypeError):
+        return False
+    return any(start in source for start in _PROCESS_STARTS)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
