@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
+
+from gateway.config import Settings
+from gateway.http.app import create_app
 
 WEBHOOK_ROUTES = ("/api/webhooks/image-completion", "/api/webhooks/blog-completion")
 STATUSES = {"pending", "initializing", "generating", "saving", "completed", "failed", "canceled"}
@@ -81,6 +85,20 @@ async def test_the_document_is_served(client: AsyncTestClient[Any]) -> None:
     response = await client.get("/schema/openapi.json")
     assert response.status_code == 200
     assert response.json()["openapi"].startswith("3.")
+
+
+async def test_the_document_the_app_holds_is_the_one_served(settings: Settings) -> None:
+    """``app.openapi_schema`` (what ``python -m docs.generate`` reads) is the served document, webhook
+    routes included, whether it is first read from the app or first served."""
+    served_first = create_app(settings)
+    async with AsyncTestClient(app=served_first) as client:
+        served = (await client.get("/schema/openapi.json")).json()
+    assert set(WEBHOOK_ROUTES) <= set(served["paths"])
+    assert json.loads(json.dumps(served_first.openapi_schema.to_schema())) == served
+    read_first = create_app(settings)
+    held = json.loads(json.dumps(read_first.openapi_schema.to_schema()))
+    async with AsyncTestClient(app=read_first) as client:
+        assert (await client.get("/schema/openapi.json")).json() == held == served
 
 
 @pytest.mark.parametrize("route", WEBHOOK_ROUTES)
