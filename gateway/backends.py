@@ -68,7 +68,12 @@ def job_database(
             require_registered=settings.require_registered_jobs,
         )
         return JobDatabase(jobs, PostgresOutbox(jobs.executor))
-    store = SqliteJobStore(database.path, writer, require_registered=settings.require_registered_jobs)
+    store = SqliteJobStore(
+        database.path,
+        writer,
+        require_registered=settings.require_registered_jobs,
+        busy_timeout_seconds=database.busy_timeout_seconds,
+    )
     return JobDatabase(store, SqliteOutbox(store.executor))
 
 

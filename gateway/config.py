@@ -25,6 +25,7 @@ from gateway.senders import DEFAULT_SENDER, SenderFormat, SendersError, check_jw
 from gateway.signatures import Ed25519PublicKey, InvalidKey, parse_key, parse_public_key
 
 __all__ = (
+    "SQLITE_BUSY_TIMEOUT_SECONDS",
     "ConfigError",
     "Database",
     "IPNetwork",
@@ -60,11 +61,18 @@ _NATS_NAME = r"[A-Za-z0-9_-]+"
 """A token of a NATS subject, or a JetStream stream's name."""
 
 
+SQLITE_BUSY_TIMEOUT_SECONDS = 5.0
+"""How long a SQLite statement waits for a lock another connection holds on the file, by default."""
+
+
 @dataclass(frozen=True, slots=True)
 class SqliteDatabase:
     """The embedded job store: one SQLite file (or ``:memory:`` for throwaway runs)."""
 
     path: str
+    busy_timeout_seconds: float = SQLITE_BUSY_TIMEOUT_SECONDS
+    """How long a statement waits for a lock another connection holds on the file (SQLite's
+    ``busy_timeout``); past it the store is unavailable and webhooks are answered 503."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import socket
@@ -445,14 +446,54 @@ def _starts_a_process(item: pytest.Item) -> bool:
     for code in own:
         names = getattr(getattr(inspect.unwrap(code), "__code__", None), "co_names", ())
         helpers += [getattr(module, name) for name in names if inspect.isfunction(getattr(module, name, None))]
-    for code in [*own, *helpers]:
-        try:
-            source = inspect.getsource(code)
-        except (OSError, TypeError):
-            continue
-        if any(start in source for start in _PROCESS_STARTS):
-            return True
-    return False
+    return any(_mentions_a_process_start(code) for code in [*own, *helpers])
+
+
+@functools.cache
+def _mentions_a_process_start(code: Any) -> bool:
+    """Whether ``code``'s source contains one of ``_PROCESS_STARTS``; read once per function, not once per
+    test that uses it (``inspect.getsource`` tokenizes the module)."""
+    import inspect
+
+    try:
+        source = inspect.getsource(code)
+    except (OSError, TypeError):
+        return False
+    return any(start in source for start in _PROCESS_STARTS)
+
+
+_MODULE_MARKERS = {
+    "tests/http/test_schemathesis.py": (frozenset({"server", "fuzz"}), frozenset({"server"})),
+}
+"""Modules whose every test carries exactly one of these sets of the markers (``tests/test_markers.py``
+checks it): when ``-m`` deselects them all, the module is not even imported. Collecting the
+schemathesis module builds every operation's examples, seconds of CPU for tests the fast subset leaves
+out anyway."""
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Skip a module of :data:`_MODULE_MARKERS` all of whose tests the ``-m`` expression deselects."""
+    expression = config.getoption("markexpr", "")
+    sets = _MODULE_MARKERS.get(collection_path.as_posix().removeprefix(f"{config.rootpath.as_posix()}/"), ())
+    if not sets or not expression or any(_selects(expression, marks) for marks in sets):
+        return None
+    return True
+
+
+def _selects(expression: str, marks: frozenset[str]) -> bool:
+    """Whether ``-m expression`` selects a test carrying ``marks``; True (collect, and let pytest decide)
+    for anything but marker names joined by ``and``, ``or``, ``not`` and parentheses."""
+    import ast
+
+    try:
+        tree = ast.parse(expression, mode="eval")
+    except SyntaxError:
+        return True
+    plain = (ast.Expression, ast.BoolOp, ast.UnaryOp, ast.Not, ast.And, ast.Or, ast.Name, ast.Load)
+    if not all(isinstance(node, plain) for node in ast.walk(tree)):
+        return True
+    names = {node.id: node.id in marks for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    return bool(eval(compile(tree, "<-m>", "eval"), {"__builtins__": {}}, names))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

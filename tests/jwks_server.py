@@ -60,7 +60,8 @@ class JwksServer:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        # down() waits for serve_forever to notice, at most one poll interval (0.5 s by default).
+        threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True).start()
 
     async def down(self) -> None:
         assert self._server is not None

@@ -23,6 +23,8 @@ MARKED_BY_HAND = (
     "tests/benchmarks/test_soak.py",
     "tests/benchmarks/test_benchmarks.py",
 )
+NOT_IMPORTED = {"tests/http/test_schemathesis.py": [{"server", "fuzz"}, {"server"}]}
+"""conftest's _MODULE_MARKERS: modules an -m expression that deselects these markers does not import."""
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -48,7 +50,7 @@ def collected(expression: str, *files: str, plugin: bool = False) -> list[str]:
 @pytest.fixture(scope="module")
 def markers() -> dict[str, set[str]]:
     """Every test of the files above and its markers, from one collection (a process each is slow)."""
-    lines = collected("", *FILES, *MARKED_BY_HAND, plugin=True)
+    lines = collected("", *FILES, *MARKED_BY_HAND, *NOT_IMPORTED, plugin=True)
     pairs = [line.removeprefix("markers: ").partition(" ") for line in lines if line.startswith("markers: ")]
     return {test: set(filter(None, marks.split(","))) for test, _, marks in pairs}
 
@@ -56,7 +58,7 @@ def markers() -> dict[str, set[str]]:
 @pytest.fixture(scope="module")
 def fast() -> list[str]:
     """What pytest itself selects with the fast subset's expression."""
-    return [line for line in collected(FAST, *FILES, *MARKED_BY_HAND) if "::" in line]
+    return [line for line in collected(FAST, *FILES, *MARKED_BY_HAND, *NOT_IMPORTED) if "::" in line]
 
 
 def test_the_fast_subset_keeps_in_process_tests_and_drops_services_processes_and_browsers(
@@ -80,3 +82,18 @@ def test_browser_load_and_soak_tests_carry_their_markers(markers: dict[str, set[
         assert tests, path
         assert all(marker in marks for marks in tests), path
     assert not [test for test in fast if test.startswith(MARKED_BY_HAND)]
+
+
+def test_a_module_left_unimported_holds_only_tests_the_expression_deselects(
+    markers: dict[str, set[str]], fast: list[str]
+) -> None:
+    """Every test of such a module carries exactly one of its declared sets of markers (of
+    :data:`MARKERS`), so not importing it under the fast subset drops nothing the subset would have run."""
+    from tests.conftest import _MODULE_MARKERS
+
+    assert {path: [set(marks) for marks in sets] for path, sets in _MODULE_MARKERS.items()} == NOT_IMPORTED
+    for path, declared in NOT_IMPORTED.items():
+        tests = [marks for test, marks in markers.items() if test.startswith(f"{path}::")]
+        assert tests, path
+        assert all(marks in declared for marks in tests), path
+    assert not [test for test in fast if test.startswith(tuple(NOT_IMPORTED))]

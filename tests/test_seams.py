@@ -2,7 +2,8 @@
 against the installed version, so that an upgrade which breaks one fails here rather than in production.
 
 - ``WebhooksFirst`` (gateway/http/webhooks.py): a webhook ``POST`` taken before Litestar's router gets
-  exactly the answer, metrics and server span that the same request gets through the router.
+  exactly the answer, metrics and server span that the same request gets through the router; its
+  ``openapi_schema`` adds the raw routes' operations to Litestar's document when that is first read.
 - The JSON log handler (gateway/telemetry/logs.py): installed through logging's public API, and the
   direct per-webhook line is used only while it is the root logger's only handler.
 """
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from litestar import get
+from litestar.openapi.spec import Operation, PathItem
 from litestar.testing import AsyncTestClient
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -24,6 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.config import Settings, SqliteDatabase
 from gateway.http.app import create_app
+from gateway.http.webhooks import WebhooksFirst
 from gateway.telemetry.logs import BatchingHandler, configure_logging, direct_info
 from tests.conftest import SECRET, completed_blog, completed_image
 
@@ -88,6 +92,34 @@ async def test_webhooks_taken_before_the_router_are_answered_as_through_it(tmp_p
     assert first_metrics == routed_metrics
     assert any(name == f"POST {IMAGE}" for name, _ in first_spans)
     assert first_spans == routed_spans
+
+
+def test_the_raw_routes_are_documented_when_the_document_is_first_read() -> None:
+    """Litestar's own paths come first, then ``webhook_paths``, asked for at the document's first read
+    and not again, until Litestar rebuilds the document for a route registered later."""
+    asked: list[str] = []
+
+    def raw_routes() -> dict[str, PathItem]:
+        asked.append("asked")
+        return {"/raw": PathItem(post=Operation(summary="a raw ASGI route"))}
+
+    @get("/first", sync_to_thread=False)
+    def first() -> str:
+        return "first"
+
+    @get("/later", sync_to_thread=False)
+    def later() -> str:
+        return "later"
+
+    # logging_config=None: Litestar's default would give its logger a handler for the rest of the process.
+    app = WebhooksFirst(webhooks={}, webhook_paths=raw_routes, route_handlers=[first], logging_config=None)
+    assert asked == []
+    assert list(app.openapi_schema.paths or {}) == ["/first", "/raw"]
+    assert app.openapi_schema is app.openapi_schema
+    assert asked == ["asked"]
+    app.register(later)
+    assert list(app.openapi_schema.paths or {}) == ["/first", "/later", "/raw"]
+    assert asked == ["asked", "asked"]
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from gateway.http.events import Streams, event_routes
 from gateway.http.health import health_routes
 from gateway.http.jobs import job_routes
 from gateway.http.metrics import metrics_route
-from gateway.http.openapi import api_docs, document_provider_webhooks, document_webhooks
+from gateway.http.openapi import api_docs, read_document, webhook_paths
 from gateway.http.responses import error_response
 from gateway.http.status_page import status_page_routes
 from gateway.http.tracing import server_spans
@@ -225,6 +225,7 @@ def create_app(
     first.update({sender_path(provider.name): spans(receiver) for provider, receiver in providers.items()})
     app = WebhooksFirst(
         webhooks=first if webhooks_first else {},
+        webhook_paths=lambda: webhook_paths(KINDS, pipeline.providers.values()),
         route_handlers=[
             *(webhook_route(kind, receiver) for kind, receiver in receivers.items()),
             unknown_webhook_route(tuple(kind.route for kind in KINDS), telemetry),
@@ -271,11 +272,11 @@ def create_app(
             description="Receives job-status webhooks from the generation backend, applies each exactly "
             "once to its job, and serves every job's state and history.",
             render_plugins=api_docs(),
-            openapi_router=Router("/schema", route_handlers=[], include_in_schema=False, opt=PUBLIC),
+            openapi_router=Router(
+                "/schema", route_handlers=[], include_in_schema=False, opt=PUBLIC, before_request=read_document
+            ),
         ),
     )
-    document_webhooks(app.openapi_schema, KINDS)
-    document_provider_webhooks(app.openapi_schema, pipeline.providers.values())
     return app
 
 

@@ -37,14 +37,14 @@ from gateway.http.webhooks import sender_path
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from litestar import Router
+    from litestar import Request, Router
     from litestar.handlers import HTTPRouteHandler
-    from litestar.openapi.spec import OpenAPI, Reference
+    from litestar.openapi.spec import Reference
 
     from gateway.ingest.pipeline import ProviderSender
     from gateway.kinds import JobKind
 
-__all__ = ("api_docs", "document_provider_webhooks", "document_webhooks")
+__all__ = ("api_docs", "read_document", "webhook_paths")
 
 _VIEWER = Path(swagger_ui_path)
 """Swagger UI's files, in a directory named after its version (``swagger-ui-<version>``)."""
@@ -100,19 +100,21 @@ _ERRORS = {
 }
 
 
-def document_webhooks(openapi: OpenAPI, kinds: Iterable[JobKind]) -> None:
-    """Add the ``POST`` operation of each kind's webhook route to ``openapi``, the document Litestar built
-    for the app. Litestar builds it anew if a route is registered afterwards, which would drop these: the
-    gateway registers every route when it creates the app (``test_openapi`` checks the served document)."""
-    openapi.paths = {**(openapi.paths or {}), **{kind.route: PathItem(post=_operation(kind)) for kind in kinds}}
-
-
-def document_provider_webhooks(openapi: OpenAPI, providers: Iterable[ProviderSender]) -> None:
-    """Add the ``POST /api/senders/<name>/webhooks`` operation of each provider sender to ``openapi``."""
-    openapi.paths = {
-        **(openapi.paths or {}),
+def webhook_paths(kinds: Iterable[JobKind], providers: Iterable[ProviderSender]) -> dict[str, PathItem]:
+    """The ``POST`` operation of each kind's webhook route, then of each provider sender's
+    (``POST /api/senders/<name>/webhooks``): what :class:`~gateway.http.webhooks.WebhooksFirst` adds to
+    the document Litestar builds for the other routes."""
+    return {
+        **{kind.route: PathItem(post=_operation(kind)) for kind in kinds},
         **{sender_path(provider.name): PathItem(post=_provider_operation(provider)) for provider in providers},
     }
+
+
+def read_document(request: Request[Any, Any, Any]) -> None:
+    """The ``before_request`` hook of ``/schema``: Litestar's document handlers read the document through
+    its OpenAPI plugin, not the app's ``openapi_schema``, so it is read here first, where the webhook
+    routes are added to it (:class:`~gateway.http.webhooks.WebhooksFirst`)."""
+    request.app.openapi_schema  # noqa: B018  (read for its effect: the document, complete, built once)
 
 
 def _provider_operation(provider: ProviderSender) -> Operation:

@@ -22,6 +22,7 @@ from gateway.telemetry.metrics import UNKNOWN_KIND
 
 if TYPE_CHECKING:
     from litestar.handlers import ASGIRouteHandler, HTTPRouteHandler
+    from litestar.openapi.spec import OpenAPI, PathItem
     from litestar.types import ASGIApp, HTTPResponseStartEvent, HTTPScope, LifeSpanReceive, LifeSpanScope, LifeSpanSend
 
     from gateway.ingest.pipeline import Pipeline, ProviderSender
@@ -58,14 +59,36 @@ class WebhooksFirst(Litestar):
     gateway has, the server span, is given to the receiver directly; what skipping them saves is
     measured by the benchmark's ``G`` beside ``G-routed``. Everything else, other methods and trailing
     slashes on webhook paths included, is routed by Litestar, where the webhook routes are registered
-    too (405, ``OPTIONS``, the OpenAPI document). ``webhooks`` empty: plain Litestar routing, with the
-    same answers, metrics and spans (tests/test_seams.py).
+    too (405, ``OPTIONS``). ``webhooks`` empty: plain Litestar routing, with the same answers, metrics
+    and spans (tests/test_seams.py).
+
+    Litestar leaves raw ASGI routes out of its OpenAPI document: the public ``openapi_schema`` property
+    is extended with their operations (``webhook_paths``), and the document is built when first read.
     """
 
-    def __init__(self, *, webhooks: Mapping[str, ASGIApp], **config: Any) -> None:
+    def __init__(
+        self,
+        *,
+        webhooks: Mapping[str, ASGIApp],
+        webhook_paths: Callable[[], Mapping[str, PathItem]] = dict,
+        **config: Any,
+    ) -> None:
+        self._webhook_paths = webhook_paths
+        """The OpenAPI path items of the raw ASGI routes, which Litestar leaves out of its document."""
+        self._documented: OpenAPI | None = None
         super().__init__(**config)
         self._webhooks = dict(webhooks)
         """Receivers by path, each already wrapped in the app's middleware."""
+
+    @property
+    def openapi_schema(self) -> OpenAPI:
+        """Litestar's document with ``webhook_paths`` added after its own paths, built on the first read
+        (an app that never serves or reads it never builds it), and again if Litestar rebuilds it."""
+        openapi = super().openapi_schema
+        if openapi is not self._documented:
+            openapi.paths = {**(openapi.paths or {}), **self._webhook_paths()}
+            self._documented = openapi
+        return openapi
 
     async def __call__(
         self, scope: Scope | LifeSpanScope, receive: Receive | LifeSpanReceive, send: Send | LifeSpanSend
@@ -140,7 +163,7 @@ def webhook_route(kind: JobKind, receiver: ASGIApp) -> ASGIRouteHandler:
     """``receiver`` as Litestar's route for ``kind``: what :class:`WebhooksFirst` does not take itself.
 
     Litestar leaves raw ASGI routes out of the OpenAPI document:
-    :func:`gateway.http.openapi.document_webhooks` puts them in.
+    :func:`gateway.http.openapi.webhook_paths` describes them.
     """
     return asgi(kind.route, name=f"{kind.name}-webhook", copy_scope=False, opt=OWN_AUTHENTICATION)(receiver)
 

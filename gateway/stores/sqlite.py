@@ -14,6 +14,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from gateway.config import SQLITE_BUSY_TIMEOUT_SECONDS
 from gateway.model import (
     EventResult,
     InProgress,
@@ -74,8 +75,11 @@ class SqliteJobStore:
         *,
         require_registered: bool = False,
         wal_reset_frames: int = RESET_FRAMES,
+        busy_timeout_seconds: float = SQLITE_BUSY_TIMEOUT_SECONDS,
     ) -> None:
-        self.executor = SqliteExecutor(path, wal_reset_frames=wal_reset_frames)
+        self.executor = SqliteExecutor(
+            path, wal_reset_frames=wal_reset_frames, busy_timeout_seconds=busy_timeout_seconds
+        )
         """The file's writer and reader threads, shared with the outbox on the same file."""
         self._outbox = outbox
         """Where applied events are queued for delivery; ``None``: forwarding is off."""

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, cast
 
+from gateway.config import SQLITE_BUSY_TIMEOUT_SECONDS
 from gateway.model import EventRefused, StoreUnavailable
 from gateway.stores import migrations
 from gateway.stores.base import Outage
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 _MAX_BATCH = 256
 _PARAMETER = re.compile(r"\$(\d+)")
 _CALL_TIMEOUT_SECONDS = 15.0
-"""Longer than SQLite's busy timeout (5 s) plus a batch: past it the caller gets a 503, not a hang."""
+"""Longer than SQLite's busy timeout (5 s by default) plus a batch: past it the caller gets a 503, not a hang."""
 _WATCH_SECONDS = 1.0
 """How often the writer thread's calls are checked against their deadline while any is waiting."""
 
@@ -57,8 +58,16 @@ class _Op(NamedTuple):
 class SqliteExecutor:
     """Runs work on one SQLite file: writes on the writer thread, reads on a reader thread (WAL)."""
 
-    def __init__(self, path: str, *, wal_reset_frames: int = RESET_FRAMES) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        wal_reset_frames: int = RESET_FRAMES,
+        busy_timeout_seconds: float = SQLITE_BUSY_TIMEOUT_SECONDS,
+    ) -> None:
         self._path = path
+        self._busy_timeout_ms = round(busy_timeout_seconds * 1000)
+        """How long each connection waits for another's lock on the file (SQLite's ``busy_timeout``)."""
         self._wal_reset_frames = wal_reset_frames
         """The WAL's bound under sustained writes, in frames (see :mod:`gateway.stores.sqlite_wal`)."""
         self._queue: queue.SimpleQueue[list[_Op] | None] = queue.SimpleQueue()
@@ -151,7 +160,7 @@ class SqliteExecutor:
         """On the reader thread: its connection, opened on first use."""
         if self._reader_db is None:
             self._reader_db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-            self._reader_db.execute("PRAGMA busy_timeout=5000")
+            self._reader_db.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
         return run(self._reader_db)
 
     async def submit(
@@ -245,7 +254,7 @@ class SqliteExecutor:
         )
         db: sqlite3.Connection | None = None
         try:
-            db = _connect(self._path, apply_migrations)
+            db = _connect(self._path, apply_migrations, self._busy_timeout_ms)
             if checkpointer is not None:
                 checkpointer.configure(db)
         except sqlite3.Error as error:
@@ -280,12 +289,12 @@ def _reader_thread() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-sqlite-reader")
 
 
-def _connect(path: str, apply_migrations: bool) -> sqlite3.Connection:
+def _connect(path: str, apply_migrations: bool, busy_timeout_ms: int) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA foreign_keys=ON")
-    db.execute("PRAGMA busy_timeout=5000")
+    db.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
     if apply_migrations:
         try:
             # The writer thread has no event loop: this one lives only while the migrations run.

@@ -219,13 +219,16 @@ async def test_event_ids_increase_globally_in_the_order_recorded(client: AsyncTe
     assert len(set(ids)) == len(ids)
 
 
-async def test_locked_database_answers_503_and_the_retry_applies(settings: Settings) -> None:
-    """Another process holding the write lock past the busy timeout: refuse with 503, record nothing,
-    and accept the sender's retry once the lock is gone (the idempotency claim was released)."""
+async def test_locked_database_answers_503_and_the_retry_applies(tmp_path: Path) -> None:
+    """Another process holding the write lock past the busy timeout (half a second here): refuse with
+    503, record nothing, and accept the sender's retry once the lock is gone (the idempotency claim was
+    released)."""
+    database = SqliteDatabase(str(tmp_path / "gateway.db"), busy_timeout_seconds=0.5)
+    settings = Settings(webhook_secret=SECRET, database=database)
     route = "/api/webhooks/image-completion"
     async with AsyncTestClient(app=create_app(settings)) as client:
         client.headers["X-Webhook-Secret"] = SECRET
-        locker = sqlite3.connect(settings.database.path, isolation_level=None)
+        locker = sqlite3.connect(database.path, isolation_level=None)
         locker.execute("BEGIN EXCLUSIVE")
         try:
             refused = await client.post(route, json=completed_image())
