@@ -281,7 +281,10 @@ class SqliteExecutor:
 
 
 def numbered(sql: str) -> str:
-    """``sql`` with PostgreSQL's parameters (``$1``) written as SQLite's (``?1``)."""
+    """``sql`` with PostgreSQL's parameters (``$1``) written as SQLite's (``?1``).
+
+    Every ``$`` followed by digits is rewritten, inside string literals and comments too: a shared
+    statement holds no such text (values go in as parameters)."""
     return _PARAMETER.sub(r"?\1", sql)
 
 
