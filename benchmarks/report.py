@@ -382,6 +382,12 @@ def sizing(data: dict[str, Any], rate: int) -> list[str]:
                 f"({rate:,} x {embedded:.0f} µs). Give it a second core for the rest of the machine (the kernel's "
                 "network stack, scrapes, backups), and a local SSD: every batch is an fsync."
             )
+        elif share <= 1:
+            lines.append(
+                f"- **Embedded** would run its one core at {_percent(share)} ({rate:,} x {embedded:.0f} µs), past "
+                f"the {_percent(HEADROOM)} kept for bursts (ceiling about {1e6 / embedded:,.0f} webhooks a second): "
+                "run distributed."
+            )
         else:
             lines.append(
                 f"- **Embedded** cannot: {rate:,} x {embedded:.0f} µs is {share:.1f} cores, and the embedded "

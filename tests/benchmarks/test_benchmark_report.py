@@ -50,6 +50,9 @@ def test_the_capacity_figures_and_the_sizing_follow_the_measured_cost() -> None:
     assert "at 50 % of its core" in small[0]  # 2,000 x 250 us
     assert "**2 replicas**" in small[1]  # 2,000 x 400 us = 0.8 core, at 70 % a core
     assert large[0].startswith("- **Embedded** cannot")
+    busy = report.sizing(data, 3_500)[0]  # 3,500 x 250 us = 0.875 of a core: it fits, but past the headroom
+    assert "would run its one core at 88 %" in busy, busy
+    assert "run distributed" in busy
     assert "**12 replicas**" in large[1]  # 20,000 x 400 us = 8 cores / 0.7
     assert "**3 cores**" in large[1]  # 20,000 x 80 us = 1.6 cores / 0.7
     assert "**60 % of its one core**" in large[1]  # 20,000 x 30 us
