@@ -22,6 +22,7 @@ import queue
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -288,13 +289,28 @@ def numbered(sql: str) -> str:
     return _PARAMETER.sub(r"?\1", sql)
 
 
+def _use_wal(db: sqlite3.Connection, busy_timeout_seconds: float) -> None:
+    """Put the file in WAL mode (a no-op once it is). Two connections switching a new file at the same
+    moment: SQLite refuses one at once ("database is locked") instead of making it wait, so it is tried
+    again until ``busy_timeout_seconds`` have passed, as a busy lock would be waited for."""
+    deadline = time.monotonic() + busy_timeout_seconds
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _reader_thread() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-sqlite-reader")
 
 
 def _connect(path: str, apply_migrations: bool, busy_timeout_ms: int) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
+    _use_wal(db, busy_timeout_ms / 1000)
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA foreign_keys=ON")
     db.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
@@ -433,7 +449,7 @@ async def migrate(path: str) -> list[int]:
     loop while it writes (the ``gateway migrate`` command has nothing else to do)."""
     db = sqlite3.connect(path, isolation_level=None)
     try:
-        db.execute("PRAGMA journal_mode=WAL")
+        _use_wal(db, SQLITE_BUSY_TIMEOUT_SECONDS)
         return await migrations.run(SqliteMigrations(db))
     finally:
         db.close()
