@@ -2,14 +2,14 @@
 
 On a shared machine, req/s and even CPU time move with whatever else runs; the number of instructions
 the gateway executes for a webhook does not. This runs the in-process hot path of
-:mod:`benchmarks.profile` on uvloop (the app as ``gateway serve`` builds it, SQLite, telemetry as shipped, unique
-completed-image webhooks ten at a time over ASGI, no socket) under valgrind's callgrind, counting only
+:mod:`benchmarks.profile` on uvloop (the app as ``gateway serve`` builds it, SQLite, telemetry as
+shipped, unique completed-image webhooks ten at a time over ASGI, no socket) under valgrind's callgrind, counting only
 between the warm-up's end and the last answer, every thread included (the SQLite writer and checkpoint
-threads too). Two trees compared this way (``git stash``, a worktree) give an A/B a few tenths of a
-percent apart on repeat, where a throughput A/B needs many interleaved rounds. It counts work, not
+threads too). Two trees compared this way (``git stash``, a worktree) give an A/B that repeats closely
+(docs/benchmark.md), where a throughput A/B needs many interleaved rounds. It counts work, not
 waiting: lock contention, cache misses and the kernel's share of I/O are what the wrk runs measure.
 
-Needs ``valgrind`` (Debian package ``valgrind``); a run of 1,000 webhooks takes about a minute.
+Needs ``valgrind`` (Debian package ``valgrind``).
 """
 
 from __future__ import annotations
