@@ -327,6 +327,18 @@ def _connect(path: str, apply_migrations: bool, busy_timeout_ms: int) -> sqlite3
 Settled = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
 
+def _as_is(value: bytes | None) -> bytes | None:
+    return value
+
+
+# sqlite3 binds None and bytes as they are, but only after asking its adapter registry for them: a miss that
+# builds and drops an AttributeError for each such parameter. Registering the identity for both makes that
+# lookup a hit; the same NULLs and blobs are bound. The registry is the process's, so every sqlite3
+# connection shares it; an adapter another library registers for these types later replaces it.
+sqlite3.register_adapter(type(None), _as_is)
+sqlite3.register_adapter(bytes, _as_is)
+
+
 def _execute(db: sqlite3.Connection, batch: list[_Op]) -> list[Settled]:
     """Run a batch in order; consecutive writes share one transaction (group commit)."""
     settled: list[Settled] = []
