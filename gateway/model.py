@@ -67,12 +67,14 @@ class Status(enum.StrEnum):
 
     @property
     def terminal(self) -> bool:
-        return self is Status.COMPLETED or self is Status.FAILED or self is Status.CANCELED
+        return self in _TERMINAL
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _RANK = {status: min(position, 4) for position, status in enumerate(Status)}
+_TERMINAL = (Status.COMPLETED, Status.FAILED, Status.CANCELED)
+"""A tuple: ``in`` compares members by identity first, and never reaches Enum's Python-level hash."""
 
 
 class Outcome(enum.StrEnum):

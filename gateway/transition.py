@@ -36,26 +36,32 @@ class Transition(enum.Enum):
         return _STALE_OUTCOME if self is _STALE or self is _CONTRADICTED else _APPLIED_OUTCOME
 
     @property
+    def applies(self) -> bool:
+        """Whether the outcome is ``applied`` (the job's row takes the event)."""
+        return not (self is _STALE or self is _CONTRADICTED)
+
+    @property
     def moves(self) -> bool:
         """Whether the job's status changes (the event is a status transition)."""
         return self is _CREATED or self is _ADVANCED
 
 
 _CREATED, _ADVANCED = Transition.CREATED, Transition.ADVANCED
-_STALE, _CONTRADICTED = Transition.STALE, Transition.CONTRADICTED
+_PROGRESSED, _STALE, _CONTRADICTED = Transition.PROGRESSED, Transition.STALE, Transition.CONTRADICTED
+_CANCELED = Status.CANCELED
 _APPLIED_OUTCOME, _STALE_OUTCOME = Outcome.APPLIED, Outcome.STALE
 
 
 def decide(current: Status | None, incoming: Status) -> Transition:
     """Decide what an ``incoming`` event does to a job currently at ``current`` (``None``: no job yet)."""
     if current is None:
-        return Transition.CREATED
+        return _CREATED
     if current.terminal:
-        if incoming.terminal and incoming is not current and Status.CANCELED not in (current, incoming):
-            return Transition.CONTRADICTED
-        return Transition.STALE
+        if incoming.terminal and incoming is not current and _CANCELED not in (current, incoming):
+            return _CONTRADICTED
+        return _STALE
     if incoming is current:
-        return Transition.PROGRESSED
+        return _PROGRESSED
     if incoming.rank < current.rank:
-        return Transition.STALE
-    return Transition.ADVANCED
+        return _STALE
+    return _ADVANCED

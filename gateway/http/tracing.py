@@ -7,7 +7,7 @@ hot path. Stage spans and the gateway's own attributes are added by the pipeline
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from litestar.enums import ScopeType
 from opentelemetry import context, propagate
@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
 __all__ = ("server_spans",)
+
+_HTTP: Final = ScopeType.HTTP  # read once: an Enum class attribute goes through EnumType.__getattr__'s hook
 
 _UNTRACED = frozenset({"/metrics", "/healthz", "/readyz"})
 
@@ -32,7 +34,7 @@ def server_spans(tracer: Tracer, *, recording: bool = True) -> Any:
 
     def middleware(app: ASGIApp) -> ASGIApp:
         async def traced(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] != ScopeType.HTTP or scope["path"] in _UNTRACED:
+            if scope["type"] != _HTTP or scope["path"] in _UNTRACED:
                 await app(scope, receive, send)
                 return
             carrier = {

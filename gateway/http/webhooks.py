@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from litestar import Litestar, Response, asgi, post
 from litestar.enums import ScopeType
@@ -39,6 +39,8 @@ __all__ = (
     "webhook_receiver",
     "webhook_route",
 )
+
+_HTTP: Final = ScopeType.HTTP  # read once: an Enum class attribute goes through EnumType.__getattr__'s hook
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +95,7 @@ class WebhooksFirst(Litestar):
     async def __call__(
         self, scope: Scope | LifeSpanScope, receive: Receive | LifeSpanReceive, send: Send | LifeSpanSend
     ) -> None:
-        if scope["type"] == ScopeType.HTTP:
+        if scope["type"] == _HTTP:
             http = cast("HTTPScope", scope)
             receiver = self._webhooks.get(http["path"]) if http["method"] == "POST" else None
             if receiver is not None:
@@ -136,7 +138,7 @@ def _receiver(
     route: str, ingest: Callable[[Mapping[str, str], Receive, str], Awaitable[tuple[Any, Mapping[str, str]]]]
 ) -> ASGIApp:
     async def receive_webhook(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
+        if scope["type"] != _HTTP:
             raise ClientException  # a websocket to a webhook path: refused as Litestar's router refuses one
         method = scope["method"]
         if method != "POST":

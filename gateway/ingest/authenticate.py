@@ -57,6 +57,7 @@ class Credentials(NamedTuple):
         return self.public_keys + self.key_set.keys if self.key_set is not None else self.public_keys
 
 
+_MISSING = AuthFailure.MISSING  # read once: an Enum class attribute goes through EnumType.__getattr__'s hook
 _MAX_TIMESTAMP_DIGITS = 12  # seconds since the epoch: 12 digits last until the year 33658
 
 
@@ -112,7 +113,7 @@ class Authenticator:
         return verdict
 
     def _verify(self, headers: Mapping[str, str], body: bytes, now: float) -> Verdict:
-        failure = AuthFailure.MISSING
+        failure = _MISSING
         provided = headers.get("x-webhook-secret")
         if provided is not None and self._secrets:
             # Header values arrive decoded as Latin-1: re-encoding so recovers the bytes the sender sent

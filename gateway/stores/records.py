@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from gateway.model import DeliveryConflict, EventResult, Outcome, OwnerConflict, Status
+from gateway.model import DeliveryConflict, EventResult, OwnerConflict, Status
 from gateway.payloads import Metadata
 from gateway.transition import Transition
 
@@ -29,6 +29,7 @@ __all__ = (
 logger = logging.getLogger(__name__)
 
 _encode = msgspec.json.Encoder().encode
+_CONTRADICTED = Transition.CONTRADICTED  # read once: an Enum class attribute goes through EnumType.__getattr__'s hook
 
 
 class _StoredMetadata(msgspec.Struct, frozen=True):
@@ -78,7 +79,7 @@ def answer(
     first_seen_at: datetime,
 ) -> EventResult:
     """A job store's answer for an event it recorded: built here so every backend answers alike."""
-    if transition is Transition.CONTRADICTED:
+    if transition is _CONTRADICTED:
         logger.warning(
             "job %s got %s after terminal %s: kept in history as stale (a backend bug?)",
             event.job_id,
@@ -86,7 +87,7 @@ def answer(
             previous,
         )
     outcome = transition.outcome
-    status = event.status if outcome is Outcome.APPLIED else previous
+    status = event.status if transition.applies else previous
     assert status is not None  # a job without a previous status is created by this event
     return EventResult(
         outcome=outcome,

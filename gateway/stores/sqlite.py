@@ -57,6 +57,8 @@ __all__ = ("SqliteJobStore",)
 
 logger = logging.getLogger(__name__)
 
+_APPLIED = Outcome.APPLIED  # read once: an Enum class attribute goes through EnumType.__getattr__'s hook
+
 
 _PROBE_FILLER = "0" * 8192
 """The readiness probe's row spans a few pages: a file that cannot grow (``SQLITE_FULL``) refuses it."""
@@ -112,7 +114,7 @@ class SqliteJobStore:
         result = await self.executor.submit(
             "apply", lambda db: self._apply(db, event, traceparent), write=True, finish=True
         )
-        if result.outcome is Outcome.APPLIED:
+        if result.outcome is _APPLIED:
             self._outbox.on_written()
         return result
 
@@ -193,7 +195,7 @@ class SqliteJobStore:
             raise Unregistered(event.job_id)
         previous = Status(row[1]) if row is not None else None
         transition = decide(previous, event.status)
-        applies = transition.outcome is Outcome.APPLIED
+        applies = transition.applies
         received = _iso(event.received_at)
         try:
             event_id = db.execute(
