@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import sys
 from datetime import UTC, datetime
+from typing import Protocol
 
 import msgspec
 
@@ -20,7 +21,7 @@ from gateway.outbox import DeliveryState, Outbox
 from gateway.stores.base import StoreUnavailable
 from gateway.telemetry.metrics import SINKS
 
-__all__ = ("add_parser", "run")
+__all__ = ("Commands", "add_parser", "run")
 
 _encode = msgspec.json.Encoder().encode
 _FORWARDING_OFF = (
@@ -29,7 +30,15 @@ _FORWARDING_OFF = (
 )
 
 
-def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+class Commands(Protocol):
+    """Where ``add_parser`` adds its command: what ``ArgumentParser.add_subparsers()`` answers."""
+
+    def add_parser(
+        self, name: str, *, help: str | None = ..., description: str | None = ...
+    ) -> argparse.ArgumentParser: ...
+
+
+def add_parser(commands: Commands) -> None:
     """The ``deliveries`` command and its subcommands."""
     deliveries = commands.add_parser(
         "deliveries",

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import hmac
 from collections.abc import Sequence
+from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -93,8 +94,16 @@ _INNER = bytes(x ^ 0x36 for x in range(256))
 _OUTER = bytes(x ^ 0x5C for x in range(256))
 
 
+class _Hash(Protocol):
+    """What :func:`_keyed`'s hashes are used for (hashlib names no public type for them)."""
+
+    def copy(self) -> _Hash: ...
+    def update(self, data: bytes, /) -> None: ...
+    def digest(self) -> bytes: ...
+
+
 @functools.lru_cache(maxsize=32)
-def _keyed(key: bytes) -> tuple[hashlib._Hash, hashlib._Hash]:
+def _keyed(key: bytes) -> tuple[_Hash, _Hash]:
     """HMAC-SHA256's inner and outer hashes with ``key`` already absorbed (RFC 2104): each message then
     costs two copies and its own bytes, not the key's two blocks again."""
     if len(key) > _BLOCK:
