@@ -6,10 +6,12 @@ against the installed version, so that an upgrade which breaks one fails here ra
   ``openapi_schema`` adds the raw routes' operations to Litestar's document when that is first read.
 - The JSON log handler (gateway/telemetry/logs.py): installed through logging's public API, and the
   direct per-webhook line is used only while it is the root logger's only handler.
+- No other module reads another library's private name.
 """
 
 from __future__ import annotations
 
+import ast
 import logging
 import threading
 from collections.abc import Iterator
@@ -160,3 +162,42 @@ def test_the_json_handler_is_attached_with_logging_s_public_api(root_logging: lo
 def _log_writers() -> int:
     """How many log writer threads are alive."""
     return [thread.name for thread in threading.enumerate()].count("gateway-log-writer")
+
+
+SEAM_PRIVATE_NAMES = {("gateway/telemetry/metrics.py", "stock._validate_exemplar")}
+"""The private names of other libraries the seams read (docs/seams.md), where the code spells them."""
+
+
+def test_no_module_reads_another_library_s_private_name_outside_the_seams() -> None:
+    """``lib._name`` or ``from lib import _name`` for a library ``lib`` that is not gateway: only where a
+    seam of docs/seams.md says so (its pin and contract test keep it honest)."""
+    root = Path(__file__).resolve().parents[1]
+
+    def private(name: str) -> bool:
+        return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+    found: set[tuple[str, str]] = set()
+    for path in sorted((root / "gateway").rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        module = path.relative_to(root).as_posix()
+        foreign: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                foreign |= {alias.asname or alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module is not None:
+                if node.module.split(".")[0] == "gateway":
+                    continue
+                foreign |= {alias.asname or alias.name for alias in node.names}
+                found |= {
+                    (module, f"from {node.module} import {alias.name}") for alias in node.names if private(alias.name)
+                }
+        foreign.discard("gateway")
+        found |= {
+            (module, f"{node.value.id}.{node.attr}")
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute)
+            and private(node.attr)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in foreign
+        }
+    assert found == SEAM_PRIVATE_NAMES
