@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
 from opentelemetry import trace
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import Link, SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import Counter, Gauge, Histogram
@@ -43,6 +44,10 @@ _STOP_GRACE_SECONDS = 5.0
 _DISABLED_REFRESH_SECONDS = 1.0
 """How often the sinks disabled by a 410 (possibly on another replica) are read again."""
 _propagator = TraceContextTextMapPropagator()
+_ids = RandomIdGenerator()
+"""The ids of unrecorded delivery spans, drawn as the SDK's default generator draws them."""
+_UNSAMPLED = trace.TraceFlags(trace.TraceFlags.RANDOM_TRACE_ID if _ids.is_trace_id_random() else 0)
+"""Their flags, as the SDK sets them on a span its sampler drops: not sampled, trace id random."""
 
 
 class DeliveryMetrics(Protocol):
@@ -194,22 +199,7 @@ class Dispatcher:
 
     async def _deliver(self, sink: Sink, delivery: Delivery) -> None:
         started = time.perf_counter()
-        # A span even when none is recorded: its context is the traceparent the sink sends on.
-        with self._tracer.start_as_current_span(
-            f"deliver {sink.name}",
-            kind=SpanKind.PRODUCER,
-            links=_links(delivery.traceparent) if self._recording else None,
-            attributes={
-                "gateway.delivery.sink": sink.name,
-                "gateway.delivery.event_id": delivery.event_id,
-                "gateway.delivery.attempt": delivery.attempt,
-                "gateway.job.id": delivery.job_id,
-                "gateway.job.kind": delivery.kind,
-                "gateway.job.status": delivery.status,
-            }
-            if self._recording
-            else None,
-        ) as span:
+        with self._span(sink, delivery) as span:
             try:
                 attempt = await sink.send(delivery)
             except Exception as error:  # a sink's bug: retried on the schedule, and logged to be fixed
@@ -228,6 +218,29 @@ class Dispatcher:
                 # The lease expires and the row is tried again: the app may see the event twice, with
                 # the same webhook-id.
                 self._store_failed(error)
+
+    def _span(self, sink: Sink, delivery: Delivery) -> contextlib.AbstractContextManager[trace.Span]:
+        """The delivery's span, current while it is sent: its context is the traceparent the sink sends
+        on, recorded or not. Unrecorded, it is made here as the SDK makes a span its sampler drops (fresh
+        ids, not sampled, no parent: the dispatcher's task has none), without the tracer's per-span work."""
+        if not self._recording:
+            context = trace.SpanContext(
+                _ids.generate_trace_id(), _ids.generate_span_id(), is_remote=False, trace_flags=_UNSAMPLED
+            )
+            return trace.use_span(trace.NonRecordingSpan(context), end_on_exit=True)
+        return self._tracer.start_as_current_span(
+            f"deliver {sink.name}",
+            kind=SpanKind.PRODUCER,
+            links=_links(delivery.traceparent),
+            attributes={
+                "gateway.delivery.sink": sink.name,
+                "gateway.delivery.event_id": delivery.event_id,
+                "gateway.delivery.attempt": delivery.attempt,
+                "gateway.job.id": delivery.job_id,
+                "gateway.job.kind": delivery.kind,
+                "gateway.job.status": delivery.status,
+            },
+        )
 
     async def _record(self, sink: str, delivery: Delivery, attempt: Attempt) -> None:
         now = _now()

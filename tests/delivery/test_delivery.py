@@ -19,6 +19,7 @@ from litestar.testing import AsyncTestClient
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from prometheus_client import CollectorRegistry
 
 from gateway.config import Settings, SqliteDatabase
@@ -272,6 +273,36 @@ async def test_the_delivery_span_links_to_the_webhooks_trace(settings: Settings,
     assert delivery.attributes["gateway.delivery.result"] == "delivered"
     forwarded = receiver.accepted[0].headers["traceparent"]
     assert forwarded.split("-")[1] == format(delivery.context.trace_id, "032x")
+
+
+async def test_unrecorded_deliveries_still_send_a_traceparent_of_their_own(
+    settings: Settings, receiver: Receiver
+) -> None:
+    """With no exporter nothing is recorded, yet each forwarded request carries a valid ``traceparent``: a
+    fresh trace, one per delivery, flagged as the SDK flags a span its sampler drops (not sampled, so the
+    app's parent-based sampler records nothing either)."""
+    dropped = TracerProvider(sampler=ALWAYS_OFF).get_tracer("test").start_span("dropped").get_span_context()
+    sender_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    async with AsyncTestClient(app=create_app(forwarding(settings, receiver))) as client:
+        for job in ("unrecorded-1", "unrecorded-2"):
+            response = await client.post(
+                "/api/webhooks/image-completion",
+                json=progress("pending", job),
+                headers={"X-Webhook-Secret": SECRET, "traceparent": f"00-{sender_trace}-00f067aa0ba902b7-01"},
+            )
+            assert response.status_code == 200
+        await receiver.wait_until(lambda: len(receiver.accepted) == 2)
+        await until_settled(client)
+    parents = [request.headers["traceparent"].split("-") for request in receiver.accepted]
+    for version, trace_id, span_id, flags in parents:
+        assert version == "00"
+        assert int(flags, 16) == dropped.trace_flags
+        assert len(trace_id) == 32
+        assert int(trace_id, 16) != 0
+        assert trace_id != sender_trace
+        assert len(span_id) == 16
+        assert int(span_id, 16) != 0
+    assert parents[0][1] != parents[1][1]
 
 
 @pytest.fixture
