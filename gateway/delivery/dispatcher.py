@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
 from opentelemetry import trace
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.trace import Link, SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import Counter, Gauge, Histogram
@@ -44,10 +44,6 @@ _STOP_GRACE_SECONDS = 5.0
 _DISABLED_REFRESH_SECONDS = 1.0
 """How often the sinks disabled by a 410 (possibly on another replica) are read again."""
 _propagator = TraceContextTextMapPropagator()
-_ids = RandomIdGenerator()
-"""The ids of unrecorded delivery spans, drawn as the SDK's default generator draws them."""
-_UNSAMPLED = trace.TraceFlags(trace.TraceFlags.RANDOM_TRACE_ID if _ids.is_trace_id_random() else 0)
-"""Their flags, as the SDK sets them on a span its sampler drops: not sampled, trace id random."""
 
 
 class DeliveryMetrics(Protocol):
@@ -80,6 +76,7 @@ class Dispatcher:
         concurrency: int,
         lease_seconds: float,
         recording: bool = True,
+        ids: IdGenerator | None = None,
     ) -> None:
         self._outbox = outbox
         self._sinks = dict(sinks)
@@ -88,6 +85,10 @@ class Dispatcher:
         self._tracer = tracer
         self._recording = recording
         """Whether ``tracer`` records spans: when it never does, their links and attributes are not built."""
+        self._ids = ids or RandomIdGenerator()
+        """The ids ``tracer``'s provider draws, for the spans made here when it records none."""
+        self._unrecorded_flags = tracer.start_span("deliver").get_span_context().trace_flags
+        """The flags ``tracer`` gives a span it does not record (read off one, whatever the SDK's version)."""
         self._concurrency = concurrency
         self._lease_seconds = lease_seconds
         self.owner = f"{uuid.uuid4().hex[:12]}"
@@ -222,10 +223,12 @@ class Dispatcher:
     def _span(self, sink: Sink, delivery: Delivery) -> contextlib.AbstractContextManager[trace.Span]:
         """The delivery's span, current while it is sent: its context is the traceparent the sink sends
         on, recorded or not. Unrecorded, it is made here as the SDK makes a span its sampler drops (fresh
-        ids, not sampled, no parent: the dispatcher's task has none), without the tracer's per-span work."""
+        ids from the provider's generator, its flags, no parent: the dispatcher's task has none), without
+        the tracer's per-span work."""
         if not self._recording:
+            ids = self._ids
             context = trace.SpanContext(
-                _ids.generate_trace_id(), _ids.generate_span_id(), is_remote=False, trace_flags=_UNSAMPLED
+                ids.generate_trace_id(), ids.generate_span_id(), is_remote=False, trace_flags=self._unrecorded_flags
             )
             return trace.use_span(trace.NonRecordingSpan(context), end_on_exit=True)
         return self._tracer.start_as_current_span(

@@ -60,6 +60,7 @@ from gateway.wakeup import Wakeup
 if TYPE_CHECKING:
     from litestar.types.callable_types import GetLogger
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.id_generator import IdGenerator
     from opentelemetry.trace import Tracer
 
     from gateway.delivery.sink import Sink
@@ -115,7 +116,11 @@ def create_app(
     writer = OutboxWriter(forwarding, settings.forward_statuses) if sinks else None
     database = backends.job_database(settings, writer)
     jobs, outbox = database.jobs, database.outbox
-    dispatcher = _dispatcher(settings, sinks, outbox, metrics, tracer, recording=traced) if sinks else None
+    dispatcher = (
+        _dispatcher(settings, sinks, outbox, metrics, tracer, recording=traced, ids=provider.id_generator)
+        if sinks
+        else None
+    )
     if dispatcher is not None and writer is not None:
         writer.on_written = dispatcher.wake
         metrics.forwarding(forwarding)
@@ -320,6 +325,7 @@ def _dispatcher(
     tracer: Tracer,
     *,
     recording: bool,
+    ids: IdGenerator,
 ) -> Dispatcher:
     """The background delivery of the outbox to ``sinks``."""
     return Dispatcher(
@@ -331,6 +337,7 @@ def _dispatcher(
         concurrency=_DELIVERY_CONCURRENCY,
         lease_seconds=settings.forward_timeout_seconds + _LEASE_MARGIN_SECONDS,
         recording=recording,
+        ids=ids,
     )
 
 

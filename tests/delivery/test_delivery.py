@@ -19,6 +19,7 @@ from litestar.testing import AsyncTestClient
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from prometheus_client import CollectorRegistry
 
@@ -303,6 +304,40 @@ async def test_unrecorded_deliveries_still_send_a_traceparent_of_their_own(
         assert len(span_id) == 16
         assert int(span_id, 16) != 0
     assert parents[0][1] != parents[1][1]
+
+
+class CountingIds(IdGenerator):
+    """Ids anyone can recognise: 1, 2, 3..."""
+
+    def __init__(self) -> None:
+        self.last = 0
+
+    def generate_span_id(self) -> int:
+        self.last += 1
+        return self.last
+
+    def generate_trace_id(self) -> int:
+        self.last += 1
+        return self.last
+
+
+async def test_unrecorded_deliveries_draw_their_ids_from_the_tracer_provider(
+    settings: Settings, receiver: Receiver
+) -> None:
+    """An app given a provider that records nothing sends that provider's ids and flags, as its tracer would."""
+    provider = TracerProvider(sampler=ALWAYS_OFF, id_generator=CountingIds())
+    dropped = provider.get_tracer("test").start_span("dropped").get_span_context()
+    async with AsyncTestClient(app=create_app(forwarding(settings, receiver), tracer_provider=provider)) as client:
+        response = await client.post(
+            "/api/webhooks/image-completion", json=progress("pending", "counted"), headers={"X-Webhook-Secret": SECRET}
+        )
+        assert response.status_code == 200
+        await receiver.wait_until(lambda: len(receiver.accepted) == 1)
+        await until_settled(client)
+    _, trace_id, span_id, flags = receiver.accepted[0].headers["traceparent"].split("-")
+    assert int(flags, 16) == dropped.trace_flags
+    assert dropped.trace_id < int(trace_id, 16) < 1000
+    assert dropped.span_id < int(span_id, 16) < 1000
 
 
 @pytest.fixture
