@@ -333,8 +333,9 @@ def _as_is(value: bytes | None) -> bytes | None:
 
 # sqlite3 binds None and bytes as they are, but only after asking its adapter registry for them: a miss that
 # builds and drops an AttributeError for each such parameter. Registering the identity for both makes that
-# lookup a hit; the same NULLs and blobs are bound. The registry is the process's, so every sqlite3
-# connection shares it; an adapter another library registers for these types later replaces it.
+# lookup a hit; the same NULLs and blobs are bound. The registry is the process's: every sqlite3 connection
+# shares it, and an adapter registered for these two types before this import is replaced (none of the
+# gateway's dependencies registers one), one registered after replaces this.
 sqlite3.register_adapter(type(None), _as_is)
 sqlite3.register_adapter(bytes, _as_is)
 
