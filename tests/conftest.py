@@ -472,9 +472,9 @@ out anyway."""
 
 
 _MODULE_PLUGINS = {"tests/http/test_schemathesis.py": "schemathesis.pytest.plugin"}
-"""The pytest plugin only a module of :data:`_MODULE_MARKERS` needs: not loaded by itself (``-p
-no:schemathesis`` in pyproject.toml), but by :func:`pytest_configure` unless ``-m`` deselects every test
-of that module. Loading schemathesis's plugin imports (and has pytest rewrite) most of schemathesis."""
+"""The pytest plugin only a module of :data:`_MODULE_MARKERS` needs: not among the plugins pyproject.toml's
+``addopts`` name, but loaded by :func:`pytest_configure` unless ``-m`` deselects every test of that module.
+Loading schemathesis's plugin imports most of schemathesis."""
 
 
 def pytest_configure(config: pytest.Config) -> None:
