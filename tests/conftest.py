@@ -471,13 +471,32 @@ schemathesis module builds every operation's examples, seconds of CPU for tests 
 out anyway."""
 
 
+_MODULE_PLUGINS = {"tests/http/test_schemathesis.py": "schemathesis.pytest.plugin"}
+"""The pytest plugin only a module of :data:`_MODULE_MARKERS` needs: not among the plugins pyproject.toml's
+``addopts`` name, but loaded by :func:`pytest_configure` unless ``-m`` deselects every test of that module.
+Loading schemathesis's plugin imports most of schemathesis."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Load the plugins of :data:`_MODULE_PLUGINS` whose module may be collected."""
+    for path, plugin in _MODULE_PLUGINS.items():
+        loaded = sys.modules.get(plugin)
+        if not _deselects_module(config, path) and (loaded is None or not config.pluginmanager.is_registered(loaded)):
+            config.pluginmanager.import_plugin(plugin)
+
+
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     """Skip a module of :data:`_MODULE_MARKERS` all of whose tests the ``-m`` expression deselects."""
+    path = collection_path.as_posix().removeprefix(f"{config.rootpath.as_posix()}/")
+    return True if _deselects_module(config, path) else None
+
+
+def _deselects_module(config: pytest.Config, path: str) -> bool:
+    """Whether ``-m`` deselects every test of the module at ``path`` (relative to the root), by the sets of
+    markers :data:`_MODULE_MARKERS` declares for it; False for any other module."""
     expression = config.getoption("markexpr", "")
-    sets = _MODULE_MARKERS.get(collection_path.as_posix().removeprefix(f"{config.rootpath.as_posix()}/"), ())
-    if not sets or not expression or any(_selects(expression, marks) for marks in sets):
-        return None
-    return True
+    sets = _MODULE_MARKERS.get(path, ())
+    return bool(sets and expression and not any(_selects(expression, marks) for marks in sets))
 
 
 def _selects(expression: str, marks: frozenset[str]) -> bool:

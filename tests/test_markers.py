@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,31 +35,51 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         print(f"markers: {item.nodeid} {','.join(m for m in MARKERS if item.get_closest_marker(m))}")
 
 
-def collected(expression: str, *files: str, plugin: bool = False) -> list[str]:
+def collect(expression: str, *files: str, plugin: bool = False) -> subprocess.Popen[str]:
+    """``pytest --collect-only`` of ``files`` with ``-m expression``, started; read it with :func:`collected`."""
     plugins = ["-p", "no:cacheprovider"] + (["-p", "tests.test_markers"] if plugin else [])
-    result = subprocess.run(
+    return subprocess.Popen(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", *plugins, "-m", expression, *files],
         cwd=ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
     )
-    assert result.returncode in (0, 5), result.stdout + result.stderr
-    return result.stdout.splitlines()
+
+
+def collected(process: subprocess.Popen[str]) -> list[str]:
+    """The lines a :func:`collect` printed, once it has finished."""
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode in (0, 5), stdout + stderr
+    return stdout.splitlines()
 
 
 @pytest.fixture(scope="module")
-def markers() -> dict[str, set[str]]:
-    """Every test of the files above and its markers, from one collection (a process each is slow)."""
-    lines = collected("", *FILES, *MARKED_BY_HAND, *NOT_IMPORTED, plugin=True)
+def collections() -> Iterator[tuple[list[str], list[str]]]:
+    """The files above collected twice, both at once (each collection takes seconds of CPU): without
+    ``-m`` and printing each test's markers, then with the fast subset's expression."""
+    files = (*FILES, *MARKED_BY_HAND, *NOT_IMPORTED)
+    every, subset = collect("", *files, plugin=True), collect(FAST, *files)
+    try:
+        yield collected(every), collected(subset)
+    finally:
+        for process in (every, subset):
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def markers(collections: tuple[list[str], list[str]]) -> dict[str, set[str]]:
+    """Every test of the files above and its markers."""
+    lines = collections[0]
     pairs = [line.removeprefix("markers: ").partition(" ") for line in lines if line.startswith("markers: ")]
     return {test: set(filter(None, marks.split(","))) for test, _, marks in pairs}
 
 
 @pytest.fixture(scope="module")
-def fast() -> list[str]:
+def fast(collections: tuple[list[str], list[str]]) -> list[str]:
     """What pytest itself selects with the fast subset's expression."""
-    return [line for line in collected(FAST, *FILES, *MARKED_BY_HAND, *NOT_IMPORTED) if "::" in line]
+    return [line for line in collections[1] if "::" in line]
 
 
 def test_the_fast_subset_keeps_in_process_tests_and_drops_services_processes_and_browsers(

@@ -131,7 +131,7 @@ def test_a_request_cut_off_by_the_deadline_before_its_write_is_refused_with_503(
 def test_a_write_in_flight_at_the_deadline_is_finished_and_answered_truthfully(
     tmp_path: Path, database_url: str, redis_url: str, redis_prefix: str
 ) -> None:
-    """PostgreSQL made slow (0.25 s each way, through a proxy) so that writes are still running when the
+    """PostgreSQL made slow (0.15 s each way, through a proxy) so that writes are still running when the
     1 s deadline cuts the requests off: each finishes its write and is answered for what it did."""
     host, port = host_port(database_url)
     with proxied(host, port) as proxy:
@@ -147,7 +147,7 @@ def test_a_write_in_flight_at_the_deadline_is_finished_and_answered_truthfully(
 
         async def scenario() -> None:
             done = asyncio.Event()
-            proxy.latency = 0.25
+            proxy.latency = 0.15
             stream = asyncio.create_task(send_stream(server.port, "deadline", connections=6, until=done, tally=tally))
             await asyncio.sleep(1.0)
             server.process.send_signal(signal.SIGTERM)

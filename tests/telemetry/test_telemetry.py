@@ -331,7 +331,7 @@ def test_unreachable_collector_counts_failed_exports() -> None:
     dropped = Metrics(registry, ["image"], ModelLabels()).spans_dropped
     env = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
-        "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "0.2",
     }
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)  # the OTLP exporter reads its endpoint and timeout from the process environment
