@@ -211,8 +211,8 @@ class GroupCommit(Generic[Item, Answer]):
                     answers = await self._executor.run(
                         self._operation, self._writing([queued.item for queued in batch]), deadline=batch[0].deadline
                     )
-                except StoreUnavailable:
-                    self._refuse(batch)
+                except StoreUnavailable as error:
+                    self._refuse(batch, error.__cause__)
                     continue
                 for queued, answer in zip(batch, answers, strict=True):
                     if isinstance(answer, EventRefused):
@@ -228,11 +228,14 @@ class GroupCommit(Generic[Item, Answer]):
         """The work of writing ``items`` on the connection the executor gives it."""
         return lambda db: self._work(db, items)
 
-    def _refuse(self, waiting: Sequence[_Queued]) -> None:
-        """Answer items that will not be written (the database failed, or they waited too long) with a 503."""
+    def _refuse(self, waiting: Sequence[_Queued], cause: BaseException | None = None) -> None:
+        """Answer items that will not be written (the database failed, or they waited too long) with a 503;
+        ``cause``: the database's error, the 503's ``__cause__`` as for any other call."""
         for queued in waiting:
             if not queued.future.done():
-                queued.future.set_exception(StoreUnavailable("job", self._operation))
+                refusal = StoreUnavailable("job", self._operation)
+                refusal.__cause__ = cause
+                queued.future.set_exception(refusal)
 
 
 async def _reset(connection: Connection) -> None:
