@@ -372,7 +372,7 @@ class Costs:
 
 
 def _percent(share: float) -> str:
-    return f"{share * 100:.0f} %"
+    return f"{share * 100:.1f} %" if share < 0.01 else f"{share * 100:.0f} %"
 
 
 def _per_core(us: float | None) -> str:
@@ -394,7 +394,8 @@ def sizing(data: dict[str, Any], rate: int) -> list[str]:
             lines.append(
                 f"- **Embedded**: one `gateway serve` process with SQLite does it, at {_percent(share)} of its core "
                 f"({rate:,} x {embedded:.0f} µs). Give it a second core for the rest of the machine (the kernel's "
-                "network stack, scrapes, backups), and a local SSD: every batch is an fsync."
+                "network stack, scrapes, backups), and a local SSD: a batch's commit writes the WAL without an "
+                "fsync (`synchronous=NORMAL`), the checkpoint thread fsyncs the database file every 50 ms."
             )
         elif share <= 1:
             lines.append(
