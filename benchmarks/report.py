@@ -626,15 +626,15 @@ def draw_chart(data: dict[str, Any], path: Path) -> None:
     ratios.legend(fontsize=8)
     best = _best(data)
     names = [name for name in data["configs"] if (name, 50) in best or (name, 10) in best]
-    c = 50 if all((name, 50) in best for name in names) else 10
+    shown = 50 if all((name, 50) in best for name in names) else 10
     bottom = [0.0] * len(names)
     for group, color in zip(GROUPS, ("#4c72b0", "#dd8452", "#937860", "#c44e52"), strict=True):
-        heights = [_cpu(best.get((name, c)), group) or 0.0 for name in names]
+        heights = [_cpu(best.get((name, shown)), group) or 0.0 for name in names]
         if any(heights):
             costs.bar(names, heights, bottom=bottom, label=GROUP_TEXT[group], color=color)
             bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
     costs.set_ylabel("CPU µs a webhook")
-    costs.set_title(f"CPU a webhook per process, {c} connections")
+    costs.set_title(f"CPU a webhook per process, {shown} connections")
     costs.tick_params(axis="x", labelsize=8)
     costs.legend(fontsize=8)
     figure.suptitle(f"python -m benchmarks, {data['date']}", fontsize=9)

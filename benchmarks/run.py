@@ -49,11 +49,12 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import httpx
 
@@ -273,8 +274,8 @@ def dist_schema(create: bool) -> None:
             client.close()
 
 
-def _batches(items, size):  # type: ignore[no-untyped-def]
-    batch = []
+def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
     for item in items:
         batch.append(item)
         if len(batch) == size:
@@ -665,7 +666,8 @@ def target_text(row: dict[str, object]) -> str:
     """``>= 0.8 at both`` / ``>= 0.77 at 10`` / ``reported``."""
     if row["target"] is None:
         return "reported"
-    at = "both" if len(row["connections"]) > 1 else str(row["connections"][0])  # type: ignore[arg-type]
+    connections = cast("list[int]", row["connections"])
+    at = "both" if len(connections) > 1 else str(connections[0])
     return f">= {row['target']} at {at}"
 
 

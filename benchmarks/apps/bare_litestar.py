@@ -8,7 +8,7 @@ from gateway.payloads import ImagePayload
 
 
 @post("/api/webhooks/image-completion", status_code=200)
-async def receive(data: ImagePayload) -> dict[str, object]:  # type: ignore[valid-type]
+async def receive(data: ImagePayload) -> dict[str, object]:
     return {"received": True, "job_id": data.job_id, "status": data.__struct_config__.tag}
 
 
