@@ -124,7 +124,9 @@ class Dispatcher:
     async def stop(self) -> None:
         """Stop claiming, give deliveries in flight a moment to finish, then close the sinks. The leases
         of deliveries cut off are freed, so another replica (or the next start) sends them at once; the
-        app may then see them twice, with the same webhook-id."""
+        app may then see them twice, with the same webhook-id. While the store has not recorded every
+        delivered row by then, no lease is freed: they expire instead, which leaves those writes the
+        lease's time to land before another dispatcher may send those rows again."""
         if self._task is not None:
             # A flag rather than only a cancellation: the loop may be between two awaits, and a flag
             # cannot be lost the way a cancellation racing a completed wait can.
@@ -142,9 +144,19 @@ class Dispatcher:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+            recorded = True
             if self._recorder is not None:  # the delivered rows' last write lands before any lease is freed
-                await asyncio.wait({self._recorder}, timeout=_STOP_GRACE_SECONDS)
-            if late:
+                finished, _ = await asyncio.wait({self._recorder}, timeout=_STOP_GRACE_SECONDS)
+                recorded = bool(finished)
+            if late and not recorded:
+                # Freed now, a row the app already received would be sent again by another dispatcher
+                # before its result lands: every lease expires instead.
+                logger.warning(
+                    "delivery: stopping before the store recorded what was delivered; %d deliveries cut off "
+                    "are sent again once their leases expire",
+                    len(late),
+                )
+            elif late:
                 try:
                     await self._outbox.release_leases(self.owner)
                 except StoreUnavailable as error:  # they expire instead
