@@ -175,8 +175,7 @@ def _serve(settings: Settings, host: str | None, port: int | None, workers: int)
                 print("\n".join(browse_lines(bind_host, bind_port)), file=sys.stderr, flush=True)
             # What exists once the app has started (modules, the app, its stores and telemetry) lives as
             # long as the process: frozen out of the cyclic collector's sight, a full collection no longer
-            # walks it. Measured: full collections of ~40 ms, a few times a second at 50 connections, were
-            # the p99; frozen, they take under 1 ms (docs/benchmark.md).
+            # walks it. Full collections of that heap were the p99 under load (docs/benchmark.md).
             gc.collect()
             gc.freeze()
 

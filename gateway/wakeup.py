@@ -23,8 +23,8 @@ logger = logging.getLogger(__name__)
 
 _RECONNECT_SECONDS = 1.0
 _PUBLISH_INTERVAL_SECONDS = 0.02
-"""At most one signal per replica this often: a stream elsewhere hears of a commit within 20 ms plus a round
-trip, and a replica writing a batch every few milliseconds no longer spends 5 % of its CPU signalling."""
+"""At most one signal per replica this often: a stream elsewhere hears of a commit within this plus a round
+trip, and a replica writing a batch every few milliseconds does not signal each one (docs/benchmark.md)."""
 
 
 class Wakeup:

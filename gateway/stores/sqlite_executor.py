@@ -175,9 +175,9 @@ class SqliteExecutor:
     ) -> Any:
         """Queue ``run`` for the writer thread and await its answer. With ``finish``, a cancelled caller
         still waits for it (the thread commits it anyway), as :func:`~gateway.stores.base.to_the_end`
-        does, but without a task or a shield on the way: either, once per webhook, measurably slowed
-        group commit (p99 at 10 connections 10 ms -> 40 ms). ``own_transaction``: ``run`` writes, in a
-        transaction it opens and ends itself."""
+        does, but without a task or a shield on the way: either, once per webhook, slowed group commit's
+        p99 (docs/benchmark.md). ``own_transaction``: ``run`` writes, in a transaction it opens and ends
+        itself."""
         # A probe's failure is readiness's to report (/readyz), not an outage of the webhooks' writes.
         outage = None if own_transaction else self._writes if write else self._reads
         if self._loop is None or self._thread is None:

@@ -26,8 +26,8 @@ __all__ = ("CHECKPOINT_INTERVAL_SECONDS", "RESET_FRAMES", "Checkpointer")
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_INTERVAL_SECONDS = 0.05
-"""Short, so each checkpoint is small: measured against 0.25 s (and SQLite's own 1000 pages), p99 at 10
-connections fell from ~8 ms to under 5."""
+"""Short, so each checkpoint is small and the writer's catch-ups rare: the p99 of a webhook follows it
+(docs/benchmark.md has the measurements behind the choice)."""
 RESET_FRAMES = 4096
 """About 16 MiB of WAL at SQLite's default 4 KiB pages."""
 
