@@ -87,8 +87,11 @@ class Dispatcher:
         """Whether ``tracer`` records spans: when it never does, their links and attributes are not built."""
         self._ids = ids or RandomIdGenerator()
         """The ids ``tracer``'s provider draws, for the spans made here when it records none."""
-        self._unrecorded_flags = tracer.start_span("deliver").get_span_context().trace_flags
-        """The flags ``tracer`` gives a span it does not record (read off one, whatever the SDK's version)."""
+        self._unrecorded_flags = (
+            trace.TraceFlags.get_default() if recording else tracer.start_span("deliver").get_span_context().trace_flags
+        )
+        """The flags ``tracer`` gives a span it does not record (read off one, whatever the SDK's version); a
+        recording tracer is not asked, so no span of it is started and left open."""
         self._concurrency = concurrency
         self._lease_seconds = lease_seconds
         self.owner = f"{uuid.uuid4().hex[:12]}"
