@@ -33,6 +33,8 @@ import httptools
 import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from gateway.http.coalesce import CoalescingTransport
+
 __all__ = (
     "BUSY_RETRY_AFTER_SECONDS",
     "CHECK_SECONDS",
@@ -124,6 +126,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._reserved: list[int] = []
         """Each request's reservation against the budget, oldest first (two with a pipelined request)."""
         super().connection_made(transport)
+        # A response's head and body leave in one send (gateway.http.coalesce); uvicorn's flow control
+        # keeps the transport itself.
+        self.transport = CoalescingTransport(transport, self.loop)
         if not self.budget.running:
             self.budget.running = True
             self.loop.call_later(CHECK_SECONDS, _check_all, self.loop, self.connections, self.budget)
